@@ -1,0 +1,119 @@
+"""Connecting to Ray: an embedded local instance by default, an existing cluster on request.
+
+`--cluster` (or a `RAY_ADDRESS` in the environment, as `ray job submit` sets) connects to a
+running cluster; otherwise a private local Ray is started for this process only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Any
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+class ClusterError(RuntimeError):
+    """No cluster to connect to, or storage the cluster's nodes cannot see."""
+
+
+def init_ray(
+    cluster: bool = False, *, num_cpus: int | None = None, resources: dict[str, float] | None = None
+) -> bool:
+    """Start or connect to Ray once per process; returns True when connected to a cluster.
+
+    Embedded runs use `address="local"` (never a stale `ray start` left on the machine) and
+    listen on the loopback interface only.
+    """
+    address = os.environ.get("RAY_ADDRESS")
+    on_cluster = cluster or bool(address)
+    if ray.is_initialized():
+        return on_cluster
+    if on_cluster:
+        try:
+            ray.init(address=address or "auto", logging_level=logging.WARNING)
+        except ConnectionError as e:
+            raise ClusterError(
+                f"--cluster: no Ray cluster found at {address or 'auto'} ({e}). Start one with "
+                "`ray start --head` or set RAY_ADDRESS=<head-ip>:6379; drop --cluster to run on "
+                "an embedded local Ray."
+            ) from e
+        log.info("connected to Ray cluster: %s", ray.cluster_resources())
+        return True
+    # A single-node Ray needs no reachable address: keep its traffic on 127.0.0.1 (Ray would
+    # otherwise advertise the machine's external IP). Read by Ray at ray.init() time.
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        resources=resources,
+        include_dashboard=False,
+        object_store_memory=min(2 * 1024**3, _default_object_store()),
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    return False
+
+
+def _default_object_store() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 * 1024**3
+    return max(256 * 1024**2, int(total * 0.1))
+
+
+def cpus_available() -> int:
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+@ray.remote(num_cpus=0)
+def _probe(paths: list[str]) -> tuple[str, list[bool]]:
+    return ray.util.get_node_ip_address(), [os.path.exists(p) for p in paths]
+
+
+def check_paths_visible(read_paths: list[str], write_dir: str) -> None:
+    """Fail with a clear message when a local path is not visible on every alive node.
+
+    A marker written under `write_dir` by this driver must be visible from all nodes, so shards
+    written by tasks end up in one shared place instead of scattered over node-local disks.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    os.makedirs(write_dir, exist_ok=True)
+    marker = os.path.join(write_dir, f".probe-{uuid.uuid4().hex[:8]}")
+    with open(marker, "w") as f:
+        f.write("mtmg")
+    try:
+        refs = [
+            _probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote([*read_paths, marker])
+            for n in ray.nodes()
+            if n.get("Alive")
+        ]
+        problems = []
+        for ip, ok in ray.get(refs):
+            missing = [p for p, seen in zip([*read_paths, write_dir], ok, strict=True) if not seen]
+            if missing:
+                problems.append(f"node {ip} cannot see {missing}")
+    finally:
+        os.remove(marker)
+    if problems:
+        raise ClusterError(
+            "paths are not shared across the cluster: "
+            + "; ".join(problems)
+            + ". Put RAW and OUT on storage every node mounts at the same path, or use an "
+            "object-store URI (s3://..., gs://...)."
+        )
+
+
+def describe() -> dict[str, Any]:
+    """Resources of the connected Ray, for logs and manifests."""
+    res = ray.cluster_resources()
+    return {"nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cpus": res.get("CPU", 0)}

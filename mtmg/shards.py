@@ -1,0 +1,199 @@
+"""The shard set on disk: WebDataset tars, `manifest.json`, `index.parquet`, and their reading.
+
+Layout of OUT (format version 1; README "Shard format"):
+    manifest.json                 what the set holds; written last, so its presence = complete
+    index.parquet                 one row per sample: key, split, shard, labels
+    <split>/<split>-NNNNNN.tar    one sample per source patch, `__key__` = the source id
+    .mtmg/plan.json, .mtmg/shards/<split>-NNNNNN.json   resume state of the writer
+Writing is deterministic (fixed mtime, owner and member order) and atomic (temporary name, then
+a rename), so re-running gives byte-identical shards and a crash never leaves a torn tar.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from mtmg import storage
+from mtmg.raw.common import Item, Layout, SampleError, gdal_env
+from mtmg.storage import Location
+
+FORMAT = "mtmg-shards"
+FORMAT_VERSION = 1
+STATE_DIR = ".mtmg"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """The samples that go into one output tar."""
+
+    split: str
+    index: int
+    items: tuple[Item, ...]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.split}-{self.index:06d}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}/{self.stem}.tar"
+
+
+@dataclass
+class ShardResult:
+    """What a finished shard holds; persisted beside the shards so a rerun can skip it."""
+
+    name: str
+    count: int = 0
+    sha256: str = ""
+    bytes: int = 0
+    keys: list[str] = field(default_factory=list)
+    labels: list[list[str]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    resumed: bool = False
+
+
+def plan_tasks(items: dict[str, list[Item]], shard_size: int) -> list[ShardTask]:
+    """Cut each split's (sorted) items into consecutive shards of `shard_size` samples."""
+    tasks = []
+    for split, its in items.items():
+        for i in range(0, len(its), shard_size):
+            tasks.append(ShardTask(split, i // shard_size, tuple(its[i : i + shard_size])))
+    return tasks
+
+
+def _state_path(out: Location, task: ShardTask) -> str:
+    return out.child_path(STATE_DIR, "shards", f"{task.stem}.json")
+
+
+def write_shard(
+    layout: Layout,
+    task: ShardTask,
+    out: Location,
+    *,
+    skip_bad: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> ShardResult:
+    """Read every item of `task` and write its tar; a finished shard is kept, not rewritten.
+
+    Without `skip_bad` the first bad sample aborts the shard (nothing is written) and is returned
+    as `error`; with it, bad samples are left out and listed in `rejected`.
+    """
+    fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
+    if storage.exists(fs, final) and storage.exists(fs, state):
+        done = ShardResult(**storage.read_json(fs, state))
+        done.resumed = True
+        if on_progress:
+            on_progress(len(task.items))
+        return done
+    result = ShardResult(task.name)
+    pending = 0
+    with gdal_env():
+        try:
+            with storage.atomic_output(fs, final) as f:
+                with wds.TarWriter(f, user="mtmg", group="mtmg", mtime=0) as tar:
+                    for item in task.items:
+                        try:
+                            sample = layout.read(item)
+                        except SampleError as e:
+                            if not skip_bad:
+                                raise
+                            result.rejected.append({**e.to_dict(), "split": task.split})
+                            continue
+                        tar.write({"__key__": item.key, **sample})
+                        result.keys.append(item.key)
+                        result.labels.append(list(sample["json"].get("labels", [])))
+                        pending += 1
+                        if on_progress and pending >= 16:
+                            on_progress(pending)
+                            pending = 0
+                result.sha256, result.bytes = f.sha256.hexdigest(), f.size
+        except SampleError as e:
+            return ShardResult(task.name, error={**e.to_dict(), "split": task.split})
+    if on_progress and pending:
+        on_progress(pending + len(result.rejected))
+    result.count = len(result.keys)
+    storage.write_json_atomic(fs, state, asdict(result))
+    return result
+
+
+# ------------------------------------------------------------------------------ manifest
+
+
+def write_index(out: Location, results: list[ShardResult]) -> None:
+    """`index.parquet`: key, split, shard, labels: one row per written sample."""
+    rows: dict[str, list] = {"key": [], "split": [], "shard": [], "labels": []}
+    for r in results:
+        split = r.name.split("/", 1)[0]
+        for key, labs in zip(r.keys, r.labels, strict=True):
+            rows["key"].append(key)
+            rows["split"].append(split)
+            rows["shard"].append(r.name)
+            rows["labels"].append(labs)
+    schema = pa.schema(
+        [("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
+         ("labels", pa.list_(pa.string()))]
+    )  # fmt: skip
+    buf = io.BytesIO()
+    pq.write_table(pa.table(rows, schema=schema), buf, compression="zstd")
+    storage.write_bytes_atomic(out.fs, out.child_path("index.parquet"), buf.getvalue())
+
+
+def load_manifest(out: str | Location) -> dict[str, Any]:
+    """Read OUT/manifest.json; a clear error when OUT is not a finished shard set."""
+    loc = out if isinstance(out, Location) else storage.location(out)
+    path = loc.child_path("manifest.json")
+    if not storage.exists(loc.fs, path):
+        raise FileNotFoundError(
+            f"{path} not found: {loc} is not a finished shard set "
+            "(run `python data_prep/shard.py DATASET --root RAW --out OUT` first)"
+        )
+    manifest = storage.read_json(loc.fs, path)
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not an mtmg shard manifest of version {FORMAT_VERSION}")
+    return manifest
+
+
+def shard_paths(out: str | Location, split: str, manifest: dict | None = None) -> list[str]:
+    """Paths (or URIs) of a split's shards, in order."""
+    loc = out if isinstance(out, Location) else storage.location(out)
+    manifest = manifest or load_manifest(loc)
+    if split not in manifest["splits"] or not manifest["splits"][split]["shards"]:
+        have = [s for s, v in manifest["splits"].items() if v["count"]]
+        raise KeyError(f"{loc}: no {split!r} split in this shard set (it has {have})")
+    return [loc.child_path(s["name"]) for s in manifest["splits"][split]["shards"]]
+
+
+def iter_samples(out: str | Location, split: str, *, decode: bool = True) -> Iterator[dict]:
+    """Every sample of a split in shard order, decoded (`ms.npy` -> array, `json` -> dict...)."""
+    urls = shard_paths(out, split)
+    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, empty_check=False)
+    if decode:
+        ds = ds.decode()
+    yield from ds
+
+
+def summary_table(manifest: dict[str, Any]) -> str:
+    """A small text table of a manifest: split, shards, samples; then the totals."""
+    lines = [f"{'split':<6} {'shards':>6} {'samples':>9}"]
+    for split, v in manifest["splits"].items():
+        lines.append(f"{split:<6} {len(v['shards']):>6} {v['count']:>9}")
+    s = manifest["summary"]
+    lines.append(
+        f"inputs {s['inputs']} = written {s['written']} + excluded {s['excluded']} "
+        f"+ rejected {s['rejected']}"
+    )
+    return "\n".join(lines)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)
