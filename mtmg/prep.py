@@ -110,7 +110,8 @@ def _fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -> st
     content = {
         "format_version": FORMAT_VERSION,
         "dataset": cfg.dataset,
-        "options": {k: getattr(cfg, k) for k in ("resample", "skip_bad", "shard_size", "seed")},
+        # not skip_bad: shards are the same either way, except those holding a bad sample
+        "options": {k: getattr(cfg, k) for k in ("resample", "shard_size", "seed")},
         "s1": bool(cfg.s1),
         "size": getattr(layout, "size", None),
         "shards": [[t.name, [i.key for i in t.items]] for t in tasks],
@@ -143,46 +144,43 @@ def _prepare_out(out: Location, fingerprint: str, overwrite: bool) -> None:
     storage.write_json_atomic(fs, plan_path, {"fingerprint": fingerprint})
 
 
-@ray.remote(num_cpus=0)
-class _Progress:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self, k: int) -> None:
-        self.n += k
-
-    def get(self) -> int:
-        return self.n
-
-
 @ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])
-def _shard_task(layout: Layout, task: ShardTask, out: Location, skip_bad: bool, progress: Any):
-    return write_shard(
-        layout, task, out, skip_bad=skip_bad, on_progress=lambda k: progress.add.remote(k)
-    )
+def _shard_task(layout: Layout, task: ShardTask, out: Location, skip_bad: bool) -> ShardResult:
+    return write_shard(layout, task, out, skip_bad=skip_bad)
 
 
-def run_tasks(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask], out: Location):
-    """Run the shard tasks with at most `workers` in flight; stop at the first bad sample."""
-    n_total = sum(len(t.items) for t in tasks)
+def run_tasks(
+    cfg: ShardConfig, layout: Layout, tasks: list[ShardTask], out: Location
+) -> list[ShardResult]:
+    """Run the shard tasks with at most `workers` in flight; stop at the first bad sample.
+
+    The progress bar advances per finished shard (no extra actor: on a small machine starting
+    one costs as much as a shard).
+    """
     workers = cfg.workers or cluster.cpus_available()
-    progress = _Progress.remote()
-    bar = tqdm(total=n_total, unit="patch", desc="sharding", disable=not cfg.progress)
-    todo, pending, results = list(reversed(tasks)), [], []
+    bar = tqdm(
+        total=sum(len(t.items) for t in tasks), unit="patch", desc="sharding",
+        disable=not cfg.progress, smoothing=0.1,
+    )  # fmt: skip
+    todo, pending, results = list(reversed(tasks)), {}, []
     try:
         while todo or pending:
             while todo and len(pending) < workers:
-                pending.append(_shard_task.remote(layout, todo.pop(), out, cfg.skip_bad, progress))
-            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                task = todo.pop()
+                pending[_shard_task.remote(layout, task, out, cfg.skip_bad)] = task
+            done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
+                task = pending.pop(ref)
                 res: ShardResult = ray.get(ref)
                 if res.error:
                     raise SampleError(res.error["key"], res.error["reason"], res.error["file"])
                 results.append(res)
-            bar.update(ray.get(progress.get.remote()) - bar.n)
+                bar.update(len(task.items))
     finally:
-        for ref in pending:
-            ray.cancel(ref)
+        if pending:  # stop the rest before returning, so nothing writes into OUT afterwards
+            for ref in pending:
+                ray.cancel(ref)
+            ray.wait(list(pending), num_returns=len(pending), timeout=60)
         bar.close()
     return sorted(results, key=lambda r: r.name)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ class ShardResult:
     rejected: list[dict[str, str]] = field(default_factory=list)
     error: dict[str, str] | None = None
     resumed: bool = False
+    seconds: float = 0.0  # time spent writing it (not part of the manifest)
 
 
 def plan_tasks(items: dict[str, list[Item]], shard_size: int) -> list[ShardTask]:
@@ -91,12 +93,14 @@ def write_shard(
     fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
     if storage.exists(fs, final) and storage.exists(fs, state):
         done = ShardResult(**storage.read_json(fs, state))
-        done.resumed = True
-        if on_progress:
-            on_progress(len(task.items))
-        return done
+        # a shard that left bad samples out is only kept when leaving them out is still wanted
+        if skip_bad or not done.rejected:
+            done.resumed = True
+            if on_progress:
+                on_progress(len(task.items))
+            return done
     result = ShardResult(task.name)
-    pending = 0
+    pending, t0 = 0, time.perf_counter()
     with gdal_env():
         try:
             with storage.atomic_output(fs, final) as f:
@@ -122,6 +126,7 @@ def write_shard(
     if on_progress and pending:
         on_progress(pending + len(result.rejected))
     result.count = len(result.keys)
+    result.seconds = time.perf_counter() - t0
     storage.write_json_atomic(fs, state, asdict(result))
     return result
 

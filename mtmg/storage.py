@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -85,9 +86,7 @@ def list_dir(fs: pafs.FileSystem, path: str, *, dirs_only: bool = False) -> list
         except FileNotFoundError:
             return []
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(
-        i.base_name for i in infos if not dirs_only or i.type == pafs.FileType.Directory
-    )
+    return sorted(i.base_name for i in infos if not dirs_only or i.type == pafs.FileType.Directory)
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
@@ -102,24 +101,47 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
     return json.loads(read_bytes(fs, path))
 
 
-class _HashingWriter:
-    """File-like wrapper that hashes what passes through it."""
+class _HashingWriter(io.RawIOBase):
+    """Raw stream that hashes what passes through it on its way to `raw`."""
 
     def __init__(self, raw: Any) -> None:
         self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
 
-    def write(self, data: bytes) -> int:
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
         self.sha256.update(data)
         self.size += len(data)
         self.raw.write(data)
         return len(data)
 
+
+class _Exposed:
+    """The buffered stream a writer uses, with the hash and size of what reached the file."""
+
+    def __init__(self, buffered: io.BufferedWriter, hashing: _HashingWriter) -> None:
+        self._buffered, self._hashing = buffered, hashing
+
+    def write(self, data: bytes) -> int:
+        return self._buffered.write(data)
+
     def flush(self) -> None:
-        self.raw.flush()
+        self._buffered.flush()
+
+    @property
+    def sha256(self) -> Any:
+        self._buffered.flush()
+        return self._hashing.sha256
+
+    @property
+    def size(self) -> int:
+        self._buffered.flush()
+        return self._hashing.size
 
 
 @contextlib.contextmanager
-def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[_HashingWriter]:
+def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[_Exposed]:
     """Write to a temporary name beside `path` and move it into place only on success.
 
     Readers never see a partial file under the final name; the writer exposes `.sha256` and
@@ -129,8 +151,12 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[_HashingWriter]:
     fs.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with fs.open_output_stream(tmp) as raw:
-            yield _HashingWriter(raw)
+        with fs.open_output_stream(tmp, buffer_size=None) as raw:
+            hashing = _HashingWriter(raw)
+            # tarfile writes in 512-byte pieces: gather them so hashing sees few large writes
+            buffered = io.BufferedWriter(hashing, buffer_size=1 << 20)
+            yield _Exposed(buffered, hashing)
+            buffered.flush()
         fs.move(tmp, path)
     except BaseException:
         with contextlib.suppress(Exception):

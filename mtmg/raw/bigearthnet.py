@@ -82,13 +82,22 @@ def _official_version() -> str:
 
 
 def read_s2(
-    loc: Location, band_paths: dict[str, str], key: str, size: tuple[int, int] | None, resample: str
+    loc: Location,
+    band_paths: dict[str, str],
+    key: str,
+    size: tuple[int, int] | None,
+    resample: str,
+    with_georef: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read the 12 L2A band files of a patch into one 12 x H x W uint16 array (10 m grid)."""
+    """Read the 12 L2A band files of a patch into one 12 x H x W uint16 array (10 m grid).
+
+    `with_georef` adds the CRS and transform of the 10 m grid (parsing a CRS costs as much as
+    reading three bands; v1 patches carry theirs in the metadata JSON already).
+    """
     ref_band = "B02"
-    with open_raster(loc, band_paths[ref_band], key, georef=True) as ds:
+    with open_raster(loc, band_paths[ref_band], key, georef=with_georef) as ds:
         ref = ds.read(1)
-        geo = georef(ds)
+        geo = georef(ds) if with_georef else {}
     h, w = ref.shape
     if size is not None and (h, w) != tuple(size):
         raise SampleError(
@@ -275,9 +284,9 @@ class BigEarthNetV1(Layout):
             raise SampleError(key, "metadata JSON has no 'labels' list", json_path)
         names = check_labels(meta["labels"], labels.BEN43, key, json_path)
         paths = {b: f"{patch_dir}/{key}_{b}.tif" for b in bands.S2_L2A}
-        ms, geo = read_s2(self.root, paths, key, self.size, self.resample)
+        ms, _ = read_s2(self.root, paths, key, self.size, self.resample, with_georef=False)
         sample: dict[str, Any] = {"ms.npy": ms}
-        record = {"labels": names, "source": meta, **geo}
+        record = {"labels": names, "source": meta}
         if s1_dir:
             s1_name = s1_dir.rsplit("/", 1)[1]
             sample["s1.npy"] = read_s1(self.s1, s1_dir, s1_name, key, ms.shape[1:])

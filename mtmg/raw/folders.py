@@ -197,4 +197,3 @@ class EuroSATMS(ClassFolders):
             },
         )
         return head
-

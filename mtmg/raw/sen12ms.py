@@ -8,6 +8,7 @@ train and test s2 files; mtmg holds out a deterministic 10 % of the training sce
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,7 @@ class SEN12MS(Layout):
                     continue
                 for fname in storage.list_dir(fs, f"{root}/{season}/{scene}"):
                     if fname.endswith(".tif"):
-                        key = fname[: -len(".tif")].replace("_s2_", "_", 1)
+                        key = fname[: -len(".tif")]
                         tree[key] = f"{root}/{season}/{scene}/{fname}"
         if not tree:
             raise DatasetError(f"no ROIs*/s2_*/*.tif files found in {root}")
@@ -76,16 +77,13 @@ class SEN12MS(Layout):
             for split, path in lists.items():
                 text = storage.read_bytes(where.fs, path).decode()
                 for line in filter(None, (ln.strip() for ln in text.splitlines())):
-                    listed[line.removesuffix(".tif").replace("_s2_", "_", 1)] = (split, path)
+                    listed[line.removesuffix(".tif")] = split
+            val_scenes = self._val_scenes({_scene(k) for k, s in listed.items() if s == "train"})
             for key in sorted(tree):
                 if key not in listed:
                     excluded.append({"key": key, "reason": "not in the split lists"})
                     continue
-                split = listed[key][0]
-                if split == "train" and hash_split(
-                    _scene(key), (1 - self.val_fraction, self.val_fraction, 0), self.seed
-                ) == "val":  # fmt: skip
-                    split = "val"
+                split = "val" if _scene(key) in val_scenes else listed[key]
                 by_split[split].append(key)
             info = {"split_source": lists, "val": f"{self.val_fraction:.0%} of training scenes"}
         else:
@@ -94,6 +92,15 @@ class SEN12MS(Layout):
             info = {"split_source": f"hash of the scene, fractions {list(self.fractions)}"}
         items = {s: [Item(k, s, (tree[k],)) for k in keys] for s, keys in by_split.items()}
         return Plan(items, excluded, rejected, info)
+
+    def _val_scenes(self, train_scenes: set[str]) -> set[str]:
+        """A deterministic `val_fraction` of the training scenes (at least one of two or more)."""
+        if len(train_scenes) < 2:
+            return set()
+        ranked = sorted(
+            train_scenes, key=lambda s: hashlib.sha256(f"{self.seed}:{s}".encode()).digest()
+        )
+        return set(ranked[: max(1, round(self.val_fraction * len(train_scenes)))])
 
     def sample_size(self, item: Item) -> tuple[int, int]:
         with open_raster(self.root, item.ref[0], item.key, georef=False) as ds:
