@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 from typing import Any
 
@@ -33,6 +34,8 @@ def init_ray(
     if ray.is_initialized():
         return on_cluster
     if on_cluster:
+        if address:
+            _check_reachable(address)
         try:
             ray.init(address=address or "auto", logging_level=logging.WARNING)
         except ConnectionError as e:
@@ -58,6 +61,20 @@ def init_ray(
         log_to_driver=True,
     )
     return False
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail within seconds when nothing listens at host:port (ray.init would retry for minutes)."""
+    if "://" in address or address == "auto" or ":" not in address:
+        return
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ClusterError(
+            f"--cluster: no Ray cluster found at {address} ({e}). Start one with "
+            "`ray start --head`, or fix RAY_ADDRESS; drop --cluster to run on an embedded Ray."
+        ) from e
 
 
 def _default_object_store() -> int:

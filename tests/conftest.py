@@ -39,3 +39,71 @@ def shard(ray_session, tmp_path):
         return run(cfg)
 
     return _shard
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory):
+    """A real `ray start --head` on 127.0.0.1 with token authentication, stopped afterwards.
+
+    Yields the environment a client needs (RAY_ADDRESS, auth token, dashboard address).
+    """
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    token = tmp_path_factory.mktemp("ray-auth") / "token"
+    token.write_text(secrets.token_hex(32))
+    port, dash = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="mtmg-ray-", dir="/tmp")  # short: unix socket paths
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # advertise 127.0.0.1, not the external IP
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(port), "--num-cpus", "2", "--temp-dir", temp_dir,
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+         "--disable-usage-stats"],  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    client_env = {
+        **env,
+        "RAY_ADDRESS": f"127.0.0.1:{port}",
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+    }
+    deadline = time.time() + 90
+    while True:
+        ok = subprocess.run(
+            [ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=client_env,
+            capture_output=True, timeout=60,
+        ).returncode == 0  # fmt: skip
+        if ok:
+            break
+        if time.time() > deadline or head.poll() is not None:
+            os.killpg(head.pid, signal.SIGKILL)
+            raise RuntimeError("local `ray start --head` did not come up")
+        time.sleep(1)
+    yield client_env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()

@@ -1,0 +1,46 @@
+"""Running against an existing Ray cluster (`--cluster`), and the storage-visibility check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from mtmg import synth
+from mtmg.cluster import ClusterError, check_paths_visible
+
+
+def test_shard_on_a_running_cluster(local_cluster, tmp_path):
+    root = tmp_path / "raw"
+    synth.make_bigearthnet(root, n_patches=10, s1=True, seed=2)
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root", str(root),
+         "--s1", str(root), "--out", str(out), "--cluster", "--shard-size", "3", "--no-progress"],
+        env=local_cluster, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["cluster"] is True and m["summary"]["written"] == 10
+    assert sum(len(v["shards"]) for v in m["splits"].values()) >= 4
+
+
+def test_cluster_flag_without_a_cluster_fails_clearly(tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_ADDRESS"] = "127.0.0.1:1"  # nothing listens there
+    synth.make_bigearthnet(tmp_path / "raw", n_patches=3, s1=False)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root",
+         str(tmp_path / "raw"), "--out", str(tmp_path / "o"), "--cluster"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "no Ray cluster found at 127.0.0.1:1" in r.stderr
+
+
+def test_unshared_paths_are_named(ray_session, tmp_path):
+    check_paths_visible([str(tmp_path)], str(tmp_path / "out"))  # visible: no error
+    with pytest.raises(ClusterError, match=r"cannot see \['/nonexistent/raw'\].*object-store URI"):
+        check_paths_visible(["/nonexistent/raw"], str(tmp_path / "out"))
