@@ -74,10 +74,25 @@ def local_cluster(tmp_path_factory):
     }
     ray_bin = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-         "--port", str(port), "--num-cpus", "2", "--temp-dir", temp_dir,
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--disable-usage-stats"],  # fmt: skip
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            temp_dir,
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--disable-usage-stats",
+        ],  # fmt: skip
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -103,7 +118,7 @@ def local_cluster(tmp_path_factory):
     yield client_env
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=60)
+        head.wait(timeout=15)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from conftest import REPO
 from mtmg import synth
 from mtmg.cluster import ClusterError, check_paths_visible
+
+from conftest import REPO
 
 
 def test_shard_on_a_running_cluster(local_cluster, tmp_path):

@@ -13,11 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from conftest import REPO
 
 from mtmg import bands, labels, shards, synth
 from mtmg.prep import main as shard_main
 from mtmg.raw import DatasetError, SampleError
+
+from conftest import REPO
 
 BEN_KEYS = "S2A_MSIL2A_20170613T101031"
 

@@ -8,10 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from conftest import REAL
 
 from mtmg import bands, labels, shards
 from mtmg.raw import SampleError
+
+from conftest import REAL
 
 BEN1 = REAL / "bigearthnet_v1"
 S2 = BEN1 / "BigEarthNet-v1.0"
