@@ -175,12 +175,9 @@ def _s2_header(nomenclature: str, nomenclatures: dict, has_s1: bool) -> dict[str
     return head
 
 
-# ---------------------------------------------------------------------------------- v1.0
-
-
 @dataclass(frozen=True)
-class BigEarthNetV1(Layout):
-    """`BigEarthNet-v1.0/<patch>/<patch>_<band>.tif` + `<patch>_labels_metadata.json`."""
+class _BigEarthNet(Layout):
+    """What v1 and v2 share: items are (S2 patch folder, S1 patch folder or "")."""
 
     root: Location
     s1: Location | None = None
@@ -188,6 +185,32 @@ class BigEarthNetV1(Layout):
     skip_bad: bool = False
     resample: str = "nearest"
     size: tuple[int, int] | None = None
+
+    def sample_size(self, item: Item) -> tuple[int, int]:
+        path = f"{item.ref[0]}/{item.key}_B02.tif"
+        with open_raster(self.root, path, item.key, georef=False) as ds:
+            return ds.height, ds.width
+
+    def _read_patch(self, item: Item, with_georef: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The sample's arrays (S2, and S1 when paired) and the georeferencing record."""
+        key, (patch_dir, s1_dir) = item.key, item.ref
+        paths = {b: f"{patch_dir}/{key}_{b}.tif" for b in bands.S2_L2A}
+        ms, geo = read_s2(self.root, paths, key, self.size, self.resample, with_georef)
+        sample: dict[str, Any] = {"ms.npy": ms}
+        if s1_dir:
+            s1_name = s1_dir.rsplit("/", 1)[1]
+            sample["s1.npy"] = read_s1(self.s1, s1_dir, s1_name, key, ms.shape[1:])
+            geo["s1"] = {"patch": s1_name}
+        return sample, geo
+
+
+# ---------------------------------------------------------------------------------- v1.0
+
+
+@dataclass(frozen=True)
+class BigEarthNetV1(_BigEarthNet):
+    """`BigEarthNet-v1.0/<patch>/<patch>_<band>.tif` + `<patch>_labels_metadata.json`."""
+
     name: str = "bigearthnet"
 
     def s2_dir(self) -> str:
@@ -268,13 +291,8 @@ class BigEarthNetV1(Layout):
                 pairs[s2_name] = s1_name
         return {k: f"{s1_dir}/{v}" for k, v in pairs.items()}
 
-    def sample_size(self, item: Item) -> tuple[int, int]:
-        path = f"{item.ref[0]}/{item.key}_B02.tif"
-        with open_raster(self.root, path, item.key, georef=False) as ds:
-            return ds.height, ds.width
-
     def read(self, item: Item) -> dict[str, Any]:
-        key, (patch_dir, s1_dir) = item.key, item.ref
+        key, patch_dir = item.key, item.ref[0]
         json_path = f"{patch_dir}/{key}_labels_metadata.json"
         try:
             meta = storage.read_json(self.root.fs, json_path)
@@ -283,20 +301,16 @@ class BigEarthNetV1(Layout):
         if not isinstance(meta.get("labels"), list):
             raise SampleError(key, "metadata JSON has no 'labels' list", json_path)
         names = check_labels(meta["labels"], labels.BEN43, key, json_path)
-        paths = {b: f"{patch_dir}/{key}_{b}.tif" for b in bands.S2_L2A}
-        ms, _ = read_s2(self.root, paths, key, self.size, self.resample, with_georef=False)
-        sample: dict[str, Any] = {"ms.npy": ms}
-        record = {"labels": names, "source": meta}
-        if s1_dir:
-            s1_name = s1_dir.rsplit("/", 1)[1]
-            sample["s1.npy"] = read_s1(self.s1, s1_dir, s1_name, key, ms.shape[1:])
+        # v1 patches carry their georeferencing in the JSON: skip parsing it from the GeoTIFF
+        sample, geo = self._read_patch(item, with_georef=False)
+        if "s1" in geo:
+            s1_dir, s1_name = item.ref[1], geo["s1"]["patch"]
             s1_json = f"{s1_dir}/{s1_name}_labels_metadata.json"
             try:
-                s1_meta = normalise_s1_json(storage.read_json(self.s1.fs, s1_json))
+                geo["s1"].update(normalise_s1_json(storage.read_json(self.s1.fs, s1_json)))
             except (OSError, ValueError) as e:
                 raise SampleError(key, f"unreadable S1 metadata JSON: {e}", s1_json) from e
-            record["s1"] = {"patch": s1_name, **s1_meta}
-        sample["json"] = record
+        sample["json"] = {"labels": names, "source": meta, **geo}
         return sample
 
     def header(self) -> dict[str, Any]:
@@ -307,15 +321,9 @@ class BigEarthNetV1(Layout):
 
 
 @dataclass(frozen=True)
-class BigEarthNetV2(Layout):
+class BigEarthNetV2(_BigEarthNet):
     """reBEN: `metadata.parquet` + `BigEarthNet-S2/<product>/<patch>/<patch>_<band>.tif`."""
 
-    root: Location
-    s1: Location | None = None
-    splits: Location | None = None
-    skip_bad: bool = False
-    resample: str = "nearest"
-    size: tuple[int, int] | None = None
     name: str = "bigearthnet-v2"
 
     def _table(self) -> dict[str, dict[str, Any]]:
@@ -380,23 +388,10 @@ class BigEarthNetV2(Layout):
                 items[split].append(Item(key, split, (tree[key], s1_dir), extra))
         return Plan(items, excluded, rejected, info)
 
-    def sample_size(self, item: Item) -> tuple[int, int]:
-        path = f"{item.ref[0]}/{item.key}_B02.tif"
-        with open_raster(self.root, path, item.key, georef=False) as ds:
-            return ds.height, ds.width
-
     def read(self, item: Item) -> dict[str, Any]:
-        key, (patch_dir, s1_dir) = item.key, item.ref
-        names = check_labels(list(item.get("labels")), labels.BEN19, key, "metadata.parquet")
-        paths = {b: f"{patch_dir}/{key}_{b}.tif" for b in bands.S2_L2A}
-        ms, geo = read_s2(self.root, paths, key, self.size, self.resample)
-        sample: dict[str, Any] = {"ms.npy": ms}
-        record: dict[str, Any] = {"labels": names, **geo}
-        if s1_dir:
-            s1_name = s1_dir.rsplit("/", 1)[1]
-            sample["s1.npy"] = read_s1(self.s1, s1_dir, s1_name, key, ms.shape[1:])
-            record["s1"] = {"patch": s1_name}
-        sample["json"] = record
+        names = check_labels(list(item.get("labels")), labels.BEN19, item.key, "metadata.parquet")
+        sample, geo = self._read_patch(item, with_georef=True)
+        sample["json"] = {"labels": names, **geo}
         return sample
 
     def header(self) -> dict[str, Any]:
