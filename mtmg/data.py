@@ -1,0 +1,305 @@
+"""Model-ready batches from a shard set: a WebDataset pipeline over `manifest.json`.
+
+Stage order as in open_clip (shard split by rank -> split by loader worker -> shuffle ->
+decode -> batch in workers -> re-batch in the main process). Distributed contract:
+- every rank reads a disjoint part (whole shards when there are at least as many shards as
+  ranks, else every `world`-th sample), and every loader worker a disjoint part of that;
+- training: shard order and sample order shuffled from (seed, epoch); every rank runs exactly
+  `steps` full batches, the same number on all ranks (DDP collectives never wait);
+- evaluation: every sample exactly once across ranks, in a fixed order, last batch partial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from mtmg import labels as lbl
+from mtmg import shards, storage, transforms
+from mtmg.storage import Location
+
+VIEWS = ("rgb", "ms", "both")
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A finished shard set (OUT of `data_prep/shard.py`) and what its manifest says."""
+
+    root: str
+    manifest: dict = field(repr=False, compare=False)
+
+    @classmethod
+    def open(cls, path: str) -> ShardSet:
+        loc = storage.location(path)
+        return cls(loc.uri, shards.load_manifest(loc))
+
+    @property
+    def name(self) -> str:
+        return self.manifest["dataset"]
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def has_ms(self) -> bool:
+        return self.manifest["modality"].startswith("S2")
+
+    def nomenclature(self, name: str | None = None) -> str:
+        """The nomenclature to use: `name`, else BigEarthNet-19 where offered, else the stored."""
+        options = self.manifest["nomenclatures"]
+        if name is None:
+            name = "ben19" if "ben19" in options else self.manifest["label_nomenclature"]
+        if name not in options:
+            raise KeyError(f"{self.root}: no nomenclature {name!r} (it has {sorted(options)})")
+        return name
+
+    def classes(self, nomenclature: str | None = None) -> list[str]:
+        return list(self.manifest["nomenclatures"][self.nomenclature(nomenclature)]["classes"])
+
+    def prompt_names(self, nomenclature: str | None = None) -> list[str]:
+        entry = self.manifest["nomenclatures"][self.nomenclature(nomenclature)]
+        return list(entry.get("prompt_names") or entry["classes"])
+
+    def shards(self, split: str) -> list[tuple[str, int]]:
+        """(path, sample count) of a split's shards; KeyError naming the split if it is empty."""
+        paths = shards.shard_paths(self.root, split, self.manifest)
+        counts = [s["count"] for s in self.manifest["splits"][split]["shards"]]
+        return list(zip(paths, counts, strict=True))
+
+    def count(self, split: str) -> int:
+        return self.manifest["splits"].get(split, {}).get("count", 0)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Label names in the stored nomenclature -> a training target in the requested one."""
+
+    source: tuple[str, ...]
+    mapping: tuple[int, ...] | None  # stored index -> target index (-1: dropped); None = same
+    n_classes: int
+    multi_label: bool
+
+    @classmethod
+    def of(cls, ds: ShardSet, nomenclature: str | None = None) -> Targets:
+        want = ds.nomenclature(nomenclature)
+        stored = ds.manifest["label_nomenclature"]
+        noms = ds.manifest["nomenclatures"]
+        mapping = None
+        if want != stored:
+            entry = noms[want]
+            if entry.get("from") != stored:
+                raise KeyError(f"{ds.root}: no map from {stored} to {want}")
+            mapping = tuple(-1 if j is None else j for j in entry["map"])
+        return cls(
+            tuple(noms[stored]["classes"]), mapping, len(noms[want]["classes"]),
+            ds.task == "multi-label",
+        )  # fmt: skip
+
+    def __call__(self, names: list[str]) -> torch.Tensor:
+        if not self.multi_label:
+            idx = self.source.index(names[0])
+            return torch.tensor(self.mapping[idx] if self.mapping else idx, dtype=torch.long)
+        vec = lbl.multi_hot(names, self.source)
+        if self.mapping is not None:
+            vec = lbl.convert_multi_hot(vec, self.mapping, self.n_classes)
+        return torch.from_numpy(vec.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Raw WebDataset sample -> {"__key__", "rgb" and/or "ms", "target"} (picklable)."""
+
+    bands: tuple[str, ...]
+    modality: str
+    view: str
+    targets: Targets
+    image_size: int
+    ms_size: int
+    mean: tuple[float, ...] = transforms.CLIP_MEAN
+    std: tuple[float, ...] = transforms.CLIP_STD
+    augment: transforms.Augment | None = None
+    seed: int = 0
+    epoch: int = 0
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        key = sample["__key__"]
+        meta = json.loads(sample["json"])
+        out: dict[str, Any] = {"__key__": key, "target": self.targets(meta["labels"])}
+        ms = np.load(io.BytesIO(sample["ms.npy"])) if "ms.npy" in sample else None
+        if ms is not None:
+            rgb = transforms.rgb_from_ms(ms, list(self.bands), self.modality)
+        else:
+            rgb_key = next((k for k in sample if k.startswith("rgb.")), None)
+            if rgb_key is None:
+                raise KeyError(f"sample {key}: neither ms.npy nor an rgb image")
+            rgb = transforms.decode_rgb(sample[rgb_key])
+        views = {"rgb": rgb}
+        if self.view in ("ms", "both"):
+            if ms is None:
+                raise ValueError(f"sample {key}: the multispectral view needs ms.npy")
+            views["ms"] = transforms.ms_input(ms, list(self.bands))
+        if self.augment is not None:
+            # per-sample randomness from (seed, epoch, key): independent of worker assignment
+            digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+            p = self.augment.params(*rgb.shape[-2:], gen)
+            views["rgb"] = self.augment.photometric(
+                self.augment.geometry(views["rgb"], p, self.image_size, bicubic=True), p
+            )
+            if "ms" in views:
+                views["ms"] = self.augment.geometry(views["ms"], p, self.ms_size)
+        else:
+            views["rgb"] = transforms.resize(views["rgb"], self.image_size, bicubic=True)
+            if "ms" in views:
+                views["ms"] = transforms.resize(views["ms"], self.ms_size)
+        if self.view in ("rgb", "both"):
+            out["rgb"] = transforms.normalize(views["rgb"], self.mean, self.std)
+        if "ms" in views:
+            out["ms"] = views["ms"]
+        return out
+
+
+def _unbatch(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for batch in batches:
+        for i in range(len(batch["__key__"])):
+            yield {k: v[i] for k, v in batch.items()}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors; other fields (the `__key__` of each sample) become lists."""
+    return {
+        k: torch.stack([s[k] for s in samples])
+        if isinstance(v, torch.Tensor)
+        else [s[k] for s in samples]
+        for k, v in samples[0].items()
+    }
+
+
+# ------------------------------------------------------------------------------ partitioning
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one rank reads: shard paths, and (sample mode) which global sample indices."""
+
+    urls: tuple[str, ...]
+    offsets: tuple[int, ...]  # global index of each url's first sample
+    rank: int
+    world: int
+    by_sample: bool
+    count: int  # samples this rank yields
+
+
+def partition(
+    shard_list: list[tuple[str, int]],
+    rank: int,
+    world: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+) -> list[Part]:
+    """Every rank's part, computed identically on all ranks (so step counts agree)."""
+    order = list(range(len(shard_list)))
+    if shuffle:
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+    urls = [shard_list[i][0] for i in order]
+    counts = [shard_list[i][1] for i in order]
+    offsets = list(itertools.accumulate([0, *counts[:-1]]))
+    if len(urls) >= world:
+        return [
+            Part(tuple(urls[r::world]), tuple(offsets[r::world]), r, world, False,
+                 sum(counts[r::world]))  # fmt: skip
+            for r in range(world)
+        ]
+    total = sum(counts)
+    return [
+        Part(tuple(urls), tuple(offsets), r, world, True, len(range(r, total, world)))
+        for r in range(world)
+    ]
+
+
+class _EveryNth:
+    """Keep the samples whose global index (url offset + position in its shard) is ours."""
+
+    def __init__(self, part: Part) -> None:
+        self.start = dict(zip(part.urls, part.offsets, strict=True))
+        self.rank, self.world = part.rank, part.world
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        pos: dict[str, int] = {}
+        for sample in src:
+            url = sample["__url__"]
+            i = self.start[url] + pos.get(url, 0)
+            pos[url] = pos.get(url, 0) + 1
+            if i % self.world == self.rank:
+                yield sample
+
+
+@dataclass
+class Loader:
+    """An iterable of batches for one rank, with its length when known."""
+
+    loader: Any
+    steps: int | None  # training: exact batches per epoch on every rank
+    samples: int  # samples this rank sees
+    batch_size: int
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        it = iter(self.loader)
+        return itertools.islice(it, self.steps) if self.steps is not None else it
+
+    def __len__(self) -> int:
+        return self.steps if self.steps is not None else -(-self.samples // self.batch_size)
+
+
+def make_loader(
+    ds: ShardSet,
+    split: str,
+    decoder: Decoder,
+    *,
+    batch_size: int,
+    train: bool,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 2,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int = 1000,
+) -> Loader:
+    """Batches of `split` for this rank (see the module docstring for the guarantees)."""
+    parts = partition(ds.shards(split), rank, world, shuffle=train, seed=seed, epoch=epoch)
+    part = parts[rank]
+    local = [str(u) for u in part.urls]
+    if not Location(ds.root).is_local:
+        raise NotImplementedError(f"{ds.root}: reading shards from object stores comes later")
+    pipe = wds.WebDataset(
+        local, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker,
+        empty_check=False,
+    )  # fmt: skip
+    if part.by_sample:
+        pipe = pipe.compose(_EveryNth(part))
+    if train:
+        pipe = pipe.shuffle(shuffle_buffer, seed=hash((seed, epoch, rank)) & 0xFFFFFFFF)
+    pipe = pipe.map(decoder).batched(batch_size, collation_fn=collate, partial=True)
+    loader = wds.WebLoader(pipe, batch_size=None, num_workers=min(num_workers, len(local)))
+    # re-batch in the main process: full batches whatever the per-worker leftovers
+    loader = loader.compose(_unbatch).batched(batch_size, collation_fn=collate, partial=not train)
+    steps = min(p.count for p in parts) // batch_size if train else None
+    if train and steps == 0:
+        raise ValueError(
+            f"{ds.root} {split}: {min(p.count for p in parts)} samples per rank is less than "
+            f"one batch of {batch_size}; lower --batch-size"
+        )
+    return Loader(loader, steps, part.count, batch_size)
