@@ -1,0 +1,139 @@
+"""Ray Train glue: run a stage's per-worker loop as a TorchTrainer (DDP) job.
+
+Stages (`mtmg.patch`, `mtmg.align`) stay plain PyTorch: they receive rank, world size and device
+through `WorkerContext` and call the small hooks here for reporting and checkpoints, so the same
+loop runs under Ray Train, in a Tune trial, or in a plain test process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class WorkerContext:
+    """Where a stage's worker runs: rank, world size, device, and Ray Train if present."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    ray: bool = False
+
+    @classmethod
+    def current(cls) -> WorkerContext:
+        """The context of this process: a Ray Train worker, or a plain single process."""
+        try:
+            import ray.train
+
+            ctx = ray.train.get_context()
+            rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        except (RuntimeError, AttributeError, ValueError, ImportError):
+            return cls()
+        import ray.train.torch
+
+        return cls(rank, world, ray.train.torch.get_device(), True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def load_checkpoint(self) -> str | None:
+        """Directory of the latest checkpoint of this run (after a restart), if any."""
+        if not self.ray:
+            return None
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        return ckpt.to_directory()
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self) -> Iterator[str]:
+        """A temporary directory for rank 0 to fill before `report(..., checkpoint=dir)`."""
+        with tempfile.TemporaryDirectory(prefix="mtmg-ckpt-") as d:
+            yield d
+
+    def report(self, metrics: dict[str, Any], checkpoint: str | None = None) -> None:
+        """Metrics (every rank calls this) and, from rank 0, a checkpoint directory."""
+        if not self.ray:
+            return
+        import ray.train
+
+        ck = ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        ray.train.report(metrics, checkpoint=ck)
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device; DDP-wrap when running with more than one worker."""
+        module = module.to(self.device)
+        if self.world > 1 and dist.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if self.world == 1 or not dist.is_initialized():
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world == 1 or not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def fit(
+    train_fn: Callable[[dict], None],
+    config: dict[str, Any],
+    *,
+    workers: int,
+    use_gpu: bool,
+    storage_path: str,
+    name: str,
+    max_failures: int = 1,
+    cpus_per_worker: float = 1.0,
+) -> Any:
+    """Run `train_fn(config)` on `workers` DDP workers; returns Ray Train's Result.
+
+    Re-running with the same `storage_path` and `name` resumes from the run's latest checkpoint
+    (Train V2 resumes by identity); a worker failure restarts from it up to `max_failures` times.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)  # workers change their cwd
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
+
+
+def gpu_available() -> bool:
+    """Whether the connected Ray has GPUs to give to workers."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
