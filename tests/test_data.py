@@ -1,0 +1,141 @@
+"""Loading shards: views, targets, augmentation that crops both views alike, DDP parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtmg import bands, labels, prep, synth, transforms
+from mtmg.data import Decoder, ShardSet, Targets, make_loader, partition
+
+
+@pytest.fixture(scope="module")
+def ben_shards(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("raw")
+    synth.make_bigearthnet(root, n_patches=40, s1=False, seed=11)
+    out = tmp_path_factory.mktemp("shards")
+    prep.shard(prep.ShardConfig("bigearthnet", str(root), str(out), shard_size=8, progress=False))
+    return ShardSet.open(str(out))
+
+
+def _decoder(ds, view="rgb", size=120, **kw):
+    t = Targets.of(ds, kw.pop("nomenclature", None))
+    return Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], view, t, size, size, **kw)
+
+
+def _raw(ds, split="train"):
+    from mtmg import shards
+
+    return list(shards.iter_samples(ds.root, split, decode=False))
+
+
+def test_rgb_composite_and_ms_input_follow_the_spec(ben_shards):
+    raw = _raw(ben_shards)[0]
+    ms = np.load(__import__("io").BytesIO(raw["ms.npy"]))
+    out = _decoder(ben_shards, "both")(raw)
+    mean, std = (
+        torch.tensor(transforms.CLIP_MEAN)[:, None, None],
+        torch.tensor(transforms.CLIP_STD)[:, None, None],
+    )
+    rgb = out["rgb"] * std + mean
+    for c, band in enumerate(bands.RGB_BANDS):  # x / 2000 for L2A, clamped
+        want = np.clip(ms[bands.S2_L2A.index(band)] / 2000.0, 0, 1)
+        np.testing.assert_allclose(rgb[c].numpy(), want, atol=1e-5)
+    assert out["ms"].shape == (13, 120, 120)
+    assert torch.all(out["ms"][bands.S2_L1C.index("B10")] == 0)  # L2A has no B10
+    b8a = np.clip(ms[bands.S2_L2A.index("B8A")] / 10000.0, 0, 1)
+    np.testing.assert_allclose(out["ms"][bands.S2_L1C.index("B8A")].numpy(), b8a, atol=1e-6)
+
+
+def test_augmentation_crops_and_flips_both_views_alike(ben_shards):
+    aug = transforms.Augment(scale=(0.5, 0.7), color=False)
+    dec = _decoder(ben_shards, "both", size=120, augment=aug, seed=3)
+    mean, std = (
+        torch.tensor(transforms.CLIP_MEAN)[:, None, None],
+        torch.tensor(transforms.CLIP_STD)[:, None, None],
+    )
+    other = _decoder(ben_shards, "both", size=120, augment=aug, seed=4)
+
+    def agreement(a, b):
+        rgb = a["rgb"] * std + mean
+        ms_red = (b["ms"][bands.S2_L1C.index("B04")] * 5).clamp(0, 1)  # /10000 vs /2000
+        return float(torch.corrcoef(torch.stack([rgb[0].flatten(), ms_red.flatten()]))[0, 1])
+
+    for raw in _raw(ben_shards)[:6]:
+        out = dec(raw)
+        # same box and flips: the views agree up to bicubic vs bilinear resampling
+        assert agreement(out, out) > 0.97
+        assert agreement(out, other(raw)) < 0.9  # another crop does not
+        assert not torch.allclose(out["rgb"], _decoder(ben_shards, "both")(raw)["rgb"])
+    again = dec(_raw(ben_shards)[0])["rgb"]
+    assert torch.equal(again, dec(_raw(ben_shards)[0])["rgb"])  # seeded per (seed, epoch, key)
+
+
+def test_targets_in_every_bigearthnet_nomenclature(ben_shards):
+    raw = _raw(ben_shards)[0]
+    names = __import__("json").loads(raw["json"])["labels"]
+    for nomen, n in (("ben43", 43), ("ben19", 19), ("ben5", 5)):
+        t = _decoder(ben_shards, nomenclature=nomen)(raw)["target"]
+        assert t.shape == (n,) and t.dtype == torch.float32
+    v43 = labels.multi_hot(names, labels.BEN43)
+    want19 = labels.convert_multi_hot(v43, labels.BEN43_TO_19, 19)
+    got19 = _decoder(ben_shards, nomenclature="ben19")(raw)["target"].numpy()
+    np.testing.assert_array_equal(got19, want19)
+    assert ben_shards.nomenclature() == "ben19"  # BigEarthNet default
+    with pytest.raises(KeyError, match="no nomenclature 'ben7'"):
+        ben_shards.classes("ben7")
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_ranks_read_disjoint_parts_and_run_equal_steps(ben_shards, world):
+    dec = _decoder(ben_shards, size=16)
+    seen, steps = [], []
+    for rank in range(world):
+        loader = make_loader(ben_shards, "train", dec, batch_size=2, train=True, rank=rank,
+                             world=world, num_workers=2, seed=1, epoch=0)  # fmt: skip
+        batches = list(loader)
+        steps.append(len(batches))
+        assert all(len(b["__key__"]) == 2 for b in batches)
+        seen += [k for b in batches for k in b["__key__"]]
+    assert len(set(steps)) == 1 and steps[0] > 0
+    assert len(seen) == len(set(seen))  # disjoint
+
+
+@pytest.mark.parametrize("world", [1, 2, 5, 9])
+def test_evaluation_visits_every_sample_exactly_once(ben_shards, world):
+    dec = _decoder(ben_shards, size=16)
+    keys = []
+    for rank in range(world):
+        loader = make_loader(ben_shards, "val", dec, batch_size=3, train=False, rank=rank,
+                             world=world, num_workers=2)  # fmt: skip
+        keys += [k for b in loader for k in b["__key__"]]
+    assert sorted(keys) == sorted(
+        ben_shards.manifest and [s["__key__"] for s in _raw(ben_shards, "val")]
+    )
+    assert len(keys) == ben_shards.count("val")
+
+
+def test_training_order_is_seeded_and_changes_with_the_epoch(ben_shards):
+    dec = _decoder(ben_shards, size=16)
+
+    def order(epoch, seed=0):
+        loader = make_loader(ben_shards, "train", dec, batch_size=4, train=True, num_workers=0,
+                             seed=seed, epoch=epoch)  # fmt: skip
+        return [k for b in loader for k in b["__key__"]]
+
+    assert order(0) == order(0)
+    assert order(0) != order(1) and order(0) != order(0, seed=5)
+
+
+def test_partition_falls_back_to_samples_when_shards_are_few():
+    parts = partition([("a", 5), ("b", 2)], 0, 3, shuffle=False, seed=0, epoch=0)
+    assert [p.by_sample for p in parts] == [True] * 3
+    assert [p.count for p in parts] == [3, 2, 2]
+    parts = partition([("a", 5), ("b", 2), ("c", 4)], 0, 2, shuffle=False, seed=0, epoch=0)
+    assert [p.urls for p in parts] == [("a", "c"), ("b",)] and [p.count for p in parts] == [9, 2]
+
+
+def test_a_batch_larger_than_a_rank_part_is_refused(ben_shards):
+    with pytest.raises(ValueError, match="lower --batch-size"):
+        make_loader(ben_shards, "train", _decoder(ben_shards), batch_size=10_000, train=True)
