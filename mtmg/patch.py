@@ -111,8 +111,13 @@ def train_steps(ds: data.ShardSet, cfg: PatchConfig, world: int) -> list[int]:
     """Steps of every epoch (known up front, for the schedule): same on every rank."""
     bs = max(1, cfg.batch_size // world)
     return [
-        min(p.count for p in data.partition(ds.shards("train"), 0, world, shuffle=True,
-                                            seed=cfg.seed, epoch=e)) // bs  # fmt: skip
+        min(
+            p.count
+            for p in data.partition(
+                ds.shards("train"), 0, world, shuffle=True, seed=cfg.seed, epoch=e
+            )
+        )
+        // bs  # fmt: skip
         for e in range(cfg.epochs)
     ]
 
@@ -130,21 +135,20 @@ def worker(conf: dict[str, Any]) -> None:
     head = heads.ZeroShotHead.from_weights(head_weights[0])
     clf = ctx.wrap(ImageClassifier(bundle.model.visual, head))
     state = _train(cfg, ctx, clf, ds, bundle, conf.get("fail_once"))
+    theta_ft = models.image_state(bundle.model)
     if state.get("rows") is None:
-        theta_ft = models.image_state(bundle.model)
-        rows, alpha = _evaluate(cfg, ctx, bundle, theta_zs, theta_ft, head_weights, conf["sets"])
+        state["rows"], state["alpha"] = _evaluate(
+            cfg, ctx, bundle, theta_zs, theta_ft, head_weights, conf["sets"]
+        )
         if ctx.is_main:
             with ctx.checkpoint_dir() as d:
                 save_file(theta_ft, os.path.join(d, "visual.safetensors"))
-                Path(d, "state.json").write_text(
-                    json.dumps({"epoch": cfg.epochs, "step": state["step"], "rows": rows,
-                                "alpha": alpha, "losses": state["losses"]})  # fmt: skip
-                )
-                ctx.report({"done": 1, "alpha": alpha}, checkpoint=d)
+                Path(d, "state.json").write_text(json.dumps({"epoch": cfg.epochs, **state}))
+                ctx.report({"done": 1, "alpha": state["alpha"]}, checkpoint=d)
         else:
             ctx.report({"done": 1})
-    if not ctx.ray:
-        conf["result"] = {"theta_ft": models.image_state(bundle.model), **state}
+    if not ctx.ray:  # a plain process (tests, notebooks): hand the results back in place
+        conf["result"] = {"theta_ft": theta_ft, **state}
 
 
 def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
@@ -168,7 +172,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
     ckpt = ctx.load_checkpoint()
     if ckpt:
         st = json.loads(Path(ckpt, "state.json").read_text())
-        visual.load_state_dict(load_file(os.path.join(ckpt, "visual.safetensors")), strict=True)
+        models.load_image_state(bundle.model, load_file(os.path.join(ckpt, "visual.safetensors")))
         if Path(ckpt, "optim.pt").exists():
             extra = torch.load(os.path.join(ckpt, "optim.pt"), weights_only=True)
             opt.load_state_dict(extra["opt"])
@@ -217,7 +221,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
                 ctx.report(metrics, checkpoint=d)
         else:
             ctx.report(metrics)
-    return {"step": step, "losses": losses, "rows": None}
+    return {"step": step, "losses": losses, "rows": None, "alpha": None}
 
 
 def _evaluate(cfg, ctx, bundle, theta_zs, theta_ft, head_weights, sets):
@@ -291,6 +295,7 @@ def validate(cfg: PatchConfig) -> tuple[models.ClipBundle, list[tuple[str, str, 
         if not ds.count("test") and not ds.count("val"):
             raise ValueError(f"{path}: no test or val split to evaluate on")
         ds.classes(nomen if role == "patching" else None)
+    torch.manual_seed(cfg.seed)  # a model without pretrained weights starts from the seed
     bundle = models.load_clip(cfg.model, cfg.pretrained, model_config=cfg.model_config)
     if cfg.selection not in select.RULES:
         raise ValueError(f"unknown selection rule {cfg.selection!r}")
