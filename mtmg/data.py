@@ -219,8 +219,14 @@ def partition(
     offsets = list(itertools.accumulate([0, *counts[:-1]]))
     if len(urls) >= world:
         return [
-            Part(tuple(urls[r::world]), tuple(offsets[r::world]), r, world, False,
-                 sum(counts[r::world]))  # fmt: skip
+            Part(
+                tuple(urls[r::world]),
+                tuple(offsets[r::world]),
+                r,
+                world,
+                False,
+                sum(counts[r::world]),
+            )  # fmt: skip
             for r in range(world)
         ]
     total = sum(counts)

@@ -24,7 +24,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mtmg import config, data, evaluate, heads, models, results, select, trainers, transforms
-from mtmg.cluster import init_ray
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -56,6 +55,7 @@ class PatchConfig:
     selection: str = option("mean", help="alpha selection rule", choices=sorted(select.RULES))
     tolerance: float = option(1.0, help="constrained rule: allowed supported drop (points)")
     workers: int = option(1, help="DDP workers")
+    cpus_per_worker: float = option(1.0, help="CPUs reserved per worker (and torch threads)")
     gpu: bool | None = option(None, help="use GPUs (default: when the cluster has them)")
     loader_workers: int = option(2, help="data-loading processes per worker")
     eval_batch_size: int = option(256, help="evaluation batch size per worker")
@@ -78,6 +78,31 @@ class ImageClassifier(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.visual(x))
+
+
+class ThroughputMeter:
+    """Training samples/s in steady state: from the end of the second step (start-up and the
+    first batches of the data loader excluded) to the last, synchronised with the GPU."""
+
+    def __init__(self, device: torch.device, skip: int = 2) -> None:
+        self.device, self.skip, self.n, self.samples, self.t0 = device, skip, 0, 0, 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def step(self, batch: int) -> None:
+        self.n += 1
+        if self.n == self.skip:
+            self.t0 = self._now()
+        elif self.n > self.skip:
+            self.samples += batch
+
+    def rate(self) -> float | None:
+        if self.n <= self.skip:
+            return None
+        return self.samples / max(self._now() - self.t0, 1e-9)
 
 
 def lr_lambda(warmup: int, total: int):
@@ -126,6 +151,8 @@ def worker(conf: dict[str, Any]) -> None:
     """Fine-tune, then evaluate every alpha; runs on each DDP worker (or alone in a test)."""
     cfg = PatchConfig(**conf["cfg"])
     ctx = trainers.WorkerContext.current()
+    if ctx.ray:  # Ray limits a worker to 1 thread; use the CPUs it reserved
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
     bundle = models.load_clip(cfg.model, None, model_config=cfg.model_config)
     bundle.model.load_state_dict(_get(conf["zeroshot"]), strict=True)
@@ -168,7 +195,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, sum(steps)))
     loss_fn = torch.nn.BCEWithLogitsLoss() if targets.multi_label else torch.nn.CrossEntropyLoss()
-    start, step, losses = 0, 0, []
+    start, step, losses, stats = 0, 0, [], []
     ckpt = ctx.load_checkpoint()
     if ckpt:
         st = json.loads(Path(ckpt, "state.json").read_text())
@@ -177,7 +204,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
             extra = torch.load(os.path.join(ckpt, "optim.pt"), weights_only=True)
             opt.load_state_dict(extra["opt"])
             sched.load_state_dict(extra["sched"])
-        start, step, losses = st["epoch"], st["step"], st["losses"]
+        start, step, losses, stats = st["epoch"], st["step"], st["losses"], st.get("stats", [])
         if st.get("rows") is not None:
             return st
         log.info("resuming at epoch %d, step %d", start, step)
@@ -190,6 +217,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
             world=ctx.world, num_workers=cfg.loader_workers, seed=cfg.seed, epoch=epoch,
         )  # fmt: skip
         total, n = torch.zeros(2, device=ctx.device), 0
+        meter = ThroughputMeter(ctx.device)
         for batch in loader:
             x, y = batch["rgb"].to(ctx.device), batch["target"].to(ctx.device)
             with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
@@ -201,6 +229,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
             opt.step()
             sched.step()
             step, n = step + 1, n + 1
+            meter.step(len(y))
             if fail_once and step == fail_once[1] and not os.path.exists(fail_once[0]):
                 Path(fail_once[0]).touch()
                 raise RuntimeError(f"injected worker failure at step {step}")
@@ -208,20 +237,26 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
             losses.append([step, loss.item()])
         if ctx.world > 1:
             torch.distributed.all_reduce(total)
-        metrics = {"epoch": epoch + 1, "step": step, "train_loss": float(total[0] / total[1])}
+        metrics = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": float(total[0] / total[1]),
+            "samples_per_s": meter.rate(),
+        }
+        stats.append(metrics)
         log.info("epoch %d: %s", epoch + 1, metrics)
         if ctx.is_main:
             with ctx.checkpoint_dir() as d:
                 save_file(models.image_state(bundle.model), os.path.join(d, "visual.safetensors"))
                 torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()},
                            os.path.join(d, "optim.pt"))  # fmt: skip
-                Path(d, "state.json").write_text(
-                    json.dumps({"epoch": epoch + 1, "step": step, "losses": losses})
-                )
+                Path(d, "state.json").write_text(json.dumps(
+                    {"epoch": epoch + 1, "step": step, "losses": losses, "stats": stats}
+                ))  # fmt: skip
                 ctx.report(metrics, checkpoint=d)
         else:
             ctx.report(metrics)
-    return {"step": step, "losses": losses, "rows": None, "alpha": None}
+    return {"step": step, "losses": losses, "stats": stats, "rows": None, "alpha": None}
 
 
 def _evaluate(cfg, ctx, bundle, theta_zs, theta_ft, head_weights, sets):
@@ -334,9 +369,11 @@ def run(cfg: PatchConfig, *, fail_once: tuple[str, int] | None = None) -> dict[s
     head_weights = build_heads(cfg, bundle, sets)
     theta_zs = models.image_state(bundle.model)
     save_file(theta_zs, str(out / "theta_zs.safetensors"))
-    init_ray(cfg.cluster)
     import ray
 
+    from mtmg.cluster import init_ray
+
+    init_ray(cfg.cluster)
     use_gpu = trainers.gpu_available() if cfg.gpu is None else cfg.gpu
     conf = {
         "cfg": {**config.to_dict(cfg), "data": str(Path(cfg.data).resolve())},
@@ -348,7 +385,7 @@ def run(cfg: PatchConfig, *, fail_once: tuple[str, int] | None = None) -> dict[s
     conf["cfg"] = {k: tuple(v) if isinstance(v, list) else v for k, v in conf["cfg"].items()}
     result = trainers.fit(
         worker, conf, workers=cfg.workers, use_gpu=use_gpu, storage_path=str(out / "ray"),
-        name="patch", max_failures=cfg.max_failures,
+        name="patch", max_failures=cfg.max_failures, cpus_per_worker=cfg.cpus_per_worker,
     )  # fmt: skip
     with result.checkpoint.as_directory() as d:
         theta_ft = load_file(os.path.join(d, "visual.safetensors"))
@@ -374,6 +411,7 @@ def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) ->
         "selection": cfg.selection,
         "steps": state["step"],
         "final_train_loss": state["losses"][-1][1] if state["losses"] else None,
+        "epochs": state.get("stats", []),
         "test": [r for r in test if r.get("selected") is not None],
         "patched_checkpoint": str(out / "patched.safetensors"),
         "load_with": f"open_clip.create_model({cfg.model!r}, pretrained='patched.safetensors')",

@@ -19,16 +19,15 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-import mtmg
 from mtmg import cluster, config, storage
 from mtmg.raw import DATASETS, DatasetError, Layout, Plan, SampleError, make_layout
 from mtmg.raw.common import SPLITS, majority_size
 from mtmg.shards import (
-    FORMAT,
     FORMAT_VERSION,
     STATE_DIR,
     ShardResult,
     ShardTask,
+    build_manifest,
     plan_tasks,
     summary_table,
     write_index,
@@ -185,47 +184,6 @@ def run_tasks(
     return sorted(results, key=lambda r: r.name)
 
 
-def build_manifest(
-    cfg: ShardConfig, layout: Layout, plan: Plan, results: list[ShardResult]
-) -> dict[str, Any]:
-    splits: dict[str, Any] = {s: {"count": 0, "shards": []} for s in SPLITS}
-    rejected = list(plan.rejected)
-    for r in results:
-        split = r.name.split("/", 1)[0]
-        splits[split]["count"] += r.count
-        splits[split]["shards"].append({"name": r.name, "count": r.count, "sha256": r.sha256})
-        rejected.extend(r.rejected)
-    written = sum(v["count"] for v in splits.values())
-    header = layout.header()
-    size = getattr(layout, "size", None)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "dataset": cfg.dataset,
-        **header,
-        "native_size": list(size) if size else None,
-        "splits": splits,
-        "excluded": plan.excluded,
-        "rejected": sorted(rejected, key=lambda r: r["key"]),
-        "summary": {
-            "inputs": written + len(plan.excluded) + len(rejected),
-            "written": written,
-            "excluded": len(plan.excluded),
-            "rejected": len(rejected),
-        },
-        "source": plan.info,
-        "config": config.to_dict(cfg),
-        "created_by": f"mtmg {mtmg.__version__}",
-    }
-    if "bands" in header and header.get("modality", "").startswith("S2"):
-        manifest["resampling"] = {
-            "method": cfg.resample,
-            "note": "20 m bands x2 and 60 m bands x6 onto the 10 m grid; 10 m bands unchanged"
-            + ("; a source band is exactly x[::f, ::f]" if cfg.resample == "nearest" else ""),
-        }
-    return manifest
-
-
 def shard(cfg: ShardConfig) -> dict[str, Any]:
     """Shard a raw dataset; returns the manifest (also written to OUT/manifest.json)."""
     t0 = time.perf_counter()
@@ -236,7 +194,7 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
         cluster.check_paths_visible([storage.location(cfg.root).path], out.path)
     _prepare_out(out, _fingerprint(cfg, layout, tasks), cfg.overwrite)
     results = run_tasks(cfg, layout, tasks, out)
-    manifest = build_manifest(cfg, layout, plan, results)
+    manifest = build_manifest(config.to_dict(cfg), layout, plan, results)
     write_index(out, results)
     storage.write_json_atomic(out.fs, out.child_path("manifest.json"), manifest)
     resumed = sum(r.resumed for r in results)

@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
+import mtmg
 from mtmg import storage
-from mtmg.raw.common import Item, Layout, SampleError, gdal_env
+from mtmg.raw.common import SPLITS, Item, Layout, Plan, SampleError, gdal_env
 from mtmg.storage import Location
 
 FORMAT = "mtmg-shards"
@@ -132,6 +133,48 @@ def write_shard(
 
 
 # ------------------------------------------------------------------------------ manifest
+
+
+def build_manifest(
+    cfg: dict[str, Any], layout: Layout, plan: Plan, results: list[ShardResult]
+) -> dict[str, Any]:
+    """The manifest of a finished run: the layout's header, shards, exclusions, the config."""
+    splits: dict[str, Any] = {s: {"count": 0, "shards": []} for s in SPLITS}
+    rejected = list(plan.rejected)
+    for r in results:
+        split = r.name.split("/", 1)[0]
+        splits[split]["count"] += r.count
+        splits[split]["shards"].append({"name": r.name, "count": r.count, "sha256": r.sha256})
+        rejected.extend(r.rejected)
+    written = sum(v["count"] for v in splits.values())
+    header = layout.header()
+    size = getattr(layout, "size", None)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg["dataset"],
+        **header,
+        "native_size": list(size) if size else None,
+        "splits": splits,
+        "excluded": plan.excluded,
+        "rejected": sorted(rejected, key=lambda r: r["key"]),
+        "summary": {
+            "inputs": written + len(plan.excluded) + len(rejected),
+            "written": written,
+            "excluded": len(plan.excluded),
+            "rejected": len(rejected),
+        },
+        "source": plan.info,
+        "config": cfg,
+        "created_by": f"mtmg {mtmg.__version__}",
+    }
+    if "bands" in header and header.get("modality", "").startswith("S2"):
+        manifest["resampling"] = {
+            "method": cfg["resample"],
+            "note": "20 m bands x2 and 60 m bands x6 onto the 10 m grid; 10 m bands unchanged"
+            + ("; a source band is exactly x[::f, ::f]" if cfg["resample"] == "nearest" else ""),
+        }
+    return manifest
 
 
 def write_index(out: Location, results: list[ShardResult]) -> None:
