@@ -45,3 +45,24 @@ def test_unshared_paths_are_named(ray_session, tmp_path):
     check_paths_visible([str(tmp_path)], str(tmp_path / "out"))  # visible: no error
     with pytest.raises(ClusterError, match=r"cannot see \['/nonexistent/raw'\].*object-store URI"):
         check_paths_visible(["/nonexistent/raw"], str(tmp_path / "out"))
+
+
+def test_patch_on_a_running_cluster(local_cluster, tmp_path):
+    synth.make_bigearthnet(tmp_path / "raw", n_patches=40, s1=False, seed=4)
+    shards = tmp_path / "shards"
+    r = subprocess.run(
+        [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root",
+         str(tmp_path / "raw"), "--out", str(shards), "--cluster", "--no-progress"],
+        env=local_cluster, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "patch"
+    r = subprocess.run(
+        [sys.executable, "-m", "mtmg.patch", "--data", str(shards), "--out", str(out),
+         "--model", "mtmg-tiny-vit", "--pretrained", "none", "--epochs", "1", "--batch-size",
+         "8", "--alphas", "0", "1", "--cluster", "--cache-dir", str(tmp_path / "cache")],
+        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["alpha"] in (0.0, 1.0) and (out / "patched.safetensors").exists()
