@@ -47,10 +47,11 @@ def make_shards(work: Path, n: int, size: int) -> data.ShardSet:
     return data.ShardSet.open(str(out))
 
 
-def decoder(ds: data.ShardSet, bundle: models.ClipBundle) -> data.Decoder:
+def decoder(ds: data.ShardSet, bundle: models.ClipBundle, defer: bool) -> data.Decoder:
     return data.Decoder(
         tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", data.Targets.of(ds),
         bundle.image_size, bundle.image_size, bundle.mean, bundle.std, transforms.Augment(),
+        defer_augment=defer,
     )  # fmt: skip
 
 
@@ -82,7 +83,8 @@ def plain_rate(ds, dec, bundle, args) -> float:
     meter = ThroughputMeter(device)
     model.train()
     for batch in loader:
-        x, y = batch["rgb"].to(device), batch["target"].to(device)
+        batch = data.device_batch(batch, dec, device)
+        x, y = batch["rgb"], batch["target"]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = loss_fn(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
@@ -100,7 +102,7 @@ def ray_train_rate(ds, args, work: Path) -> dict:
         data=ds.root, out=str(work / "job"), model=args.model, pretrained=None,
         batch_size=args.batch_size, epochs=1, alphas=(0.0,), precision=args.precision,
         loader_workers=args.loader_workers, cpus_per_worker=float(os.cpu_count() or 1),
-        cache_dir=str(work / "cache"), gpu=args.device == "cuda",
+        cache_dir=str(work / "cache"), gpu=args.device == "cuda", gpu_augment=args.gpu_augment,
     )  # fmt: skip
     t0 = time.perf_counter()
     summary = patch.run(cfg)
@@ -139,13 +141,14 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train and Ray Data runs")
+    ap.add_argument("--gpu-augment", action="store_true", help="augment batches on the device")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mtmg-bench-"))
     try:
         ds = make_shards(work, args.patches, args.size)
         torch.manual_seed(0)
         bundle = models.load_clip(args.model, None)
-        dec = decoder(ds, bundle)
+        dec = decoder(ds, bundle, defer=args.gpu_augment)
         result = {
             "bench": "patch_step",
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -153,6 +156,7 @@ def main() -> None:
                         "torch_threads": torch.get_num_threads()},  # fmt: skip
             "model": args.model, "image_size": bundle.image_size, "batch_size": args.batch_size,
             "precision": args.precision, "train_samples": ds.count("train"),
+            "gpu_augment": args.gpu_augment,
             "loader_samples_per_s": round(loader_rate(ds, dec, args), 1),
             "plain_loop_samples_per_s": round(plain_rate(ds, dec, bundle, args), 1),
         }  # fmt: skip

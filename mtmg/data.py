@@ -131,6 +131,7 @@ class Decoder:
     augment: transforms.Augment | None = None
     seed: int = 0
     epoch: int = 0
+    defer_augment: bool = False  # leave crop/resize/jitter to `device_batch` on the GPU
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         key = sample["__key__"]
@@ -154,6 +155,10 @@ class Decoder:
             digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
             gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
             p = self.augment.params(*rgb.shape[-2:], gen)
+            if self.defer_augment:  # native size, half precision: cheap to decode and to move
+                out["aug"] = transforms.params_tensor(p)
+                out.update({k: v.half() for k, v in views.items()})
+                return out
             views["rgb"] = self.augment.photometric(
                 self.augment.geometry(views["rgb"], p, self.image_size, bicubic=True), p
             )
@@ -168,6 +173,21 @@ class Decoder:
         if "ms" in views:
             out["ms"] = views["ms"]
         return out
+
+
+def device_batch(
+    batch: dict[str, Any], decoder: Decoder, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Move a batch to `device`, finishing deferred augmentation there; RGB is normalised."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    if "aug" in out:
+        aug = decoder.augment
+        if "rgb" in out:
+            rgb = transforms.batch_augment(out["rgb"], out["aug"], decoder.image_size, aug.color)
+            out["rgb"] = transforms.normalize(rgb, decoder.mean, decoder.std)
+        if "ms" in out:
+            out["ms"] = transforms.batch_augment(out["ms"], out["aug"], decoder.ms_size, False)
+    return out
 
 
 def _unbatch(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

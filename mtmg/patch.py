@@ -48,6 +48,9 @@ class PatchConfig:
     batch_size: int = option(128, help="global batch size (split over workers)")
     grad_clip: float = option(1.0, help="gradient-norm clip (0: off)")
     augment: bool = option(True, help="random-resized crop, flips, colour jitter")
+    gpu_augment: bool | None = option(
+        None, help="crop/resize/jitter batches on the accelerator (default: on a GPU)"
+    )
     precision: str = option(
         "auto", help="bf16 autocast on GPU with auto", choices=["auto", "fp32", "bf16"]
     )
@@ -188,6 +191,8 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
         tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", targets,
         bundle.image_size, bundle.image_size, bundle.mean, bundle.std,
         transforms.Augment() if cfg.augment else None, cfg.seed,
+        defer_augment=cfg.augment and (cfg.gpu_augment or (
+            cfg.gpu_augment is None and ctx.device.type == "cuda")),
     )  # fmt: skip
     steps = train_steps(ds, cfg, ctx.world)
     visual = bundle.model.visual
@@ -219,7 +224,8 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
         total, n = torch.zeros(2, device=ctx.device), 0
         meter = ThroughputMeter(ctx.device)
         for batch in loader:
-            x, y = batch["rgb"].to(ctx.device), batch["target"].to(ctx.device)
+            batch = data.device_batch(batch, decoder, ctx.device)
+            x, y = batch["rgb"], batch["target"]
             with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
                 loss = loss_fn(clf(x).float(), y)
             opt.zero_grad(set_to_none=True)

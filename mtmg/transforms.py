@@ -112,3 +112,38 @@ def resize(x: torch.Tensor, size: int, bicubic: bool = False) -> torch.Tensor:
 
 def normalize(rgb: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     return F.normalize(rgb, list(mean), list(std))
+
+
+# ---------------------------------------------------------- augmentation on the accelerator
+# On a GPU the per-sample crop/resize on CPU workers starves the model (bench/patch_step.py):
+# with `Decoder(defer_augment=True)` workers only decode and draw the parameters, and the
+# batch is cropped, resized (bilinear, roi_align), flipped and jittered on the device.
+
+
+def params_tensor(p: dict) -> torch.Tensor:
+    """Augment.params as a row: x1, y1, x2, y2, hflip, vflip, brightness, contrast, grey."""
+    top, left, h, w = p["box"]
+    b, c = p["jitter"]
+    vals = [left, top, left + w, top + h, p["hflip"], p["vflip"], b, c, p["grey"]]
+    return torch.tensor([float(v) for v in vals], dtype=torch.float32)
+
+
+def batch_augment(x: torch.Tensor, params: torch.Tensor, size: int, color: bool) -> torch.Tensor:
+    """Per-sample crop + resize to `size`, flips and (RGB) brightness/contrast/greyscale."""
+    from torchvision.ops import roi_align
+
+    n = x.shape[0]
+    boxes = torch.cat([torch.arange(n, device=x.device, dtype=torch.float32)[:, None],
+                       params[:, :4].float()], dim=1)  # fmt: skip
+    out = roi_align(x.float(), boxes, (size, size), 1.0, sampling_ratio=2, aligned=True)
+    out = torch.where(params[:, 4].bool()[:, None, None, None], out.flip(-1), out)
+    out = torch.where(params[:, 5].bool()[:, None, None, None], out.flip(-2), out)
+    if not color:
+        return out
+    out = (out * params[:, 6, None, None, None]).clamp(0, 1)
+    weights = torch.tensor([0.2989, 0.587, 0.114], device=out.device)[None, :, None, None]
+    grey = (out * weights).sum(1, keepdim=True)
+    c = params[:, 7, None, None, None]
+    out = (c * out + (1 - c) * grey.mean((-2, -1), keepdim=True)).clamp(0, 1)
+    grey = (out * weights).sum(1, keepdim=True).expand_as(out)
+    return torch.where(params[:, 8].bool()[:, None, None, None], grey, out)

@@ -139,3 +139,24 @@ def test_partition_falls_back_to_samples_when_shards_are_few():
 def test_a_batch_larger_than_a_rank_part_is_refused(ben_shards):
     with pytest.raises(ValueError, match="lower --batch-size"):
         make_loader(ben_shards, "train", _decoder(ben_shards), batch_size=10_000, train=True)
+
+
+def test_deferred_augmentation_on_the_device_matches_the_worker_path(ben_shards):
+    """GPU path (workers decode only; crop/resize/flip/jitter batched): same crops, flips and
+    colour changes as the per-sample path, up to bilinear vs bicubic resampling."""
+    from mtmg.data import collate, device_batch
+
+    aug = transforms.Augment(scale=(0.5, 0.8))
+    kw = dict(view="both", size=96, augment=aug, seed=7)
+    cpu, deferred = _decoder(ben_shards, **kw), _decoder(ben_shards, **kw, defer_augment=True)
+    raws = _raw(ben_shards)[:8]
+    want = collate([cpu(r) for r in raws])
+    got = device_batch(collate([deferred(r) for r in raws]), deferred, torch.device("cpu"))
+    assert got["rgb"].shape == want["rgb"].shape == (8, 3, 96, 96)
+    assert got["ms"].shape == want["ms"].shape == (8, 13, 96, 96)
+    for i in range(8):
+        for view in ("rgb", "ms"):
+            a, b = got[view][i].flatten(), want[view][i].flatten()
+            assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.97, (view, i)
+        assert (got["rgb"][i] - want["rgb"][i]).abs().mean() < 0.1
+    torch.testing.assert_close(got["target"], want["target"])
