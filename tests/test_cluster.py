@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,26 @@ def test_patch_on_a_running_cluster(local_cluster, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["alpha"] in (0.0, 1.0) and (out / "patched.safetensors").exists()
+
+
+def test_patch_as_a_ray_job(local_cluster, tmp_path):
+    """`ray job submit --working-dir . -- python -m mtmg.patch ...` against the local cluster."""
+    synth.make_bigearthnet(tmp_path / "raw", n_patches=30, s1=False, seed=6)
+    shards = tmp_path / "shards"
+    subprocess.run(
+        [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root",
+         str(tmp_path / "raw"), "--out", str(shards), "--cluster", "--no-progress"],
+        env=local_cluster, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    out = tmp_path / "job-out"
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    r = subprocess.run(
+        [ray_bin, "job", "submit", "--working-dir", ".", "--", sys.executable, "-m",
+         "mtmg.patch", "--data", str(shards), "--out", str(out), "--model", "mtmg-tiny-vit",
+         "--pretrained", "none", "--epochs", "1", "--batch-size", "8", "--alphas", "0", "1",
+         "--cache-dir", str(tmp_path / "cache")],
+        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "succeeded" in (r.stdout + r.stderr).lower()
+    assert json.loads((out / "summary.json").read_text())["alpha"] in (0.0, 1.0)
