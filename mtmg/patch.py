@@ -23,7 +23,18 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mtmg import config, data, evaluate, heads, models, results, select, trainers, transforms
+from mtmg import (
+    config,
+    data,
+    evaluate,
+    heads,
+    models,
+    results,
+    select,
+    trainers,
+    transforms,
+    weights,
+)
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -159,13 +170,13 @@ def worker(conf: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     bundle = models.load_clip(cfg.model, None, model_config=cfg.model_config)
     bundle.model.load_state_dict(_get(conf["zeroshot"]), strict=True)
-    theta_zs = models.image_state(bundle.model)
+    theta_zs = weights.image_state(bundle.model)
     head_weights = _get(conf["heads"])
     ds = data.ShardSet.open(cfg.data)
     head = heads.ZeroShotHead.from_weights(head_weights[0])
     clf = ctx.wrap(ImageClassifier(bundle.model.visual, head))
     state = _train(cfg, ctx, clf, ds, bundle, conf.get("fail_once"))
-    theta_ft = models.image_state(bundle.model)
+    theta_ft = weights.image_state(bundle.model)
     if state.get("rows") is None:
         state["rows"], state["alpha"] = _evaluate(
             cfg, ctx, bundle, theta_zs, theta_ft, head_weights, conf["sets"]
@@ -204,7 +215,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
     ckpt = ctx.load_checkpoint()
     if ckpt:
         st = json.loads(Path(ckpt, "state.json").read_text())
-        models.load_image_state(bundle.model, load_file(os.path.join(ckpt, "visual.safetensors")))
+        weights.load_image_state(bundle.model, load_file(os.path.join(ckpt, "visual.safetensors")))
         if Path(ckpt, "optim.pt").exists():
             extra = torch.load(os.path.join(ckpt, "optim.pt"), weights_only=True)
             opt.load_state_dict(extra["opt"])
@@ -253,7 +264,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
         log.info("epoch %d: %s", epoch + 1, metrics)
         if ctx.is_main:
             with ctx.checkpoint_dir() as d:
-                save_file(models.image_state(bundle.model), os.path.join(d, "visual.safetensors"))
+                save_file(weights.image_state(bundle.model), os.path.join(d, "visual.safetensors"))
                 torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()},
                            os.path.join(d, "optim.pt"))  # fmt: skip
                 Path(d, "state.json").write_text(json.dumps(
@@ -289,7 +300,7 @@ def _evaluate(cfg, ctx, bundle, theta_zs, theta_ft, head_weights, sets):
         return cached[(i, split)]
 
     def run(alpha: float, jobs: list[tuple[int, str]]) -> list[dict]:
-        models.load_image_state(bundle.model, models.interpolate(theta_zs, theta_ft, alpha))
+        weights.load_image_state(bundle.model, weights.interpolate(theta_zs, theta_ft, alpha))
         out = []
         for i, split in jobs:
             ds = shard_sets[i]
@@ -314,7 +325,7 @@ def _evaluate(cfg, ctx, bundle, theta_zs, theta_ft, head_weights, sets):
     test_jobs = [(i, "test" if ds.count("test") else "val") for i, ds in enumerate(shard_sets)]
     for a in sorted({0.0, alpha, 1.0}):
         rows += [{**r, "selected": a == alpha} for r in run(a, test_jobs)]
-    models.load_image_state(bundle.model, theta_ft)
+    weights.load_image_state(bundle.model, theta_ft)
     return rows, alpha
 
 
@@ -347,7 +358,7 @@ def build_heads(cfg: PatchConfig, bundle: models.ClipBundle, sets) -> list[torch
     """Zero-shot head weights of every dataset, cached on disk (safetensors)."""
     cache = cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "mtmg", "heads")
     # a head depends on the text tower only: one cached head serves every alpha
-    fingerprint = models.weights_fingerprint(models.text_state(bundle.model))
+    fingerprint = weights.weights_fingerprint(weights.text_state(bundle.model))
     out = []
     for role, path, nomen in sets:
         ds = data.ShardSet.open(path)
@@ -373,7 +384,7 @@ def run(cfg: PatchConfig, *, fail_once: tuple[str, int] | None = None) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     results.save_config(config.to_dict(cfg), out / "config.yaml")
     head_weights = build_heads(cfg, bundle, sets)
-    theta_zs = models.image_state(bundle.model)
+    theta_zs = weights.image_state(bundle.model)
     save_file(theta_zs, str(out / "theta_zs.safetensors"))
     import ray
 
@@ -408,8 +419,8 @@ def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) ->
     curves = select.curves(rows, "val")
     results.plot_alpha_curve(curves, alpha, out / "alpha_curve.png",
                              title=f"{cfg.model}: patching vs supported (validation)")  # fmt: skip
-    models.load_image_state(bundle.model, models.interpolate(theta_zs, theta_ft, alpha))
-    models.save_checkpoint(bundle.model, out / "patched.safetensors")
+    weights.load_image_state(bundle.model, weights.interpolate(theta_zs, theta_ft, alpha))
+    weights.save_checkpoint(bundle.model, out / "patched.safetensors")
     test = [r for r in rows if r["split"] != "val" or r.get("selected") is not None]
     summary = {
         "model": cfg.model,

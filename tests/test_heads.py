@@ -18,7 +18,8 @@ from mtmg.heads import (
     head_cache_key,
     load_templates,
 )
-from mtmg.models import ClipBundle, load_clip, text_state, weights_fingerprint
+from mtmg.models import ClipBundle, load_clip
+from mtmg.weights import text_state, weights_fingerprint
 
 CLASSES = ["forest", "sea and ocean", "urban fabric"]
 TEMPLATES = ["a satellite image of {c}.", "an aerial view of {c}.", "{c} seen from above."]

@@ -17,12 +17,14 @@ from mtmg import models
 from mtmg.models import (
     ClipBundle,
     ModelLoadError,
-    image_state,
-    interpolate,
     load_clip,
-    load_image_state,
     register_model_config,
     resolve_pretrained,
+)
+from mtmg.weights import (
+    image_state,
+    interpolate,
+    load_image_state,
     save_checkpoint,
     text_state,
     weights_fingerprint,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtmg import data, evaluate, heads, models, patch, prep, synth
+from mtmg import data, evaluate, heads, models, patch, prep, synth, weights
 from mtmg.trainers import WorkerContext
 
 from conftest import REPO
@@ -71,7 +71,7 @@ def test_patching_end_to_end(sets, tmp_path):
     dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
                        data.Targets.of(ds), size, size)  # fmt: skip
     for alpha, theta in ((0.0, zs), (1.0, ft)):
-        models.load_image_state(model, theta)
+        weights.load_image_state(model, theta)
         loader = data.make_loader(ds, "test", dec, batch_size=64, train=False, num_workers=0)
         m = evaluate.classification(
             WorkerContext(), lambda b: head(model.visual(b["rgb"])), loader, ds.task
@@ -80,8 +80,8 @@ def test_patching_end_to_end(sets, tmp_path):
 
     # the patched model is a full open_clip checkpoint that loads strictly
     model = open_clip.create_model(cfg.model, pretrained=str(out / "patched.safetensors"))
-    want = models.interpolate(zs, ft, state["alpha"])
-    for k, v in models.image_state(model).items():
+    want = weights.interpolate(zs, ft, state["alpha"])
+    for k, v in weights.image_state(model).items():
         torch.testing.assert_close(v, want[k])
 
 
@@ -123,7 +123,7 @@ def test_bad_input_fails_before_training(sets, tmp_path, capsys):
     assert patch.main([*base, "--model", "ViT-Q-99"]) == 2
     assert "ViT-Q-99" in capsys.readouterr().err
     other = tmp_path / "small.safetensors"
-    models.save_checkpoint(models.load_clip("mtmg-small-vit").model, other)
+    weights.save_checkpoint(models.load_clip("mtmg-small-vit").model, other)
     assert patch.main([*base[:-1], str(other)]) == 2
     assert str(other) in capsys.readouterr().err
     assert not (tmp_path / "o" / "ray").exists()
@@ -151,7 +151,7 @@ def test_vit_b_32_smoke_without_ray(sets, tmp_path):
                             cache_dir=str(tmp_path / "cache"))  # fmt: skip
     bundle, sets_ = patch.validate(cfg)
     assert bundle.image_size == 224
-    zs = models.image_state(bundle.model)
+    zs = weights.image_state(bundle.model)
     conf = {"cfg": dataclasses.asdict(cfg), "zeroshot": bundle.model.state_dict(),
             "heads": patch.build_heads(cfg, bundle, sets_), "sets": sets_}  # fmt: skip
     patch.worker(conf)
