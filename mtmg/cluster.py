@@ -55,10 +55,16 @@ def init_ray(
         address="local",
         num_cpus=num_cpus,
         resources=resources,
-        include_dashboard=False,
+        # the state API runs in the dashboard: without it Ray Train's placement-group cleaner
+        # polls it forever after every run (a lingering actor and a warning every second)
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         object_store_memory=min(2 * 1024**3, _default_object_store()),
         logging_level=logging.WARNING,
         log_to_driver=True,
+        # Ray lowers its workers' priority (nice 15) below its own daemons; on a machine the
+        # embedded run has to itself, the workers are the job: give them normal priority.
+        _system_config={"worker_niceness": 0},
     )
     return False
 
