@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from mtmg import labels as lbl
 from mtmg import shards, storage, transforms
-from mtmg.storage import Location
 
 VIEWS = ("rgb", "ms", "both")
 
@@ -73,7 +73,7 @@ class ShardSet:
 
     def shards(self, split: str) -> list[tuple[str, int]]:
         """(path, sample count) of a split's shards; KeyError naming the split if it is empty."""
-        paths = shards.shard_paths(self.root, split, self.manifest)
+        paths = shards.shard_paths(self.root, split, self.manifest)  # paths or URIs
         counts = [s["count"] for s in self.manifest["splits"][split]["shards"]]
         return list(zip(paths, counts, strict=True))
 
@@ -307,18 +307,20 @@ def make_loader(
     """Batches of `split` for this rank (see the module docstring for the guarantees)."""
     parts = partition(ds.shards(split), rank, world, shuffle=train, seed=seed, epoch=epoch)
     part = parts[rank]
-    local = [str(u) for u in part.urls]
-    if not Location(ds.root).is_local:
-        raise NotImplementedError(f"{ds.root}: reading shards from object stores comes later")
-    pipe = wds.WebDataset(
-        local, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker,
-        empty_check=False,
-    )  # fmt: skip
+    stages: list[Any] = [
+        wds.SimpleShardList(list(part.urls)),
+        wds.split_by_worker,
+        shards.open_shards,
+        tar_file_expander,
+        group_by_keys,
+    ]
     if part.by_sample:
-        pipe = pipe.compose(_EveryNth(part))
+        stages.append(_EveryNth(part))
     if train:
-        pipe = pipe.shuffle(shuffle_buffer, seed=hash((seed, epoch, rank)) & 0xFFFFFFFF)
-    pipe = pipe.map(decoder).batched(batch_size, collation_fn=collate, partial=True)
+        stages.append(wds.shuffle(shuffle_buffer, seed=hash((seed, epoch, rank)) & 0xFFFFFFFF))
+    stages += [wds.map(decoder), wds.batched(batch_size, collation_fn=collate, partial=True)]
+    pipe = wds.DataPipeline(*stages)
+    local = part.urls
     loader = wds.WebLoader(pipe, batch_size=None, num_workers=min(num_workers, len(local)))
     # re-batch in the main process: full batches whatever the per-worker leftovers
     loader = loader.compose(_unbatch).batched(batch_size, collation_fn=collate, partial=not train)

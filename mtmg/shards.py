@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import mtmg
 from mtmg import storage
@@ -212,22 +213,29 @@ def load_manifest(out: str | Location) -> dict[str, Any]:
 
 
 def shard_paths(out: str | Location, split: str, manifest: dict | None = None) -> list[str]:
-    """Paths (or URIs) of a split's shards, in order."""
+    """Paths (or, for an object-store shard set, URIs) of a split's shards, in order."""
     loc = out if isinstance(out, Location) else storage.location(out)
     manifest = manifest or load_manifest(loc)
     if split not in manifest["splits"] or not manifest["splits"][split]["shards"]:
         have = [s for s, v in manifest["splits"].items() if v["count"]]
         raise KeyError(f"{loc}: no {split!r} split in this shard set (it has {have})")
-    return [loc.child_path(s["name"]) for s in manifest["splits"][split]["shards"]]
+    return [loc.join(s["name"]).uri for s in manifest["splits"][split]["shards"]]
+
+
+def open_shards(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """WebDataset stage: open each shard URL through pyarrow (local paths and object stores)."""
+    for sample in src:
+        loc = storage.location(sample["url"])
+        yield {**sample, "stream": loc.fs.open_input_stream(loc.path)}
 
 
 def iter_samples(out: str | Location, split: str, *, decode: bool = True) -> Iterator[dict]:
     """Every sample of a split in shard order, decoded (`ms.npy` -> array, `json` -> dict...)."""
-    urls = shard_paths(out, split)
-    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, empty_check=False)
+    stages = [wds.SimpleShardList(shard_paths(out, split)), open_shards, tar_file_expander,
+              group_by_keys]  # fmt: skip
     if decode:
-        ds = ds.decode()
-    yield from ds
+        stages.append(wds.decode())
+    yield from wds.DataPipeline(*stages)
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

@@ -160,3 +160,16 @@ def test_deferred_augmentation_on_the_device_matches_the_worker_path(ben_shards)
             assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.97, (view, i)
         assert (got["rgb"][i] - want["rgb"][i]).abs().mean() < 0.1
     torch.testing.assert_close(got["target"], want["target"])
+
+
+def test_shards_are_read_through_uris_too(ben_shards):
+    """A shard set addressed by URI (file:// here; s3://, gs:// alike) loads like a path."""
+    by_path = ShardSet.open(ben_shards.root)
+    by_uri = ShardSet.open(f"file://{ben_shards.root}")
+    assert all(u.startswith("file://") for u, _ in by_uri.shards("val"))
+
+    def keys(ds):
+        loader = make_loader(ds, "val", _decoder(ds, size=16), batch_size=4, train=False)
+        return [k for b in loader for k in b["__key__"]]
+
+    assert keys(by_uri) == keys(by_path) and len(keys(by_uri)) == by_path.count("val")
