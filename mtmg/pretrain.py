@@ -59,14 +59,7 @@ CHECKPOINT = "clip.safetensors"
 RESULT = "pretrain.json"
 FORMAT_VERSION = 1  # bump when training changes: older cached results stop matching
 
-DEFAULT_CLASSES: tuple[str, ...] = (
-    "red circle",
-    "blue square",
-    "green triangle",
-    "yellow star",
-    "purple cross",
-    "orange ring",
-)
+DEFAULT_CLASSES: tuple[str, ...] = synth.SHAPE_CLASSES
 # Training-only classes: other colour/shape pairings, so that the text tower learns colour and
 # shape words separately rather than six opaque captions.
 DEFAULT_EXTRA: tuple[str, ...] = (

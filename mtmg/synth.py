@@ -826,20 +826,24 @@ def _shape_image(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.LANCZOS))
 
 
+# The supported-task classes of the generated image folders (the class name describes the image).
+SHAPE_CLASSES: tuple[str, ...] = (
+    "red circle",
+    "blue square",
+    "green triangle",
+    "yellow star",
+    "purple cross",
+    "orange ring",
+)
+
+
 def make_imagefolder(
     root: str | Path,
     n_per_class: int = 10,
     *,
     size: int = 64,
     seed: int = 0,
-    classes: Sequence[str] = (
-        "red circle",
-        "blue square",
-        "green triangle",
-        "yellow star",
-        "purple cross",
-        "orange ring",
-    ),
+    classes: Sequence[str] = SHAPE_CLASSES,
 ) -> dict:
     """Class-folder tree `<class>/<class_with_underscores>_<n>.png` of '<colour> <shape>' images
     (stand-in for ImageNet, CLIP's supported task): the class name describes the picture."""
