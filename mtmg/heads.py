@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -256,3 +257,33 @@ def load_templates(path: str | os.PathLike) -> list[str]:
     if not templates:
         raise ValueError(f"templates file {p}: no templates")
     return templates
+
+
+def dataset_heads(
+    bundle: ClipBundle,
+    model_name: str,
+    datasets: Sequence[tuple[Any, str | None]],
+    cache_dir: str | os.PathLike | None = None,
+    templates_file: str | os.PathLike | None = None,
+) -> list[torch.Tensor]:
+    """Zero-shot head weights of every `(ShardSet, nomenclature)`, cached on disk.
+
+    Class names and templates come from each shard set's manifest (templates overridable by a
+    file); the cache key holds the text tower's fingerprint, so one head serves every alpha.
+    """
+    from mtmg.weights import text_state, weights_fingerprint
+
+    cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "mtmg", "heads")
+    fingerprint = weights_fingerprint(text_state(bundle.model))
+    override = load_templates(templates_file) if templates_file else None
+    out = []
+    for ds, nomen in datasets:
+        names = ds.prompt_names(nomen)
+        templates = override or ds.manifest["templates"]
+        out.append(cached_zeroshot_weights(
+            cache, model_name=model_name, fingerprint=fingerprint,
+            dataset=f"{ds.name}:{ds.nomenclature(nomen)}", classnames=names, templates=templates,
+            build=lambda n=names, t=templates: build_zeroshot_weights(
+                bundle.model, bundle.tokenizer, n, t),
+        ))  # fmt: skip
+    return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from mtmg import (
     results,
     select,
     trainers,
+    training,
     transforms,
     weights,
 )
@@ -94,73 +94,6 @@ class ImageClassifier(torch.nn.Module):
         return self.head(self.visual(x))
 
 
-class ThroughputMeter:
-    """Training samples/s in steady state: from the end of the second step (start-up and the
-    first batches of the data loader excluded) to the last, synchronised with the GPU."""
-
-    def __init__(self, device: torch.device, skip: int = 2) -> None:
-        self.device, self.skip, self.n, self.samples, self.t0 = device, skip, 0, 0, 0.0
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def step(self, batch: int) -> None:
-        self.n += 1
-        if self.n == self.skip:
-            self.t0 = self._now()
-        elif self.n > self.skip:
-            self.samples += batch
-
-    def rate(self) -> float | None:
-        if self.n <= self.skip:
-            return None
-        return self.samples / max(self._now() - self.t0, 1e-9)
-
-
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up for `warmup` steps, then cosine decay to 0 at `total` steps."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return f
-
-
-def _get(x: Any) -> Any:
-    """Values travel to workers as Ray object refs (on a cluster) or plain objects (tests)."""
-    try:
-        import ray
-
-        return ray.get(x) if isinstance(x, ray.ObjectRef) else x
-    except ImportError:
-        return x
-
-
-def _amp(cfg: PatchConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def train_steps(ds: data.ShardSet, cfg: PatchConfig, world: int) -> list[int]:
-    """Steps of every epoch (known up front, for the schedule): same on every rank."""
-    bs = max(1, cfg.batch_size // world)
-    return [
-        min(
-            p.count
-            for p in data.partition(
-                ds.shards("train"), 0, world, shuffle=True, seed=cfg.seed, epoch=e
-            )
-        )
-        // bs  # fmt: skip
-        for e in range(cfg.epochs)
-    ]
-
-
 def worker(conf: dict[str, Any]) -> None:
     """Fine-tune, then evaluate every alpha; runs on each DDP worker (or alone in a test)."""
     cfg = PatchConfig(**conf["cfg"])
@@ -169,9 +102,9 @@ def worker(conf: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
     bundle = models.load_clip(cfg.model, None, model_config=cfg.model_config)
-    bundle.model.load_state_dict(_get(conf["zeroshot"]), strict=True)
+    bundle.model.load_state_dict(training.ray_value(conf["zeroshot"]), strict=True)
     theta_zs = weights.image_state(bundle.model)
-    head_weights = _get(conf["heads"])
+    head_weights = training.ray_value(conf["heads"])
     ds = data.ShardSet.open(cfg.data)
     head = heads.ZeroShotHead.from_weights(head_weights[0])
     clf = ctx.wrap(ImageClassifier(bundle.model.visual, head))
@@ -181,13 +114,8 @@ def worker(conf: dict[str, Any]) -> None:
         state["rows"], state["alpha"] = _evaluate(
             cfg, ctx, bundle, theta_zs, theta_ft, head_weights, conf["sets"]
         )
-        if ctx.is_main:
-            with ctx.checkpoint_dir() as d:
-                save_file(theta_ft, os.path.join(d, "visual.safetensors"))
-                Path(d, "state.json").write_text(json.dumps({"epoch": cfg.epochs, **state}))
-                ctx.report({"done": 1, "alpha": state["alpha"]}, checkpoint=d)
-        else:
-            ctx.report({"done": 1})
+        training.save_epoch(ctx, "visual", theta_ft, {"epoch": cfg.epochs, **state},
+                            {"done": 1, "alpha": state["alpha"]})  # fmt: skip
     if not ctx.ray:  # a plain process (tests, notebooks): hand the results back in place
         conf["result"] = {"theta_ft": theta_ft, **state}
 
@@ -205,26 +133,24 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
         defer_augment=cfg.augment and (cfg.gpu_augment or (
             cfg.gpu_augment is None and ctx.device.type == "cuda")),
     )  # fmt: skip
-    steps = train_steps(ds, cfg, ctx.world)
+    steps = training.train_steps(ds, cfg.batch_size, cfg.epochs, cfg.seed, ctx.world)
     visual = bundle.model.visual
     params = [p for p in visual.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, sum(steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, training.lr_lambda(cfg.warmup_steps, sum(steps))
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss() if targets.multi_label else torch.nn.CrossEntropyLoss()
     start, step, losses, stats = 0, 0, [], []
-    ckpt = ctx.load_checkpoint()
-    if ckpt:
-        st = json.loads(Path(ckpt, "state.json").read_text())
-        weights.load_image_state(bundle.model, load_file(os.path.join(ckpt, "visual.safetensors")))
-        if Path(ckpt, "optim.pt").exists():
-            extra = torch.load(os.path.join(ckpt, "optim.pt"), weights_only=True)
-            opt.load_state_dict(extra["opt"])
-            sched.load_state_dict(extra["sched"])
+    saved = training.load_epoch(ctx, "visual", opt, sched)
+    if saved:
+        tensors, st = saved
+        weights.load_image_state(bundle.model, tensors)
         start, step, losses, stats = st["epoch"], st["step"], st["losses"], st.get("stats", [])
         if st.get("rows") is not None:
             return st
         log.info("resuming at epoch %d, step %d", start, step)
-    amp = _amp(cfg, ctx.device)
+    amp = training.amp_dtype(cfg.precision, ctx.device)
     for epoch in range(start, cfg.epochs):
         clf.train()
         loader = data.make_loader(
@@ -233,7 +159,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
             world=ctx.world, num_workers=cfg.loader_workers, seed=cfg.seed, epoch=epoch,
         )  # fmt: skip
         total, n = torch.zeros(2, device=ctx.device), 0
-        meter = ThroughputMeter(ctx.device)
+        meter = training.ThroughputMeter(ctx.device)
         for batch in loader:
             batch = data.device_batch(batch, decoder, ctx.device)
             x, y = batch["rgb"], batch["target"]
@@ -262,24 +188,18 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
         }
         stats.append(metrics)
         log.info("epoch %d: %s", epoch + 1, metrics)
-        if ctx.is_main:
-            with ctx.checkpoint_dir() as d:
-                save_file(weights.image_state(bundle.model), os.path.join(d, "visual.safetensors"))
-                torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()},
-                           os.path.join(d, "optim.pt"))  # fmt: skip
-                Path(d, "state.json").write_text(json.dumps(
-                    {"epoch": epoch + 1, "step": step, "losses": losses, "stats": stats}
-                ))  # fmt: skip
-                ctx.report(metrics, checkpoint=d)
-        else:
-            ctx.report(metrics)
+        training.save_epoch(
+            ctx, "visual", weights.image_state(bundle.model),
+            {"epoch": epoch + 1, "step": step, "losses": losses, "stats": stats},
+            metrics, opt, sched,
+        )  # fmt: skip
     return {"step": step, "losses": losses, "stats": stats, "rows": None, "alpha": None}
 
 
 def _evaluate(cfg, ctx, bundle, theta_zs, theta_ft, head_weights, sets):
     """Validation metrics for every alpha, the chosen alpha, test metrics at {0, chosen, 1}."""
     visual = bundle.model.visual.to(ctx.device).eval()
-    amp = _amp(cfg, ctx.device)
+    amp = training.amp_dtype(cfg.precision, ctx.device)
     shard_sets = [data.ShardSet.open(path) for _, path, _ in sets]
     budget = cfg.eval_cache_gb * 2**30 / len(sets)
     cached: dict[tuple[int, str], Any] = {}
@@ -355,25 +275,9 @@ def validate(cfg: PatchConfig) -> tuple[models.ClipBundle, list[tuple[str, str, 
 
 
 def build_heads(cfg: PatchConfig, bundle: models.ClipBundle, sets) -> list[torch.Tensor]:
-    """Zero-shot head weights of every dataset, cached on disk (safetensors)."""
-    cache = cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "mtmg", "heads")
-    # a head depends on the text tower only: one cached head serves every alpha
-    fingerprint = weights.weights_fingerprint(weights.text_state(bundle.model))
-    out = []
-    for role, path, nomen in sets:
-        ds = data.ShardSet.open(path)
-        nomen = nomen if role == "patching" else None
-        names = ds.prompt_names(nomen)
-        templates = ds.manifest["templates"]
-        if cfg.templates:
-            templates = heads.load_templates(cfg.templates)
-        out.append(heads.cached_zeroshot_weights(
-            cache, model_name=cfg.model, fingerprint=fingerprint,
-            dataset=f"{ds.name}:{ds.nomenclature(nomen)}", classnames=names, templates=templates,
-            build=lambda n=names, t=templates: heads.build_zeroshot_weights(
-                bundle.model, bundle.tokenizer, n, t),
-        ))  # fmt: skip
-    return out
+    """Zero-shot head weights of every dataset (patching task in its nomenclature), cached."""
+    datasets = [(data.ShardSet.open(p), n if role == "patching" else None) for role, p, n in sets]
+    return heads.dataset_heads(bundle, cfg.model, datasets, cfg.cache_dir, cfg.templates)
 
 
 def run(cfg: PatchConfig, *, fail_once: tuple[str, int] | None = None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtmg import data, evaluate, heads, models, patch, prep, synth, weights
+from mtmg import data, evaluate, heads, models, patch, prep, synth, training, weights
 from mtmg.trainers import WorkerContext
 
 from conftest import REPO
@@ -88,7 +88,7 @@ def test_patching_end_to_end(sets, tmp_path):
 def test_training_loss_falls_and_resume_continues_the_step_count(sets, tmp_path):
     cfg = _cfg(sets, tmp_path / "run", epochs=2, alphas=(0.0, 1.0))
     ds = data.ShardSet.open(sets[0])
-    steps = patch.train_steps(ds, cfg, 1)
+    steps = training.train_steps(ds, cfg.batch_size, cfg.epochs, cfg.seed, 1)
     marker = tmp_path / "failed-once"
     summary = patch.run(cfg, fail_once=(str(marker), steps[0] + 2))
     assert marker.exists()  # the worker really died in epoch 2 and Ray Train restarted it

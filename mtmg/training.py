@@ -1,0 +1,127 @@
+"""Pieces every training stage shares: schedule, precision, step counts, throughput, and the
+per-epoch checkpoint (weights as safetensors, optimiser state, a JSON of the loop's progress).
+
+Plain PyTorch; the checkpoint travels through `WorkerContext` (Ray Train when present).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mtmg import data
+from mtmg.trainers import WorkerContext
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up for `warmup` steps, then cosine decay to 0 at `total` steps."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return f
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast when asked, or on a GPU with "auto"; None means fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def train_steps(
+    ds: data.ShardSet, batch_size: int, epochs: int, seed: int, world: int
+) -> list[int]:
+    """Steps of every epoch (known up front, for the schedule): the same on every rank."""
+    bs = max(1, batch_size // world)
+    out = []
+    for e in range(epochs):
+        parts = data.partition(ds.shards("train"), 0, world, shuffle=True, seed=seed, epoch=e)
+        out.append(min(p.count for p in parts) // bs)
+    return out
+
+
+def ray_value(x: Any) -> Any:
+    """Values travel to workers as Ray object refs (on a cluster) or plain objects (tests)."""
+    try:
+        import ray
+
+        return ray.get(x) if isinstance(x, ray.ObjectRef) else x
+    except ImportError:
+        return x
+
+
+class ThroughputMeter:
+    """Training samples/s in steady state: from the end of the second step (start-up and the
+    first batches of the data loader excluded) to the last, synchronised with the GPU."""
+
+    def __init__(self, device: torch.device, skip: int = 2) -> None:
+        self.device, self.skip, self.n, self.samples, self.t0 = device, skip, 0, 0, 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def step(self, batch: int) -> None:
+        self.n += 1
+        if self.n == self.skip:
+            self.t0 = self._now()
+        elif self.n > self.skip:
+            self.samples += batch
+
+    def rate(self) -> float | None:
+        if self.n <= self.skip:
+            return None
+        return self.samples / max(self._now() - self.t0, 1e-9)
+
+
+def save_epoch(
+    ctx: WorkerContext,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    metrics: dict[str, Any],
+    opt: torch.optim.Optimizer | None = None,
+    sched: Any = None,
+) -> None:
+    """Report `metrics` from every rank, with a checkpoint from rank 0: `<name>.safetensors`,
+    `optim.pt` (optimiser and schedule) and `state.json` (the loop's progress)."""
+    if not ctx.is_main:
+        ctx.report(metrics)
+        return
+    with ctx.checkpoint_dir() as d:
+        path = os.path.join(d, f"{name}.safetensors")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+        if opt is not None:
+            torch.save({"opt": opt.state_dict(), "sched": sched.state_dict() if sched else None},
+                       os.path.join(d, "optim.pt"))  # fmt: skip
+        Path(d, "state.json").write_text(json.dumps(state))
+        ctx.report(metrics, checkpoint=d)
+
+
+def load_epoch(
+    ctx: WorkerContext, name: str, opt: torch.optim.Optimizer | None = None, sched: Any = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(tensors, state) of the run's latest checkpoint, restoring `opt`/`sched`; None if none."""
+    ckpt = ctx.load_checkpoint()
+    if not ckpt:
+        return None
+    state = json.loads(Path(ckpt, "state.json").read_text())
+    tensors = load_file(os.path.join(ckpt, f"{name}.safetensors"))
+    extra = Path(ckpt, "optim.pt")
+    if opt is not None and extra.exists():
+        saved = torch.load(extra, weights_only=True)
+        opt.load_state_dict(saved["opt"])
+        if sched is not None and saved.get("sched") is not None:
+            sched.load_state_dict(saved["sched"])
+    return tensors, state
