@@ -28,7 +28,15 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from mtmg import labels as lbl
 from mtmg import shards, storage, transforms
 
-VIEWS = ("rgb", "ms", "both")
+VIEWS = ("rgb", "ms", "s1", "rgb+ms", "rgb+s1", "both")  # "both" = "rgb+ms"
+STUDENT_INPUTS = ("ms", "s1")  # multi-channel inputs a student encoder can take
+
+
+def view_inputs(view: str) -> tuple[str, ...]:
+    """The inputs a view yields, e.g. "both" -> ("rgb", "ms")."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r} (choose from {', '.join(VIEWS)})")
+    return ("rgb", "ms") if view == "both" else tuple(view.split("+"))
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,10 @@ class Targets:
 
 @dataclass(frozen=True)
 class Decoder:
-    """Raw WebDataset sample -> {"__key__", "rgb" and/or "ms", "target"} (picklable)."""
+    """Raw WebDataset sample -> {"__key__", "rgb" / "ms" / "s1" per view, "target"} (picklable).
+
+    Every input of a sample comes from the same 10 m grid and gets the same crop and flips.
+    """
 
     bands: tuple[str, ...]
     modality: str
@@ -145,11 +156,16 @@ class Decoder:
             if rgb_key is None:
                 raise KeyError(f"sample {key}: neither ms.npy nor an rgb image")
             rgb = transforms.decode_rgb(sample[rgb_key])
+        wanted = view_inputs(self.view)
         views = {"rgb": rgb}
-        if self.view in ("ms", "both"):
+        if "ms" in wanted:
             if ms is None:
                 raise ValueError(f"sample {key}: the multispectral view needs ms.npy")
             views["ms"] = transforms.ms_input(ms, list(self.bands))
+        if "s1" in wanted:
+            if "s1.npy" not in sample:
+                raise ValueError(f"sample {key}: the S1 view needs s1.npy (shard with --s1)")
+            views["s1"] = transforms.s1_input(np.load(io.BytesIO(sample["s1.npy"])))
         if self.augment is not None:
             # per-sample randomness from (seed, epoch, key): independent of worker assignment
             digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
@@ -157,21 +173,24 @@ class Decoder:
             p = self.augment.params(*rgb.shape[-2:], gen)
             if self.defer_augment:  # native size, half precision: cheap to decode and to move
                 out["aug"] = transforms.params_tensor(p)
-                out.update({k: v.half() for k, v in views.items()})
+                out.update({k: v.half() for k, v in views.items() if k in wanted})
                 return out
-            views["rgb"] = self.augment.photometric(
-                self.augment.geometry(views["rgb"], p, self.image_size, bicubic=True), p
-            )
-            if "ms" in views:
-                views["ms"] = self.augment.geometry(views["ms"], p, self.ms_size)
+            if "rgb" in wanted:
+                views["rgb"] = self.augment.photometric(
+                    self.augment.geometry(views["rgb"], p, self.image_size, bicubic=True), p
+                )
+            for k in STUDENT_INPUTS:
+                if k in views:
+                    views[k] = self.augment.geometry(views[k], p, self.ms_size)
         else:
-            views["rgb"] = transforms.resize(views["rgb"], self.image_size, bicubic=True)
-            if "ms" in views:
-                views["ms"] = transforms.resize(views["ms"], self.ms_size)
-        if self.view in ("rgb", "both"):
+            if "rgb" in wanted:
+                views["rgb"] = transforms.resize(views["rgb"], self.image_size, bicubic=True)
+            for k in STUDENT_INPUTS:
+                if k in views:
+                    views[k] = transforms.resize(views[k], self.ms_size)
+        if "rgb" in wanted:
             out["rgb"] = transforms.normalize(views["rgb"], self.mean, self.std)
-        if "ms" in views:
-            out["ms"] = views["ms"]
+        out.update({k: views[k] for k in STUDENT_INPUTS if k in views})
         return out
 
 
@@ -185,8 +204,9 @@ def device_batch(
         if "rgb" in out:
             rgb = transforms.batch_augment(out["rgb"], out["aug"], decoder.image_size, aug.color)
             out["rgb"] = transforms.normalize(rgb, decoder.mean, decoder.std)
-        if "ms" in out:
-            out["ms"] = transforms.batch_augment(out["ms"], out["aug"], decoder.ms_size, False)
+        for k in STUDENT_INPUTS:
+            if k in out:
+                out[k] = transforms.batch_augment(out[k], out["aug"], decoder.ms_size, False)
     return out
 
 

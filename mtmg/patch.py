@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -137,9 +138,7 @@ def _train(cfg, ctx, clf, ds, bundle, fail_once=None) -> dict[str, Any]:
     visual = bundle.model.visual
     params = [p for p in visual.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, training.lr_lambda(cfg.warmup_steps, sum(steps))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, training.lr_lambda(cfg.warmup_steps, sum(steps)))
     loss_fn = torch.nn.BCEWithLogitsLoss() if targets.multi_label else torch.nn.CrossEntropyLoss()
     start, step, losses, stats = 0, 0, [], []
     saved = training.load_epoch(ctx, "visual", opt, sched)
@@ -317,6 +316,8 @@ def run(cfg: PatchConfig, *, fail_once: tuple[str, int] | None = None) -> dict[s
 def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) -> dict[str, Any]:
     """theta_ft, the metrics table, the alpha curve, the patched open_clip checkpoint."""
     save_file(theta_ft, str(out / "theta_ft.safetensors"))
+    if cfg.model_config:  # the run dir stays self-contained (the alignment teacher reads it)
+        shutil.copyfile(cfg.model_config, out / "model_config.json")
     rows = [{**r, "selected": r.get("selected")} for r in state["rows"]]
     results.write_table(rows, out / "metrics")
     alpha = state["alpha"]

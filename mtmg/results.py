@@ -66,9 +66,41 @@ def plot_alpha_curve(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """A matplotlib figure as PNG, written atomically; the figure is closed."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     loc = storage.location(path)
     storage.write_bytes_atomic(loc.fs, loc.path, buf.getvalue())
+
+
+def plot_loss_curves(
+    steps: Sequence[int],
+    parts: dict[str, Sequence[float | None]],
+    path: str | Path,
+    title: str = "",
+) -> None:
+    """Training-loss parts against the step (a running mean over ~2 % of the run), log scale."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    window = max(1, len(steps) // 50)
+    for name, values in parts.items():
+        pts = [(s, v) for s, v in zip(steps, values, strict=True) if v is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        smooth = [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
+                  for i in range(len(ys))]  # fmt: skip
+        ax.plot(xs, smooth, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if all(v is None or v > 0 for vals in parts.values() for v in vals):
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)

@@ -40,6 +40,16 @@ def ms_input(ms: np.ndarray, stored: list[str]) -> torch.Tensor:
     return (out / bands.REFLECTANCE_SCALE).clamp_(0, 1)
 
 
+S1_DB_RANGE = (-30.0, 5.0)  # backscatter in dB clamped to this range, then mapped to [0, 1]
+
+
+def s1_input(s1: np.ndarray) -> torch.Tensor:
+    """Sentinel-1 VV, VH (dB) as a 2 x H x W student input in [0, 1]."""
+    lo, hi = S1_DB_RANGE
+    x = torch.from_numpy(np.nan_to_num(s1.astype(np.float32), nan=lo))
+    return ((x.clamp_(lo, hi) - lo) / (hi - lo)).contiguous()
+
+
 def decode_rgb(data: bytes) -> torch.Tensor:
     """An encoded RGB image as a float tensor 3 x H x W in [0, 1]."""
     with Image.open(io.BytesIO(data)) as im:

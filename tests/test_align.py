@@ -1,0 +1,246 @@
+"""Stage 2 (cross-modal alignment) on generated shards with tiny models, on CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from mtmg import align, data, heads, models, patch, prep, pretrain, shards, synth, training
+from mtmg import student as st
+
+from conftest import REPO
+
+TINY_STUDENT = json.dumps({"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8})
+TINY = dict(student="vit_small_patch16_224", student_args=TINY_STUDENT, student_size=32, lr=1e-3,
+            warmup_steps=20, batch_size=8, eval_batch_size=64, loader_workers=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory, ray_session):
+    """BigEarthNet (with S1) and EuroSAT-MS shards, and a finished tiny patching run."""
+    root = tmp_path_factory.mktemp("aligndata")
+    synth.make_bigearthnet(root / "ben", n_patches=240, s1=True, seed=31)
+    synth.make_eurosat_ms(root / "ems", n_per_class=6, seed=32)
+    synth.make_imagefolder(root / "img", n_per_class=4, size=32)
+    for kind, raw, extra in (("bigearthnet", "ben", {"s1": str(root / "ben")}),
+                             ("eurosat-ms", "ems", {}), ("imagefolder", "img", {})):  # fmt: skip
+        prep.shard(prep.ShardConfig(kind, str(root / raw), str(root / f"{raw}-shards"),
+                                    shard_size=20, progress=False, **extra))  # fmt: skip
+    # the teacher: a tiny CLIP that is really zero-shot capable (mtmg.pretrain), then patched
+    clip = pretrain.pretrain(pretrain.PretrainConfig(out=str(root / "clip"), progress=False))
+    teacher = root / "patch-run"
+    patch.run(patch.PatchConfig(
+        data=str(root / "ben-shards"), out=str(teacher), model="mtmg-tiny-vit",
+        pretrained=str(clip),
+        lr=1e-3, warmup_steps=5, batch_size=16, epochs=6, alphas=(0.0, 0.5, 1.0), loader_workers=1,
+        cache_dir=str(root / "cache"),
+    ))  # fmt: skip
+    return {"ben": str(root / "ben-shards"), "ems": str(root / "ems-shards"),
+            "img": str(root / "img-shards"), "teacher": str(teacher),
+            "cache": str(root / "cache")}  # fmt: skip
+
+
+def _cfg(sets, out, **kw) -> align.AlignConfig:
+    base = dict(data=sets["ben"], out=str(out), teacher=sets["teacher"], cache_dir=sets["cache"])
+    return align.AlignConfig(**{**base, **TINY, **kw})
+
+
+def _value(rows, **match):
+    got = [r["value"] for r in rows if all(r[k] == v for k, v in match.items())]
+    assert len(got) == 1, (match, got)
+    return got[0]
+
+
+def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path):
+    """Through Ray Train: losses fall, the student lands near the teacher, evaluation numbers,
+    outputs; a worker killed mid-run resumes from the epoch checkpoint."""
+    marker = tmp_path / "failed-once"
+    cfg = _cfg(sets, tmp_path / "run", epochs=12, eval_data=(sets["ems"],), eval_every=6)
+    steps = training.train_steps(data.ShardSet.open(sets["ben"]), cfg.batch_size, 1, 0, 1)[0]
+    summary = align.run(cfg, fail_once=(str(marker), 3 * steps + 2))
+    out = tmp_path / "run"
+    assert marker.exists()  # the failure happened, and the run still finished
+    for name in ("config.yaml", "metrics.parquet", "metrics.csv", "loss_curves.png",
+                 "student.safetensors", "student.json", "summary.json"):  # fmt: skip
+        assert (out / name).exists(), name
+    losses = json.loads((out / "summary.json").read_text())["epochs"]
+    assert [e["epoch"] for e in losses] == list(range(1, 13))  # resumed, not restarted
+    assert losses[-1]["step"] == summary["steps"] == 12 * steps
+    assert losses[-1]["train_loss"] < 0.8 * losses[0]["train_loss"]
+
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    split = "test"
+    cos0 = _value(rows, dataset="bigearthnet", split=split, epoch=0, metric="cosine")
+    cos1 = _value(rows, dataset="bigearthnet", split=split, epoch=12, metric="cosine")
+    assert cos1 > cos0 + 0.4, (cos0, cos1)
+    zs0, zs1 = (_value(rows, dataset="bigearthnet", split=split, epoch=e, encoder="student",
+                       metric="mAP") for e in (0, 12))  # fmt: skip
+    assert zs1 > zs0, (zs0, zs1)
+    # every evaluation dataset gets zero-shot (student and teacher), cosine and Recall@K rows
+    for ds, main in (("bigearthnet", "mAP"), ("eurosat-ms", "top1")):
+        got = {(r["encoder"], r["metric"]) for r in rows if r["dataset"] == ds and r["epoch"] == 12
+               and r["split"] != "val"}  # fmt: skip
+        want = {("student", main), ("teacher", main), ("student", "cosine")}
+        want |= {("student", f"R@{k} {d}") for k in cfg.recall_ks for d in ("ms->rgb", "rgb->ms")}
+        assert got == want, ds
+    # validation every 6 epochs (and the untrained student at epoch 0)
+    assert {r["epoch"] for r in rows if r["split"] == "val"} == {0, 6, 12}
+
+    # the saved student loads back and reproduces the embeddings behind the metrics
+    enc = st.load_student(out)
+    assert enc.spec.in_chans == 13 and enc.meta["teacher"]["dir"] == sets["teacher"]
+    ds = data.ShardSet.open(sets["ben"])
+    teacher = models.load_clip("mtmg-tiny-vit", f"{sets['teacher']}/patched.safetensors")
+    dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb+ms",
+                       data.Targets.of(ds), teacher.image_size, 32, teacher.mean,
+                       teacher.std)  # fmt: skip
+    batch = next(iter(data.make_loader(ds, split, dec, batch_size=512, train=False,
+                                       num_workers=0)))  # fmt: skip
+    with torch.no_grad():
+        cos = F.cosine_similarity(enc.encode(batch["ms"]), teacher.model.visual(batch["rgb"]))
+    assert float(cos.mean()) == pytest.approx(cos1, abs=1e-4)
+    # preprocess() of a stored patch gives the loader's input
+    raw = next(shards.iter_samples(sets["ben"], split))
+    x = enc.preprocess(raw["ms.npy"], ds.manifest["bands"])
+    assert torch.allclose(x, batch["ms"][batch["__key__"].index(raw["__key__"])], atol=1e-6)
+
+
+def _plain_run(sets, tmp_path, **kw) -> dict:
+    """The worker loop in this process (no Ray): what the tests of loss terms need."""
+    kw = {"epochs": 1, "eval_init": False, "eval_every": 0, **kw}
+    cfg = _cfg(sets, tmp_path / "plain", **kw)
+    datasets = align.validate(cfg)
+    name, pretrained, mc = align.resolve_teacher(cfg)
+    tb = models.load_clip(name, pretrained, model_config=mc)
+    hw = heads.dataset_heads(tb, name, [(data.ShardSet.open(p), n) for p, n in datasets],
+                             cfg.cache_dir)  # fmt: skip
+    student, _ = align.build_student(cfg, hw[0].shape[1])
+    conf = {"cfg": dataclasses.asdict(cfg), "teacher": {"model": name, "config": mc},
+            "teacher_visual": tb.model.visual.state_dict(), "spec": student.spec.to_json(),
+            "student_init": student.state_dict(), "heads": hw, "sets": datasets}  # fmt: skip
+    align.worker(conf)
+    return conf["result"]
+
+
+def test_student_lands_in_clip_space(sets, tmp_path):
+    """Enough steps (cheap without Ray): zero-shot and retrieval far above the untrained student
+    and chance, through the patched teacher's embedding space."""
+    cfg = dict(epochs=30, batch_size=16, augment=False, eval_init=True)
+    rows = _plain_run(sets, tmp_path, **cfg)["rows"]
+    test = {(r["epoch"], r["encoder"], r["metric"]): r for r in rows if r["split"] == "test"}
+    n = test[(30, "student", "cosine")]["n"]
+    assert test[(30, "student", "cosine")]["value"] > 0.8
+    assert test[(30, "student", "mAP")]["value"] > test[(0, "student", "mAP")]["value"] + 3
+    for direction in ("ms->rgb", "rgb->ms"):
+        r1 = test[(30, "student", f"R@1 {direction}")]["value"]
+        assert r1 > 3 * 100 / n, (direction, r1, n)
+        r10 = test[(30, "student", f"R@10 {direction}")]["value"]
+        assert r10 > test[(0, "student", f"R@10 {direction}")]["value"] + 15, direction
+
+
+@pytest.mark.parametrize("weights", [{"w_txt": 0.0}, {"w_img": 0.0}, {"w_kd": 0.5}])
+def test_a_zero_weight_removes_its_term(sets, tmp_path, weights):
+    losses = _plain_run(sets, tmp_path, **weights)["losses"]
+    w = {"img": 1.0, "txt": 0.05, "kd": 0.0, **{k[2:]: v for k, v in weights.items()}}
+    for r in losses:
+        for part in ("img", "txt", "kd"):
+            assert (r[part] is None) == (w[part] == 0), (part, r)
+        total = sum(w[p] * r[p] for p in ("img", "txt", "kd") if r[p] is not None)
+        assert r["loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_distances_and_kd_by_hand():
+    s = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    t = torch.tensor([[0.0, 5.0], [2.0, 0.0]])
+    assert align.distance(s, t, "mse").item() == pytest.approx((9 + 1 + 1 + 0) / 4)
+    # normalised: [.6,.8] vs [0,1] and [1,0] vs [1,0]
+    assert align.distance(s, t, "mse-norm").item() == pytest.approx((0.36 + 0.04) / 4)
+    assert align.distance(s, t, "cosine").item() == pytest.approx((1 - 0.8 + 0) / 2)
+    # KL of identical logits is 0; of different ones, the textbook value
+    a = torch.tensor([[2.0, 0.0]])
+    assert align.kd_loss(a, a, 2.0, False).item() == pytest.approx(0, abs=1e-7)
+    assert align.kd_loss(a, a, 1.0, True).item() == pytest.approx(0, abs=1e-7)
+    p, q = torch.softmax(torch.tensor([0.0, 0.0]), 0), torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    want = float((p * (p / q).log()).sum())  # KL(teacher p || student q)
+    assert align.kd_loss(a, torch.zeros(1, 2), 1.0, False).item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown distance"):
+        align.distance(s, t, "l1")
+
+
+def test_ssl4eo_checkpoints_bare_wrapped_and_refused(tmp_path):
+    spec = st.StudentSpec(input="ms", img_size=32, embed_dim=32, timm_args=json.loads(TINY_STUDENT))
+    torch.manual_seed(1)
+    # an SSL4EO-style checkpoint: a timm ViT on 13 bands at 224 px, with a classifier head
+    ref = timm.create_model("vit_small_patch16_224", in_chans=13, num_classes=10,
+                            **{**json.loads(TINY_STUDENT), "img_size": 64})  # fmt: skip
+    sd = ref.state_dict()
+    torch.save(sd, tmp_path / "bare.pth")
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 99},
+               tmp_path / "wrapped.pth")  # fmt: skip
+    moco = {f"module.{enc}.{k}": v for enc in ("base_encoder", "momentum_encoder")
+            for k, v in sd.items()}  # fmt: skip
+    torch.save({"state_dict": moco, "epoch": 99}, tmp_path / "moco.pth")  # SSL4EO's own files
+    for name in ("bare.pth", "wrapped.pth", "moco.pth"):
+        student = st.build_student(spec)
+        report = st.load_trunk(student, str(tmp_path / name))
+        assert not report.missing and report.ignored == ["head.bias", "head.weight"]
+        got = student.trunk.state_dict()
+        assert torch.equal(got["blocks.1.mlp.fc2.weight"], sd["blocks.1.mlp.fc2.weight"])
+        assert got["pos_embed"].shape[1] == 1 + 16  # resampled from 8x8 to the 4x4 grid
+    # the trunk would stay uninitialised: refused, unless allowed
+    torch.save({"model": {f"net.{k}": v for k, v in sd.items()}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="uninitialised.*allow-partial-init"):
+        st.load_trunk(st.build_student(spec), str(tmp_path / "other.pth"))
+    report = st.load_trunk(st.build_student(spec), str(tmp_path / "other.pth"), allow_partial=True)
+    assert report.loaded == 0 and len(report.unexpected) == len(sd)
+    # a checkpoint for another number of bands
+    with pytest.raises(ValueError, match="takes 3 bands, the student 13"):
+        st.load_trunk(st.build_student(spec), str(_rgb_checkpoint(tmp_path)))
+
+
+def test_sentinel1_student(sets, tmp_path):
+    result = _plain_run(sets, tmp_path, student_input="s1")
+    assert result["student"]["trunk.patch_embed.proj.weight"].shape[1] == 2
+    assert result["losses"][-1]["loss"] < result["losses"][0]["loss"]
+
+
+def test_bad_input_fails_before_training(sets, tmp_path):
+    def fails(match, **kw):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            align.run(_cfg(sets, tmp_path / "bad", **kw))
+
+    fails("no patched.safetensors", teacher=str(tmp_path))
+    fails("no multispectral bands", data=sets["img"])
+    fails("no multispectral bands", eval_data=(sets["img"],))
+    fails("no Sentinel-1 bands", eval_data=(sets["ems"],), student_input="s1")
+    fails("takes 3 bands", student_init=str(_rgb_checkpoint(tmp_path)))
+    fails("all 0", w_img=0.0, w_txt=0.0)
+    fails("unknown timm model", student="vit_nonexistent")
+    assert not (tmp_path / "bad" / "ray").exists()
+    r = subprocess.run([sys.executable, "-m", "mtmg.align", "--data", sets["img"], "--out",
+                        str(tmp_path / "x"), "--teacher", sets["teacher"]],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "no multispectral bands" in r.stderr and "img-shards" in r.stderr
+
+
+def _rgb_checkpoint(tmp_path):
+    path = tmp_path / "rgb-init.pth"
+    torch.save(timm.create_model("vit_small_patch16_224", in_chans=3, num_classes=0, img_size=32,
+                                 **json.loads(TINY_STUDENT)).state_dict(), path)  # fmt: skip
+    return path
+
+
+def test_help_lists_every_option():
+    r = subprocess.run([sys.executable, "-m", "mtmg.align", "--help"], capture_output=True,
+                       text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert r.returncode == 0
+    for f in dataclasses.fields(align.AlignConfig):
+        assert "--" + f.name.replace("_", "-") in r.stdout, f.name
