@@ -90,3 +90,30 @@ def test_patch_as_a_ray_job(local_cluster, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
     assert json.loads((out / "summary.json").read_text())["alpha"] in (0.0, 1.0)
+
+
+def test_align_as_a_ray_job(local_cluster, tmp_path):
+    """`ray job submit --working-dir . -- python -m mtmg.align ...`: waits for SUCCEEDED."""
+    synth.make_bigearthnet(tmp_path / "raw", n_patches=30, s1=False, seed=8)
+    shards = tmp_path / "shards"
+    subprocess.run(
+        [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root",
+         str(tmp_path / "raw"), "--out", str(shards), "--cluster", "--no-progress"],
+        env=local_cluster, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    out = tmp_path / "align-out"
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    student = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}'
+    r = subprocess.run(
+        [ray_bin, "job", "submit", "--working-dir", ".", "--", sys.executable, "-m",
+         "mtmg.align", "--data", str(shards), "--out", str(out), "--model", "mtmg-tiny-vit",
+         "--pretrained", "none", "--student-args", student, "--student-size", "32",
+         "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--eval-every", "0",
+         "--cache-dir", str(tmp_path / "cache")],
+        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "succeeded" in (r.stdout + r.stderr).lower()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] > 0 and (out / "student.safetensors").exists()
+    assert {r["metric"] for r in summary["test"]} >= {"mAP", "cosine", "R@1 ms->rgb"}
