@@ -70,7 +70,8 @@ def loader_rate(ds, dec, args) -> float:
 
 def plain_rate(ds, dec, bundle, args) -> float:
     """The loop a researcher would write by hand, timed like the job's ThroughputMeter."""
-    from mtmg.patch import ImageClassifier, ThroughputMeter
+    from mtmg.patch import ImageClassifier
+    from mtmg.training import ThroughputMeter
 
     device = torch.device(args.device)
     w = heads.build_zeroshot_weights(bundle.model, bundle.tokenizer, ds.prompt_names(),
