@@ -1,0 +1,654 @@
+"""The alpha sweep (issue 5): search PAINT's mixing coefficient with Ray Tune, no retraining.
+
+`python sweeps/alpha_sweep.py --run PATCH_RUN --out DIR [options]`, or
+`python sweeps/alpha_sweep.py --data SHARDS --supported SHARDS --out DIR [model options]` to
+fine-tune once first (`mtmg.patch.run`, into DIR/patch; an existing finished one is reused).
+
+Each trial interpolates theta(alpha) = (1 - alpha) theta_zs + alpha theta_ft and evaluates it
+on the validation splits of the patching and supported sets. The driver puts everything a trial
+needs in the object store once: the image tower, theta_zs, theta_ft, the zero-shot heads, and
+the validation batches decoded once (while they fit in `--eval-cache-gb`; beyond that trials
+stream the shards themselves). Trials run in reused actors that keep what they fetched, so a
+trial costs an interpolation and an evaluation, not a process start or a disk read.
+
+Search: `--search grid` evaluates `--alphas`; `--search optuna` runs TPE over `--alpha-range`
+(`--num-samples` trials, the two ends first). The chosen alpha follows `--selection` (PAINT's
+rule by default, `mtmg.select`) over all finished trials; `--multi-objective` makes Optuna
+optimise (patching metric, supported metric) jointly (over the grid with `--search grid`) and
+the Pareto front is reported. Test metrics are evaluated at alpha 0, the chosen alpha and 1.
+
+Outputs in --out: sweep.parquet/.csv (one row per trial), summary.md, summary.json,
+best_config.yaml (an `mtmg.patch --config` at the chosen alpha), spec.yaml (the resolved sweep
+spec), alpha_curve.png (Pareto front starred), metrics.parquet/.csv (test rows), and, laid out
+like a patch run dir for the alignment stage's teacher: patched.safetensors (a full open_clip
+checkpoint at the chosen alpha), config.yaml (the patch run's config) and model_config.json
+when the run used one. Ray Tune's experiment lives in OUT/tune (or --storage).
+
+Test hooks (used by tests/test_alpha_sweep.py, harmless otherwise): `--fail-alphas A ...` makes
+the trials at those alphas raise; `--trial-delay S` makes every trial sleep S seconds first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from mtmg import config, data, evaluate, models, patch, results, select, weights
+from mtmg import tune as tuning
+from mtmg.heads import ZeroShotHead
+
+log = logging.getLogger(__name__)
+option = config.option
+NAME = "alpha_sweep"  # the Tune experiment's name under --storage
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+RUN_FILES = ("config.yaml", "theta_zs.safetensors", "theta_ft.safetensors")
+# options a resumed sweep must share with the interrupted one (the rest may change)
+SEARCH_KEYS = ("search", "alphas", "alpha_range", "alpha_step", "multi_objective", "num_samples",
+               "seed", "selection", "tolerance", "run", "data", "supported")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AlphaSweepConfig(tuning.SweepConfig):
+    """Options of the alpha sweep (the common sweep options first)."""
+
+    run: str | None = option(
+        None, help="a finished `mtmg.patch` output dir (config.yaml, theta_zs/theta_ft"
+        ".safetensors) to sweep"
+    )  # fmt: skip
+    data: str | None = option(
+        None, help="patching shard set: without --run, fine-tune once (into OUT/patch) and "
+        "sweep; with --run, replaces the run's"
+    )  # fmt: skip
+    supported: tuple[str, ...] = option(
+        (), help="supported-task shard sets (with --run: replace the run's)"
+    )
+    eval_data: tuple[str, ...] = option((), help="more shard sets to report test metrics on")
+    model: str | None = option(None, help="fine-tune: open_clip model (default: mtmg.patch's)")
+    pretrained: str = option(
+        "", help="fine-tune: open_clip tag or checkpoint file, 'none' for random init "
+        "(default: mtmg.patch's)"
+    )  # fmt: skip
+    model_config: str | None = option(None, help="fine-tune: JSON of a custom architecture")
+    epochs: int | None = option(None, help="fine-tune: epochs (default: mtmg.patch's)")
+    batch_size: int | None = option(None, help="fine-tune: batch size (default: mtmg.patch's)")
+    lr: float | None = option(None, help="fine-tune: learning rate (default: mtmg.patch's)")
+    warmup_steps: int | None = option(None, help="fine-tune: warm-up steps")
+    workers: int | None = option(None, help="fine-tune: DDP workers")
+    patch_config: str | None = option(
+        None, help="fine-tune: YAML of any further `mtmg.patch` options (flags override it)"
+    )
+    alphas: tuple[float, ...] = option(ALPHAS, help="grid search: the alphas to evaluate")
+    alpha_range: tuple[float, ...] = option(
+        (0.0, 1.0), help="optuna search: LOW HIGH bounds of alpha, within [0, 1]"
+    )
+    alpha_step: float = option(0.01, help="optuna search: alpha resolution (0: continuous)")
+    multi_objective: bool = option(
+        False, help="Optuna multi-objective search of (patching, supported) metrics; the Pareto "
+        "front is reported"
+    )  # fmt: skip
+    selection: str = option(
+        "mean", help="alpha selection rule (mean: PAINT's)", choices=sorted(select.RULES)
+    )
+    tolerance: float = option(1.0, help="constrained rule: allowed supported drop (points)")
+    eval_batch_size: int | None = option(None, help="evaluation batch size (default: the run's)")
+    loader_workers: int | None = option(None, help="decoding processes (default: the run's)")
+    eval_cache_gb: float = option(
+        2.0, help="decode validation splits once and share them while they fit in this size"
+    )
+    cache_dir: str | None = option(None, help="zero-shot head cache (default: the run's)")
+    fail_alphas: tuple[float, ...] = option((), help="test hook: trials at these alphas raise")
+    trial_delay: float = option(0.0, help="test hook: every trial sleeps this long (s) first")
+
+
+# ------------------------------------------------------------------------------- input checks
+
+
+def check(cfg: AlphaSweepConfig) -> None:
+    """Every error in the options and the run dir that can be found before Ray starts."""
+    tuning.check(cfg)
+    if not cfg.run and not cfg.data:
+        raise ValueError("give --run PATCH_RUN_DIR, or --data SHARDS (+ --supported) to fine-tune")
+    if cfg.run:
+        run = Path(cfg.run)
+        if not run.is_dir():
+            raise FileNotFoundError(f"--run {run}: no such directory")
+        missing = [f for f in RUN_FILES if not (run / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"--run {run}: not a finished mtmg.patch run, missing {', '.join(missing)}"
+            )
+    if not cfg.alphas:
+        raise ValueError("--alphas: give at least one alpha")
+    bad = [a for a in cfg.alphas if not (math.isfinite(a) and 0.0 <= a <= 1.0)]
+    if bad:
+        raise ValueError(f"--alphas must lie in [0, 1]; got {bad}")
+    if len(set(cfg.alphas)) != len(cfg.alphas):
+        raise ValueError(f"--alphas has duplicates: {list(cfg.alphas)}")
+    if len(cfg.alpha_range) != 2:
+        raise ValueError(f"--alpha-range takes LOW HIGH, got {list(cfg.alpha_range)}")
+    lo, hi = cfg.alpha_range
+    if not (0.0 <= lo < hi <= 1.0):
+        raise ValueError(f"--alpha-range needs 0 <= LOW < HIGH <= 1, got {lo:g} {hi:g}")
+    if cfg.alpha_step < 0 or cfg.alpha_step >= hi - lo:
+        raise ValueError(f"--alpha-step must be in [0, {hi - lo:g}), got {cfg.alpha_step:g}")
+    if cfg.selection not in select.RULES:
+        raise ValueError(f"unknown --selection {cfg.selection!r}")
+    if cfg.eval_cache_gb < 0:
+        raise ValueError("--eval-cache-gb must not be negative")
+
+
+def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
+    """The patch run's config: the run's (paths overridable), or the fine-tune's to run."""
+    if cfg.run:
+        values = config.load_yaml(patch.PatchConfig, Path(cfg.run) / "config.yaml")
+        if (Path(cfg.run) / "model_config.json").is_file():  # the run dir's own copy
+            values["model_config"] = str(Path(cfg.run) / "model_config.json")
+        values["out"] = str(Path(cfg.run).resolve())
+    else:
+        values = config.load_yaml(patch.PatchConfig, cfg.patch_config) if cfg.patch_config else {}
+        given = {k: getattr(cfg, k) for k in ("model", "model_config", "epochs", "batch_size",
+                                              "lr", "warmup_steps", "workers")}  # fmt: skip
+        values.update({k: v for k, v in given.items() if v is not None})
+        if cfg.pretrained:
+            values["pretrained"] = None if cfg.pretrained.lower() == "none" else cfg.pretrained
+        # the fine-tune's own alpha evaluation is not the sweep: keep it to the two ends
+        values.update(out=str(Path(cfg.out).resolve() / "patch"), alphas=(0.0, 1.0),
+                      cluster=cfg.cluster)  # fmt: skip
+    for key in ("data", "supported", "eval_data"):
+        if getattr(cfg, key):
+            values[key] = getattr(cfg, key)
+    for key in ("eval_batch_size", "loader_workers", "cache_dir"):
+        if getattr(cfg, key) is not None:
+            values[key] = getattr(cfg, key)
+    values.update(selection=cfg.selection, tolerance=cfg.tolerance)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if "data" not in values:
+        raise ValueError("the patch config names no --data shard set")
+    pcfg = patch.PatchConfig(**values)
+    paths = dict(data=_abs(pcfg.data), supported=tuple(_abs(p) for p in pcfg.supported),
+                 eval_data=tuple(_abs(p) for p in pcfg.eval_data))  # fmt: skip
+    return replace(pcfg, **paths)
+
+
+def _abs(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _run_finished(run: Path) -> bool:
+    return all((run / f).is_file() for f in (*RUN_FILES, "summary.json"))
+
+
+def _check_resume(cfg: AlphaSweepConfig, found: bool) -> None:
+    """A resumed sweep must search what the interrupted one searched."""
+    spec = Path(cfg.out).resolve() / "spec.yaml"
+    if not (found and spec.is_file()):
+        return
+    import yaml
+
+    old = yaml.safe_load(spec.read_text()) or {}
+    new = tuning.resolved_spec(cfg)
+    diff = [k for k in SEARCH_KEYS if k in old and old[k] != new.get(k)]
+    if diff:
+        raise ValueError(
+            f"--resume: {', '.join('--' + k.replace('_', '-') for k in diff)} differ from the "
+            f"interrupted sweep ({spec}); resume with the same search or use another --out"
+        )
+
+
+# ----------------------------------------------------------------------------- trial (worker)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What trials need besides the object-store refs (small, picklable)."""
+
+    sets: tuple[tuple[str, str, str | None, str], ...]  # (role, path, nomenclature, label)
+    tasks: tuple[str, ...]
+    decoder: tuple  # image_size, mean, std
+    eval_batch_size: int
+    loader_workers: int
+    amp: bool
+    selection: str
+    tolerance: float
+    threads: int
+    gpu: bool
+    fail_alphas: tuple[float, ...] = ()
+    trial_delay: float = 0.0
+    shared: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class _Holder(torch.nn.Module):
+    """An open_clip-like module holding only the image tower (`visual.*` keys)."""
+
+    def __init__(self, visual: torch.nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+
+
+def _numpy_state(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():  # read-only object-store buffers: only ever read
+        warnings.simplefilter("ignore", UserWarning)
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def _torch_batches(batches: list[dict[str, Any]]):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for b in batches:
+            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                   for k, v in b.items()}  # fmt: skip
+
+
+class Evaluator:
+    """theta(alpha) on a split of every set; built once per process from the object store."""
+
+    def __init__(self, plan: Plan, refs: dict[str, Any]) -> None:
+        import ray
+
+        torch.set_num_threads(max(1, plan.threads))
+        self.plan = plan
+        cuda = plan.gpu and torch.cuda.is_available()
+        self.device = torch.device("cuda" if cuda else "cpu")
+        self.amp = torch.bfloat16 if plan.amp and cuda else None
+        self.model = _Holder(ray.get(refs["visual"])).to(self.device).eval()
+        self.zs, self.ft = _tensors(ray.get(refs["zs"])), _tensors(ray.get(refs["ft"]))
+        self.heads = [ZeroShotHead(torch.from_numpy(w)).to(self.device)
+                      for w in ray.get(refs["heads"])]  # fmt: skip
+        self.val = {i: ray.get(r) for i, r in refs["val"].items() if r is not None}
+        self.base: float | None = None  # constrained rule: supported metric at alpha 0
+
+    def _batches(self, i: int, split: str) -> Any:
+        if split == "val" and i in self.val:
+            return _torch_batches(self.val[i])
+        return _loader(self.plan, i, split)  # too large to share: stream the shards
+
+    def rows(self, alpha: float, jobs: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        weights.load_image_state(self.model, weights.interpolate(self.zs, self.ft, alpha))
+        out = []
+        for i, split in jobs:
+            role, path, _, label = self.plan.sets[i]
+            task = self.plan.tasks[i]
+            m = evaluate.classification(
+                _ctx(self.device), lambda b, h=self.heads[i]: h(self.model.visual(b["rgb"])),
+                self._batches(i, split), task, self.amp,
+            )  # fmt: skip
+            main = "mAP" if task == "multi-label" else "top1"
+            out.append({"dataset": label, "path": path, "role": role, "split": split,
+                        "alpha": alpha, "metric": main, "value": m[main], "n": m["n"]})  # fmt: skip
+        return out
+
+    def supported_at_zero(self, jobs: list[tuple[int, str]]) -> float | None:
+        if self.base is None:
+            self.base = _mean(self.rows(0.0, jobs), "supported")
+        return self.base
+
+
+def _ctx(device: torch.device) -> Any:
+    from mtmg.trainers import WorkerContext
+
+    return WorkerContext(device=device)
+
+
+def _loader(plan: Plan, i: int, split: str) -> Any:
+    _, path, nomen, _ = plan.sets[i]
+    ds = data.ShardSet.open(path)
+    size, mean, std = plan.decoder
+    dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
+                       data.Targets.of(ds, nomen), size, size, mean, std)  # fmt: skip
+    return data.make_loader(ds, split, dec, batch_size=plan.eval_batch_size, train=False,
+                            num_workers=plan.loader_workers)  # fmt: skip
+
+
+def _mean(rows: list[dict[str, Any]], role: str) -> float | None:
+    vals = [r["value"] for r in rows if r["role"] == role]
+    return sum(vals) / len(vals) if vals else None
+
+
+_EVALUATORS: dict[str, Evaluator] = {}  # one per process and sweep: reused actors keep it
+
+
+def _evaluator(plan: Plan, refs: dict[str, Any]) -> Evaluator:
+    key = refs["zs"].hex()
+    if key not in _EVALUATORS:
+        _EVALUATORS.clear()
+        _EVALUATORS[key] = Evaluator(plan, refs)
+    return _EVALUATORS[key]
+
+
+def objective(p: float, s: float | None, rule: str, tolerance: float, base: float | None) -> float:
+    """A trial's single objective for the search, following the selection rule."""
+    if s is None or rule == "patching":
+        return p
+    if rule == "mean":
+        return (p + s) / 2
+    return p if base is None or s >= base - tolerance else p - 100.0
+
+
+def trial(config: dict[str, Any], plan: Plan) -> None:
+    """One Tune trial: evaluate theta(alpha) on the validation splits and report."""
+    from ray import tune
+
+    t0 = time.perf_counter()
+    alpha = round(float(config["alpha"]), 6)
+    if any(abs(alpha - a) < 1e-9 for a in plan.fail_alphas):
+        raise RuntimeError(f"injected failure at alpha={alpha:g} (--fail-alphas test hook)")
+    if plan.trial_delay:
+        time.sleep(plan.trial_delay)
+    ev = _evaluator(plan, plan.shared)
+    jobs = [(i, "val") for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
+    rows = ev.rows(alpha, jobs)
+    p, s = _mean(rows, "patching"), _mean(rows, "supported")
+    base = None
+    if plan.selection == "constrained" and s is not None:
+        base = ev.supported_at_zero([j for j in jobs if plan.sets[j[0]][0] == "supported"])
+    metrics = {"alpha": alpha, "patching": p,
+               "objective": objective(p, s, plan.selection, plan.tolerance, base)}  # fmt: skip
+    if s is not None:
+        metrics["supported"] = s
+    metrics.update({f"val/{r['dataset']}": r["value"] for r in rows})
+    metrics["eval_s"] = time.perf_counter() - t0
+    tune.report(metrics)
+
+
+def _test_rows(plan: Plan, alphas: list[float], chosen: float) -> list[dict[str, Any]]:
+    """Test metrics (val where a set has no test split) at the given alphas; a Ray task."""
+    ev = Evaluator(plan, plan.shared)
+    jobs = [(i, "test" if data.ShardSet.open(s[1]).count("test") else "val")
+            for i, s in enumerate(plan.sets)]  # fmt: skip
+    return [{**r, "selected": a == chosen} for a in alphas for r in ev.rows(a, jobs)]
+
+
+# ------------------------------------------------------------------------------------- driver
+
+
+def _labels(sets: list[tuple[str, str, str | None]]) -> list[str]:
+    names = [f"{role}/{data.ShardSet.open(p).name}" for role, p, _ in sets]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+def _decode(plan: Plan, i: int, max_bytes: float) -> list[dict[str, Any]] | None:
+    """A validation split decoded once as numpy batches, or None when over the budget."""
+    got = evaluate.materialize(_loader(plan, i, "val"), max_bytes)
+    if got is None:
+        return None
+    return [{k: v.numpy() if torch.is_tensor(v) else v for k, v in b.items()} for b in got]
+
+
+def _search(cfg: AlphaSweepConfig, has_supported: bool) -> tuple[dict | None, Any, int]:
+    """(param_space, search algorithm, num_samples) of the sweep."""
+    from ray import tune
+
+    if cfg.search == "grid" and not cfg.multi_objective:
+        return {"alpha": tune.grid_search([float(a) for a in cfg.alphas])}, None, 1
+    import optuna
+
+    lo, hi = cfg.alpha_range
+    step = cfg.alpha_step or None
+    if cfg.search == "grid":  # multi-objective over the grid: Optuna evaluates exactly it
+        lo, hi, step = 0.0, 1.0, None
+        points, n = [{"alpha": float(a)} for a in cfg.alphas], len(cfg.alphas)
+    else:
+        points, n = [{"alpha": lo}, {"alpha": hi}][: cfg.num_samples], cfg.num_samples
+    space = {"alpha": optuna.distributions.FloatDistribution(lo, hi, step=step)}
+    if cfg.multi_objective:
+        metric, mode = ["patching", "supported"], ["max", "max"]
+    else:
+        metric, mode = "objective", "max"
+    return None, tuning.optuna_search(space, metric, mode, seed=cfg.seed, points=points), n
+
+
+def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
+    """The whole sweep; returns the summary also written to OUT/summary.json."""
+    import ray
+
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    check(cfg)
+    out = Path(cfg.out).resolve()
+    found = tuning.can_resume(cfg, NAME)
+    _check_resume(cfg, found)
+    pcfg = patch_config(cfg)
+    if cfg.multi_objective and not pcfg.supported:
+        raise ValueError("--multi-objective needs a supported set (--supported)")
+    if cfg.run:
+        bundle, sets = patch.validate(pcfg)
+        run_dir = Path(cfg.run).resolve()
+    else:
+        run_dir = Path(pcfg.out)
+        if _run_finished(run_dir):
+            log.info("reusing the finished fine-tune in %s", run_dir)
+            bundle, sets = patch.validate(pcfg)
+        else:
+            patch.run(pcfg)  # validates before it starts Ray, then fine-tunes
+            bundle, sets = patch.validate(pcfg)
+        times["fine_tune_s"] = time.perf_counter() - t0
+    on_cluster = tuning.init(cfg)
+    t1 = time.perf_counter()
+    if (run_dir / "patched.safetensors").is_file():  # the run's text tower, exactly
+        bundle.model.load_state_dict(load_file(str(run_dir / "patched.safetensors")), strict=True)
+    theta_zs = load_file(str(run_dir / "theta_zs.safetensors"))
+    theta_ft = load_file(str(run_dir / "theta_ft.safetensors"))
+    weights.load_image_state(bundle.model, theta_zs)  # also checks the run's tensors fit
+    heads = _heads(pcfg, bundle, sets)
+    labels = _labels(sets)
+    plan = Plan(
+        sets=tuple((r, p, n, lab) for (r, p, n), lab in zip(sets, labels, strict=True)),
+        tasks=tuple(data.ShardSet.open(p).task for _, p, _ in sets),
+        decoder=(bundle.image_size, tuple(bundle.mean), tuple(bundle.std)),
+        eval_batch_size=pcfg.eval_batch_size, loader_workers=pcfg.loader_workers,
+        amp=pcfg.precision != "fp32", selection=cfg.selection, tolerance=cfg.tolerance,
+        threads=max(1, int(cfg.cpus_per_trial)), gpu=cfg.gpus_per_trial > 0,
+        fail_alphas=tuple(cfg.fail_alphas), trial_delay=cfg.trial_delay,
+    )  # fmt: skip
+    if on_cluster:
+        from mtmg.cluster import check_paths_visible
+
+        local = [p for _, p, _ in sets if "://" not in p]
+        store, _ = tuning.experiment(cfg, NAME)
+        check_paths_visible(local, store if "://" not in store else str(out))
+    val = [i for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
+    budget = cfg.eval_cache_gb * 2**30 / max(1, len(val))
+    val_refs = {}
+    for i in val:
+        batches = _decode(plan, i, budget)
+        if batches is None:
+            log.warning("%s: validation split over --eval-cache-gb; trials stream it", sets[i][1])
+        val_refs[i] = ray.put(batches) if batches is not None else None
+    shared = {
+        "visual": ray.put(bundle.model.visual.cpu()),
+        "zs": ray.put(_numpy_state(theta_zs)),
+        "ft": ray.put(_numpy_state(theta_ft)),
+        "heads": ray.put([h.cpu().numpy() for h in heads]),
+        "val": val_refs,
+    }
+    plan = replace(plan, shared=shared)
+    times["prepare_s"] = time.perf_counter() - t1
+    from ray import tune
+
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {**tuning.resolved_spec(cfg), "run": str(run_dir)}
+    results.save_config(spec, out / "spec.yaml")
+    param_space, search_alg, n = _search(cfg, bool(pcfg.supported))
+    t2 = time.perf_counter()
+    grid = tuning.run_tuner(
+        tune.with_parameters(trial, plan=plan), cfg, name=NAME, param_space=param_space,
+        search_alg=search_alg, num_samples=n,
+    )  # fmt: skip
+    times["tune_s"] = time.perf_counter() - t2
+    rows = tuning.trial_rows(grid)
+    rows.sort(key=lambda r: (r.get("alpha") is None, r.get("alpha") or r.get("config/alpha") or 0))
+    ok = [r for r in rows if r["status"] == "TERMINATED" and r.get("patching") is not None]
+    if not ok:
+        errors = "; ".join(f"alpha={r.get('config/alpha')}: {r['error']}" for r in rows[:3])
+        raise RuntimeError(f"no trial of the sweep finished ({errors})")
+    val_rows = [
+        {"alpha": r["alpha"], "role": s[0], "split": "val", "value": r[f"val/{s[3]}"],
+         "dataset": s[3]}
+        for r in ok for s in plan.sets if f"val/{s[3]}" in r and r[f"val/{s[3]}"] is not None
+    ]  # fmt: skip
+    chosen = select.select_alpha(val_rows, cfg.selection, cfg.tolerance)
+    front: list[float] = []
+    if pcfg.supported:
+        curves = select.curves(val_rows)
+        pts = [(a, (curves["patching"][a], curves["supported"][a])) for a in curves["patching"]]
+        front = sorted(tuning.pareto_front(pts))
+    for r in rows:
+        r["chosen"] = r.get("alpha") == chosen and r["status"] == "TERMINATED"
+        r["pareto"] = r.get("alpha") in front and r["status"] == "TERMINATED"
+    t3 = time.perf_counter()
+    task = ray.remote(_test_rows).options(
+        num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial or None
+    )
+    test = ray.get(task.remote(plan, sorted({0.0, chosen, 1.0}), chosen))
+    times["test_s"] = time.perf_counter() - t3
+    summary = _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test,
+                     chosen, front, spec, grid.experiment_path)  # fmt: skip
+    times["total_s"] = time.perf_counter() - t0
+    summary["timings"] = {k: round(v, 3) for k, v in times.items()}
+    tuning.write_outputs(out, rows, summary_md=summary.pop("_md"), summary=summary, spec=spec,
+                         best_config=summary.pop("_best"))  # fmt: skip
+    return summary
+
+
+def _heads(pcfg: patch.PatchConfig, bundle: models.ClipBundle, sets) -> list[torch.Tensor]:
+    """Zero-shot heads as the patch stage builds them (cached on disk)."""
+    build = getattr(patch, "build_heads", None)
+    if build is not None:
+        return build(pcfg, bundle, sets)
+    from mtmg import heads  # build_heads may move there
+
+    return heads.build_heads(pcfg, bundle, sets)
+
+
+def _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test, chosen,
+           front, spec, experiment_path) -> dict[str, Any]:  # fmt: skip
+    """Checkpoint, plot, metrics table and the summary (written by the caller)."""
+    weights.load_image_state(bundle.model, weights.interpolate(theta_zs, theta_ft, chosen))
+    weights.save_checkpoint(bundle.model, out / "patched.safetensors",
+                            metadata={"alpha": repr(chosen), "source": str(run_dir)})  # fmt: skip
+    run_cfg = {**config.to_dict(pcfg), "out": str(run_dir)}
+    if pcfg.model_config:
+        shutil.copyfile(pcfg.model_config, out / "model_config.json")
+        run_cfg["model_config"] = str(out / "model_config.json")
+    results.save_config(run_cfg, out / "config.yaml")
+    best = {**run_cfg, "alphas": [chosen], "out": str(out / "patch-best")}
+    results.plot_alpha_curve(
+        select.curves(val_rows), chosen, out / "alpha_curve.png", pareto=front,
+        title=f"{pcfg.model}: alpha sweep, {len(select.curves(val_rows)['patching'])} alphas "
+        "(validation)",
+    )  # fmt: skip
+    results.write_table(test, out / "metrics")
+    failed = [{"alpha": r.get("config/alpha"), "trial_id": r["trial_id"], "error": r["error"]}
+              for r in rows if r["status"] != "TERMINATED"]  # fmt: skip
+    summary: dict[str, Any] = {
+        "alpha": chosen,
+        "selection": cfg.selection,
+        "search": cfg.search,
+        "multi_objective": cfg.multi_objective,
+        "model": pcfg.model,
+        "run": str(run_dir),
+        "trials": {"total": len(rows), "finished": len(rows) - len(failed), "failed": len(failed)},
+        "failed": failed,
+        "pareto_front": [
+            {k: r.get(k) for k in ("alpha", "patching", "supported")} for r in rows if r["pareto"]
+        ],  # fmt: skip
+        "test": test,
+        "patched_checkpoint": str(out / "patched.safetensors"),
+        "load_with": f"open_clip.create_model({pcfg.model!r}, pretrained='patched.safetensors')",
+        "best_config": str(out / "best_config.yaml"),
+        "experiment": experiment_path,
+    }
+    summary["_md"] = _markdown(summary, rows, cfg)
+    summary["_best"] = best
+    return summary
+
+
+def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]], cfg) -> str:
+    cols = ["alpha", "patching", "supported", "objective", "status", "pareto", "chosen",
+            "time_s", "error"]  # fmt: skip
+    cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
+    test_cols = ["role", "dataset", "split", "alpha", "metric", "value", "n", "selected"]
+    lines = [
+        f"# Alpha sweep: {summary['model']}",
+        "",
+        f"Chosen alpha **{summary['alpha']:g}** ({cfg.selection} rule: "
+        f"{select.RULES[cfg.selection]}), over {summary['trials']['finished']} finished trials "
+        f"({cfg.search} search{', multi-objective' if cfg.multi_objective else ''}); "
+        f"{summary['trials']['failed']} failed.",
+        "",
+        "Best config (`python -m mtmg.patch --config best_config.yaml`): `best_config.yaml`; "
+        "patched checkpoint: `patched.safetensors`.",
+        "",
+        "## Test metrics (alpha 0, chosen, 1)",
+        "",
+        tuning.markdown_table(summary["test"], test_cols),
+        "",
+    ]
+    if summary["pareto_front"]:
+        lines += ["## Pareto front (validation)", "",
+                  tuning.markdown_table(summary["pareto_front"], ["alpha", "patching",
+                                                                  "supported"]), ""]  # fmt: skip
+    lines += ["## Trials (validation)", "", tuning.markdown_table(rows, cols), ""]
+    if summary["failed"]:
+        lines += ["## Failed trials", ""]
+        lines += [
+            f"- alpha={f['alpha']} ({f['trial_id']}): {f['error']}" for f in summary["failed"]
+        ]
+        lines += ["", "Re-run them with `--resume --retry-failed`.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python sweeps/alpha_sweep.py --run DIR --out DIR [options]`."""
+    cfg = tuning.parse(
+        AlphaSweepConfig,
+        argv,
+        "Alpha sweep of PAINT patching with Ray Tune: interpolate a patch run's theta_zs and "
+        "theta_ft, evaluate every alpha on validation splits, choose alpha, report test metrics.",
+        "input: --run PATCH_RUN_DIR, or --data SHARDS --supported SHARDS [model options] to\n"
+        "fine-tune once first (into OUT/patch).\n"
+        "outputs in --out: sweep.parquet/.csv, summary.md, summary.json, best_config.yaml,\n"
+        "spec.yaml, alpha_curve.png, metrics.parquet/.csv (test), patched.safetensors and\n"
+        "config.yaml (a patch-run layout the alignment teacher loads). Ray Tune's experiment:\n"
+        "OUT/tune (--storage); an interrupted sweep continues with --resume.",
+    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from mtmg.cluster import ClusterError
+
+    try:
+        summary = run(cfg)
+    except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError, ClusterError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"chosen alpha = {summary['alpha']:g} ({cfg.selection} rule on validation; "
+          f"{summary['trials']['finished']} trials finished, "
+          f"{summary['trials']['failed']} failed)")  # fmt: skip
+    if summary["pareto_front"]:
+        print(
+            "Pareto front: alpha " + ", ".join(f"{p['alpha']:g}" for p in summary["pareto_front"])
+        )
+    for r in summary["test"]:
+        mark = "*" if r["selected"] else " "
+        print(f"{mark} {r['dataset']:<24} {r['split']:<5} alpha={r['alpha']:<6g} "
+              f"{r['metric']}={r['value']:.2f}")  # fmt: skip
+    print(f"outputs in {Path(cfg.out).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
