@@ -214,6 +214,7 @@ class Plan:
     """What trials need besides the object-store refs (small, picklable)."""
 
     sets: tuple[tuple[str, str, str | None, str], ...]  # (role, path, nomenclature, label)
+    names: tuple[str, ...]  # dataset names (manifest)
     tasks: tuple[str, ...]
     decoder: tuple  # image_size, mean, std
     eval_batch_size: int
@@ -257,10 +258,11 @@ def _torch_batches(batches: list[dict[str, Any]]):
 class Evaluator:
     """theta(alpha) on a split of every set; built once per process from the object store."""
 
-    def __init__(self, plan: Plan, refs: dict[str, Any]) -> None:
+    def __init__(self, plan: Plan, refs: dict[str, Any], *, worker: bool = True) -> None:
         import ray
 
-        torch.set_num_threads(max(1, plan.threads))
+        if worker:  # Ray gives a worker 1 thread; use the CPUs the trial reserved
+            torch.set_num_threads(max(1, plan.threads))
         self.plan = plan
         cuda = plan.gpu and torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
@@ -288,8 +290,9 @@ class Evaluator:
                 self._batches(i, split), task, self.amp,
             )  # fmt: skip
             main = "mAP" if task == "multi-label" else "top1"
-            out.append({"dataset": label, "path": path, "role": role, "split": split,
-                        "alpha": alpha, "metric": main, "value": m[main], "n": m["n"]})  # fmt: skip
+            out.append({"dataset": self.plan.names[i], "label": label, "path": path,
+                        "role": role, "split": split, "alpha": alpha, "metric": main,
+                        "value": m[main], "n": m["n"]})  # fmt: skip
         return out
 
     def supported_at_zero(self, jobs: list[tuple[int, str]]) -> float | None:
@@ -360,14 +363,16 @@ def trial(config: dict[str, Any], plan: Plan) -> None:
                "objective": objective(p, s, plan.selection, plan.tolerance, base)}  # fmt: skip
     if s is not None:
         metrics["supported"] = s
-    metrics.update({f"val/{r['dataset']}": r["value"] for r in rows})
+    metrics.update({f"val/{r['label']}": r["value"] for r in rows})
     metrics["eval_s"] = time.perf_counter() - t0
     tune.report(metrics)
 
 
-def _test_rows(plan: Plan, alphas: list[float], chosen: float) -> list[dict[str, Any]]:
-    """Test metrics (val where a set has no test split) at the given alphas; a Ray task."""
-    ev = Evaluator(plan, plan.shared)
+def _test_rows(
+    plan: Plan, alphas: list[float], chosen: float, worker: bool = True
+) -> list[dict[str, Any]]:
+    """Test metrics (val where a set has no test split) at the given alphas."""
+    ev = Evaluator(plan, plan.shared, worker=worker)
     jobs = [(i, "test" if data.ShardSet.open(s[1]).count("test") else "val")
             for i, s in enumerate(plan.sets)]  # fmt: skip
     return [{**r, "selected": a == chosen} for a in alphas for r in ev.rows(a, jobs)]
@@ -448,6 +453,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     labels = _labels(sets)
     plan = Plan(
         sets=tuple((r, p, n, lab) for (r, p, n), lab in zip(sets, labels, strict=True)),
+        names=tuple(data.ShardSet.open(p).name for _, p, _ in sets),
         tasks=tuple(data.ShardSet.open(p).task for _, p, _ in sets),
         decoder=(bundle.image_size, tuple(bundle.mean), tuple(bundle.std)),
         eval_batch_size=pcfg.eval_batch_size, loader_workers=pcfg.loader_workers,
@@ -511,13 +517,17 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         r["chosen"] = r.get("alpha") == chosen and r["status"] == "TERMINATED"
         r["pareto"] = r.get("alpha") in front and r["status"] == "TERMINATED"
     t3 = time.perf_counter()
-    task = ray.remote(_test_rows).options(
-        num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial or None
-    )
-    test = ray.get(task.remote(plan, sorted({0.0, chosen, 1.0}), chosen))
+    test_alphas = sorted({0.0, chosen, 1.0})
+    if on_cluster or cfg.gpus_per_trial:  # where the trials ran: a node with their resources
+        task = ray.remote(_test_rows).options(
+            num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial or None
+        )
+        test = ray.get(task.remote(plan, test_alphas, chosen))
+    else:  # embedded: this machine, without starting another worker process
+        test = _test_rows(plan, test_alphas, chosen, worker=False)
     times["test_s"] = time.perf_counter() - t3
     summary = _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test,
-                     chosen, front, spec, grid.experiment_path)  # fmt: skip
+                     chosen, front, spec, grid.experiment_path, on_cluster)  # fmt: skip
     times["total_s"] = time.perf_counter() - t0
     summary["timings"] = {k: round(v, 3) for k, v in times.items()}
     tuning.write_outputs(out, rows, summary_md=summary.pop("_md"), summary=summary, spec=spec,
@@ -536,7 +546,7 @@ def _heads(pcfg: patch.PatchConfig, bundle: models.ClipBundle, sets) -> list[tor
 
 
 def _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test, chosen,
-           front, spec, experiment_path) -> dict[str, Any]:  # fmt: skip
+           front, spec, experiment_path, on_cluster) -> dict[str, Any]:  # fmt: skip
     """Checkpoint, plot, metrics table and the summary (written by the caller)."""
     weights.load_image_state(bundle.model, weights.interpolate(theta_zs, theta_ft, chosen))
     weights.save_checkpoint(bundle.model, out / "patched.safetensors",
@@ -562,6 +572,7 @@ def _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, 
         "multi_objective": cfg.multi_objective,
         "model": pcfg.model,
         "run": str(run_dir),
+        "on_cluster": on_cluster,
         "trials": {"total": len(rows), "finished": len(rows) - len(failed), "failed": len(failed)},
         "failed": failed,
         "pareto_front": [

@@ -1,0 +1,297 @@
+"""The alpha sweep (issue 5) end to end: real Ray Tune, a tiny open_clip, generated shards.
+
+One module fixture fine-tunes once through the sweep's own `--data` mode; the other tests sweep
+that patch run. Reference numbers come from a plain loop without Ray (`brute_force`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mtmg import alpha_sweep, config, data, evaluate, heads, patch, prep, select, synth, weights
+from mtmg import tune as tuning
+from mtmg.trainers import WorkerContext
+
+from conftest import REPO
+
+MODEL = "mtmg-tiny-vit"
+SCRIPT = str(REPO / "sweeps" / "alpha_sweep.py")
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("sweepdata")
+    synth.make_bigearthnet(root / "ben", n_patches=96, s1=False, seed=21)
+    synth.make_imagefolder(root / "img", n_per_class=12, size=32)
+    for kind, raw in (("bigearthnet", "ben"), ("imagefolder", "img")):
+        prep.shard(prep.ShardConfig(kind, str(root / raw), str(root / f"{raw}-shards"),
+                                    shard_size=20, progress=False))  # fmt: skip
+    return root, str(root / "ben-shards"), str(root / "img-shards")
+
+
+@pytest.fixture(scope="module")
+def first(sets):
+    """`--data` mode: the sweep fine-tunes once itself (OUT/patch), then sweeps 3 alphas."""
+    root, ben, img = sets
+    cfg = alpha_sweep.AlphaSweepConfig(
+        out=str(root / "first"), data=ben, supported=(img,), model=MODEL, pretrained="none",
+        epochs=4, lr=3e-3, warmup_steps=3, batch_size=16, eval_batch_size=64, loader_workers=1,
+        cache_dir=str(root / "cache"), alphas=(0.0, 0.5, 1.0),
+    )  # fmt: skip
+    return cfg, alpha_sweep.run(cfg)
+
+
+@pytest.fixture(scope="module")
+def run_dir(first):
+    return Path(first[0].out) / "patch"
+
+
+def _cfg(run_dir, out, **kw) -> alpha_sweep.AlphaSweepConfig:
+    return alpha_sweep.AlphaSweepConfig(out=str(out), run=str(run_dir), **kw)
+
+
+def brute_force(run_dir: Path, alphas, split: str = "val") -> list[dict]:
+    """Every alpha evaluated in a plain loop, no Ray: rows as `mtmg.select` takes them."""
+    pcfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    model = open_clip.create_model(MODEL, pretrained=str(run_dir / "patched.safetensors")).eval()
+    tokenizer = open_clip.get_tokenizer(MODEL)
+    zs = load_file(str(run_dir / "theta_zs.safetensors"))
+    ft = load_file(str(run_dir / "theta_ft.safetensors"))
+    size = model.visual.image_size[0]
+    rows = []
+    for role, path in [("patching", pcfg["data"])] + [("supported", p) for p in pcfg["supported"]]:
+        ds = data.ShardSet.open(path)
+        head = heads.ZeroShotHead(heads.build_zeroshot_weights(
+            model, tokenizer, ds.prompt_names(), ds.manifest["templates"]))  # fmt: skip
+        dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
+                           data.Targets.of(ds), size, size)  # fmt: skip
+        batches = list(data.make_loader(ds, split, dec, batch_size=64, train=False, num_workers=0))
+        main = "mAP" if ds.task == "multi-label" else "top1"
+        for a in alphas:
+            weights.load_image_state(model, weights.interpolate(zs, ft, a))
+            m = evaluate.classification(
+                WorkerContext(), lambda b, h=head: h(model.visual(b["rgb"])), batches, ds.task
+            )
+            rows.append({"alpha": a, "role": role, "split": split, "value": m[main],
+                         "dataset": ds.name})  # fmt: skip
+    return rows
+
+
+def _table(out: Path) -> list[dict]:
+    return pq.read_table(out / "sweep.parquet").to_pylist()
+
+
+def test_fine_tune_then_sweep(first, run_dir):
+    cfg, summary = first
+    for name in ("config.yaml", "theta_zs.safetensors", "theta_ft.safetensors", "summary.json"):
+        assert (run_dir / name).exists(), name
+    table = _table(Path(cfg.out))
+    assert sorted(r["alpha"] for r in table) == [0.0, 0.5, 1.0]
+    assert summary["alpha"] in (0.0, 0.5, 1.0) and summary["trials"]["failed"] == 0
+    assert summary["timings"]["fine_tune_s"] > 0
+    # fine-tuning helped the patching task on held-out validation data
+    by_alpha = {r["alpha"]: r for r in table}
+    assert by_alpha[1.0]["patching"] > by_alpha[0.0]["patching"] + 5
+
+
+def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
+    out = tmp_path / "grid"
+    summary = alpha_sweep.run(_cfg(run_dir, out))
+    for name in ("sweep.parquet", "sweep.csv", "summary.md", "summary.json", "best_config.yaml",
+                 "spec.yaml", "alpha_curve.png", "patched.safetensors", "config.yaml",
+                 "metrics.parquet"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    table = _table(out)
+    assert [r["alpha"] for r in table] == list(alpha_sweep.ALPHAS)
+    assert {r["status"] for r in table} == {"TERMINATED"} and all(r["time_s"] for r in table)
+
+    ref = brute_force(run_dir, alpha_sweep.ALPHAS)
+    assert summary["alpha"] == select.select_alpha(ref, "mean")
+    want = {(r["role"], r["alpha"]): r["value"] for r in ref}
+    for r in table:
+        assert r["patching"] == pytest.approx(want[("patching", r["alpha"])], abs=1e-6)
+        assert r["supported"] == pytest.approx(want[("supported", r["alpha"])], abs=1e-6)
+        assert r["chosen"] == (r["alpha"] == summary["alpha"])
+
+    # test metrics at 0, the chosen alpha and 1, as the plain loop computes them
+    ref_test = brute_force(run_dir, sorted({0.0, summary["alpha"], 1.0}), "test")
+    got = {(r["role"], r["alpha"]): r["value"] for r in summary["test"]}
+    assert {(r["role"], r["alpha"]) for r in ref_test} == set(got)
+    for r in ref_test:
+        assert got[(r["role"], r["alpha"])] == pytest.approx(r["value"], abs=1e-6)
+    assert json.loads((out / "summary.json").read_text())["alpha"] == summary["alpha"]
+    assert f"**{summary['alpha']:g}**" in (out / "summary.md").read_text()
+
+    # a patch-run layout for the teacher: a strict open_clip checkpoint at the chosen alpha
+    model = open_clip.create_model(MODEL, pretrained=str(out / "patched.safetensors"))
+    theta = weights.interpolate(load_file(str(run_dir / "theta_zs.safetensors")),
+                                load_file(str(run_dir / "theta_ft.safetensors")),
+                                summary["alpha"])  # fmt: skip
+    for k, v in weights.image_state(model).items():
+        torch.testing.assert_close(v, theta[k])
+    # the best config is an mtmg.patch config at the chosen alpha
+    best = patch.PatchConfig(**{
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in config.load_yaml(patch.PatchConfig, out / "best_config.yaml").items()
+    })  # fmt: skip
+    assert best.alphas == (summary["alpha"],) and best.model == MODEL
+    # the resolved spec is loadable as --spec; an existing sweep needs --resume
+    spec = config.load_yaml(alpha_sweep.AlphaSweepConfig, out / "spec.yaml")
+    assert spec["alphas"] == list(alpha_sweep.ALPHAS) and spec["search"] == "grid"
+    with pytest.raises(ValueError, match="--resume"):
+        alpha_sweep.run(_cfg(run_dir, out))
+
+
+def test_optuna_sweep(run_dir, tmp_path):
+    out = tmp_path / "optuna"
+    summary = alpha_sweep.run(_cfg(run_dir, out, search="optuna", num_samples=6, seed=3))
+    table = _table(out)
+    alphas = sorted({r["alpha"] for r in table})
+    assert len(table) == 6 and {0.0, 1.0} <= set(alphas)  # the two ends are evaluated first
+    assert all(abs(a * 100 - round(a * 100)) < 1e-6 for a in alphas)  # --alpha-step 0.01
+    assert summary["alpha"] == select.select_alpha(brute_force(run_dir, alphas), "mean")
+
+
+def test_multi_objective_reports_the_pareto_front(run_dir, tmp_path):
+    out = tmp_path / "mo"
+    rc = alpha_sweep.main(["--run", str(run_dir), "--out", str(out), "--search", "optuna",
+                           "--num-samples", "6", "--multi-objective"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    table = _table(out)
+    points = {r["alpha"]: (r["patching"], r["supported"]) for r in table}
+    # non-dominated points, computed here from the table
+    front = sorted(a for a, p in points.items() if not any(
+        q[0] >= p[0] and q[1] >= p[1] and q != p for q in points.values()))  # fmt: skip
+    assert front and [p["alpha"] for p in summary["pareto_front"]] == front
+    assert sorted({r["alpha"] for r in table if r["pareto"]}) == front
+    assert summary["alpha"] in front and summary["multi_objective"] is True
+    assert "Pareto front" in (out / "summary.md").read_text()
+
+
+def test_failing_trial_is_reported_and_the_sweep_finishes(run_dir, tmp_path):
+    out = tmp_path / "fail"
+    summary = alpha_sweep.run(_cfg(run_dir, out, alphas=(0.0, 0.5, 1.0), fail_alphas=(0.5,)))
+    table = {r["config/alpha"]: r for r in _table(out)}
+    assert table[0.5]["status"] == "ERROR"
+    assert "RuntimeError: injected failure at alpha=0.5" in table[0.5]["error"]
+    assert table[0.0]["status"] == table[1.0]["status"] == "TERMINATED"
+    assert summary["trials"] == {"total": 3, "finished": 2, "failed": 1}
+    assert summary["alpha"] in (0.0, 1.0)
+    assert "injected failure" in (out / "summary.md").read_text()
+
+
+def _finished(exp: Path) -> dict[str, dict]:
+    out = {}
+    for f in exp.glob("trial_*/result.json"):
+        line = f.read_text().strip()
+        if line:
+            out[f.parent.name] = json.loads(line.splitlines()[0])
+    return out
+
+
+def test_resume_after_the_driver_is_killed(run_dir, tmp_path):
+    out = tmp_path / "resume"
+    argv = [sys.executable, SCRIPT, "--run", str(run_dir), "--out", str(out),
+            "--max-concurrent", "1"]  # fmt: skip
+    proc = subprocess.Popen([*argv, "--trial-delay", "0.7"], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    exp = out / "tune" / alpha_sweep.NAME
+    try:
+        deadline = time.time() + 240
+        while len(_finished(exp)) < 3:
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended too early"
+            time.sleep(0.2)
+        done = _finished(exp)  # finished well before the kill: in the saved experiment state
+        time.sleep(2.5)
+        assert proc.poll() is None, "the sweep ended before it was killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(_finished(exp)) < len(alpha_sweep.ALPHAS)
+    assert not (out / "summary.json").exists()
+
+    r = subprocess.run([*argv, "--resume"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = _table(out)
+    assert sorted(r["alpha"] for r in table) == list(alpha_sweep.ALPHAS)
+    assert {r["status"] for r in table} == {"TERMINATED"}
+    rows = {Path(r["path"]).name: r for r in table}
+    for trial, first_result in done.items():  # not re-run: the same (only) result
+        assert (exp / trial / "result.json").read_text().count("\n") == 1
+        assert rows[trial]["pid"] == first_result["pid"]
+        assert rows[trial]["timestamp"] == first_result["timestamp"]
+    assert len({r["pid"] for r in table}) >= 2  # the rest ran in the resumed driver's actors
+
+
+def test_sweep_on_a_running_cluster(local_cluster, run_dir, tmp_path):
+    out = tmp_path / "cluster"
+    r = subprocess.run(
+        [sys.executable, SCRIPT, "--run", str(run_dir), "--out", str(out), "--cluster",
+         "--alphas", "0", "0.5", "1", "--cpus-per-trial", "0.5"],
+        env=local_cluster, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "chosen alpha" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["on_cluster"] is True and summary["trials"]["finished"] == 3
+    ref = brute_force(run_dir, (0.0, 0.5, 1.0))
+    assert summary["alpha"] == select.select_alpha(ref, "mean")
+
+
+def test_bad_input_fails_before_ray(run_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert alpha_sweep.main(["--run", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    assert alpha_sweep.main(["--run", str(partial), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "missing theta_zs.safetensors, theta_ft.safetensors" in err
+    base = ["--run", str(run_dir), "--out", str(out)]
+    for extra, msg in (
+        (["--alphas", "0", "1.5"], "--alphas must lie in [0, 1]; got [1.5]"),
+        (["--alphas", "0.5", "0.5"], "duplicates"),
+        (["--alpha-range", "0.8", "0.2"], "--alpha-range needs 0 <= LOW < HIGH <= 1"),
+        (["--alpha-range", "0", "2"], "--alpha-range needs 0 <= LOW < HIGH <= 1"),
+        (["--cpus-per-trial", "0"], "a trial needs some resource"),
+    ):  # fmt: skip
+        assert alpha_sweep.main([*base, *extra]) == 2, extra
+        assert msg in capsys.readouterr().err
+    assert alpha_sweep.main(["--out", str(out)]) == 2
+    assert "give --run" in capsys.readouterr().err
+    assert not out.exists()  # nothing written, no Ray experiment started
+
+
+def test_spec_file_and_flags(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("search: optuna\nalpha_range: [0.2, 0.8]\nnum_samples: 5\n")
+    cfg = tuning.parse(alpha_sweep.AlphaSweepConfig,
+                       ["--out", "o", "--spec", str(spec), "--num-samples", "7"], "d")  # fmt: skip
+    assert cfg.search == "optuna" and cfg.alpha_range == (0.2, 0.8) and cfg.num_samples == 7
+
+
+def test_help():
+    r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
+                       timeout=120, cwd=REPO)  # fmt: skip
+    assert r.returncode == 0
+    for opt in ("--run", "--data", "--supported", "--alphas", "--alpha-range", "--search",
+                "--multi-objective", "--cluster", "--cpus-per-trial", "--gpus-per-trial",
+                "--max-concurrent", "--num-samples", "--seed", "--storage", "--resume",
+                "--spec", "--fail-alphas"):  # fmt: skip
+        assert opt in r.stdout
