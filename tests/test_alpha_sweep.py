@@ -157,7 +157,9 @@ def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
 
 def test_optuna_sweep(run_dir, tmp_path):
     out = tmp_path / "optuna"
-    summary = alpha_sweep.run(_cfg(run_dir, out, search="optuna", num_samples=6, seed=3))
+    summary = alpha_sweep.run(
+        _cfg(run_dir, out, search="optuna", num_samples=6, seed=3, max_concurrent=1)
+    )
     table = _table(out)
     alphas = sorted({r["alpha"] for r in table})
     assert len(table) == 6 and {0.0, 1.0} <= set(alphas)  # the two ends are evaluated first
@@ -168,7 +170,7 @@ def test_optuna_sweep(run_dir, tmp_path):
 def test_multi_objective_reports_the_pareto_front(run_dir, tmp_path):
     out = tmp_path / "mo"
     rc = alpha_sweep.main(["--run", str(run_dir), "--out", str(out), "--search", "optuna",
-                           "--num-samples", "6", "--multi-objective"])  # fmt: skip
+                           "--num-samples", "6", "--multi-objective", "--max-concurrent", "1"])  # fmt: skip
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     table = _table(out)
@@ -184,7 +186,9 @@ def test_multi_objective_reports_the_pareto_front(run_dir, tmp_path):
 
 def test_failing_trial_is_reported_and_the_sweep_finishes(run_dir, tmp_path):
     out = tmp_path / "fail"
-    summary = alpha_sweep.run(_cfg(run_dir, out, alphas=(0.0, 0.5, 1.0), fail_alphas=(0.5,)))
+    # the failing trial last: its actor dies, and no other trial has to wait for a new one
+    cfg = _cfg(run_dir, out, alphas=(0.0, 1.0, 0.5), fail_alphas=(0.5,), max_concurrent=1)
+    summary = alpha_sweep.run(cfg)
     table = {r["config/alpha"]: r for r in _table(out)}
     assert table[0.5]["status"] == "ERROR"
     assert "RuntimeError: injected failure at alpha=0.5" in table[0.5]["error"]
@@ -242,7 +246,7 @@ def test_sweep_on_a_running_cluster(local_cluster, run_dir, tmp_path):
     out = tmp_path / "cluster"
     r = subprocess.run(
         [sys.executable, SCRIPT, "--run", str(run_dir), "--out", str(out), "--cluster",
-         "--alphas", "0", "0.5", "1", "--cpus-per-trial", "0.5"],
+         "--alphas", "0", "0.5", "1", "--cpus-per-trial", "0.5", "--max-concurrent", "1"],
         env=local_cluster, capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
