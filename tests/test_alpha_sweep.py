@@ -170,7 +170,8 @@ def test_optuna_sweep(run_dir, tmp_path):
 def test_multi_objective_reports_the_pareto_front(run_dir, tmp_path):
     out = tmp_path / "mo"
     rc = alpha_sweep.main(["--run", str(run_dir), "--out", str(out), "--search", "optuna",
-                           "--num-samples", "6", "--multi-objective", "--max-concurrent", "1"])  # fmt: skip
+                           "--num-samples", "6", "--multi-objective",
+                           "--max-concurrent", "1"])  # fmt: skip
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     table = _table(out)
