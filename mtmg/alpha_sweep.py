@@ -38,15 +38,18 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from mtmg import config, data, evaluate, models, patch, results, select, weights
+from mtmg import config, data, evaluate, models, select, weights
 from mtmg import tune as tuning
 from mtmg.heads import ZeroShotHead
+
+if TYPE_CHECKING:
+    from mtmg import patch
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -150,6 +153,7 @@ def check(cfg: AlphaSweepConfig) -> None:
 
 def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
     """The patch run's config: the run's (paths overridable), or the fine-tune's to run."""
+    from mtmg import patch
     if cfg.run:
         values = config.load_yaml(patch.PatchConfig, Path(cfg.run) / "config.yaml")
         if (Path(cfg.run) / "model_config.json").is_file():  # the run dir's own copy
@@ -421,6 +425,8 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     """The whole sweep; returns the summary also written to OUT/summary.json."""
     import ray
 
+    from mtmg import patch, results
+
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     check(cfg)
@@ -537,6 +543,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
 
 def _heads(pcfg: patch.PatchConfig, bundle: models.ClipBundle, sets) -> list[torch.Tensor]:
     """Zero-shot heads as the patch stage builds them (cached on disk)."""
+    from mtmg import patch
     build = getattr(patch, "build_heads", None)
     if build is not None:
         return build(pcfg, bundle, sets)
@@ -548,6 +555,7 @@ def _heads(pcfg: patch.PatchConfig, bundle: models.ClipBundle, sets) -> list[tor
 def _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test, chosen,
            front, spec, experiment_path, on_cluster) -> dict[str, Any]:  # fmt: skip
     """Checkpoint, plot, metrics table and the summary (written by the caller)."""
+    from mtmg import results
     weights.load_image_state(bundle.model, weights.interpolate(theta_zs, theta_ft, chosen))
     weights.save_checkpoint(bundle.model, out / "patched.safetensors",
                             metadata={"alpha": repr(chosen), "source": str(run_dir)})  # fmt: skip

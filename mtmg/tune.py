@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mtmg import config, results, storage
+from mtmg import config, storage
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -326,6 +326,8 @@ def write_outputs(
 ) -> None:
     """`<table>.parquet/.csv`, `summary.md`, `summary.json`, `spec.yaml`, `best_config.yaml`
     (atomic writes through `mtmg.storage`)."""
+    from mtmg import results  # matplotlib: not imported where trials run
+
     loc = storage.location(out)
     fs = loc.fs
     fs.create_dir(loc.path, recursive=True)
