@@ -244,3 +244,37 @@ def test_help_lists_every_option():
     assert r.returncode == 0
     for f in dataclasses.fields(align.AlignConfig):
         assert "--" + f.name.replace("_", "-") in r.stdout, f.name
+
+
+def test_report_from_a_patch_and_an_align_run(sets, tmp_path):
+    """`python -m mtmg.report` assembles the paper-style table from finished run dirs."""
+    run = tmp_path / "align"
+    align.run(_cfg(sets, run, epochs=2, eval_every=0))
+    r = subprocess.run([sys.executable, "-m", "mtmg.report", sets["teacher"], str(run), "--out",
+                        str(tmp_path / "report")], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    models_ = {row["model"] for row in summary["rows"]}
+    aligned = json.loads((run / "summary.json").read_text())
+    assert {"zero-shot CLIP", "aligned MS encoder", "untrained MS encoder"} <= models_
+    chosen = json.loads(open(f"{sets['teacher']}/summary.json").read())
+    assert f"patched CLIP (alpha={chosen['alpha']:g})" in models_
+    # the numbers are the runs' own
+    patch_rows = pq.read_table(f"{sets['teacher']}/metrics.parquet").to_pylist()
+    zs = next(x["value"] for x in patch_rows if x["alpha"] == 0.0 and x["selected"] is not None
+              and x["dataset"] == "bigearthnet")  # fmt: skip
+    got = next(x["value"] for x in summary["rows"] if x["model"] == "zero-shot CLIP")
+    assert got == zs
+    final = {x["metric"]: x["value"] for x in aligned["test"] if x["encoder"] == "student"}
+    row = next(x for x in summary["rows"] if x["model"] == "aligned MS encoder"
+               and x["metric"] == "R@1 ms->rgb")  # fmt: skip
+    assert row["value"] == final["R@1 ms->rgb"]
+    for name in ("table.parquet", "table.csv", "summary.md", "alpha_curve.png",
+                 "loss_curves.png"):  # fmt: skip
+        assert (tmp_path / "report" / name).exists(), name
+    assert "| aligned MS encoder |" in (tmp_path / "report" / "summary.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "mtmg.report", str(tmp_path), "--out",
+                          str(tmp_path / "r2")], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "not a finished" in bad.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,23 @@ def test_patch_on_a_running_cluster(local_cluster, tmp_path):
     assert summary["alpha"] in (0.0, 1.0) and (out / "patched.safetensors").exists()
 
 
+def submit_job(env: dict, module_args: list[str]) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir . -- python -m ...`, waiting for the job to end.
+
+    A freshly started head may answer "No available agent to submit job" for a while (its job
+    agent starts after the GCS; slower on a busy machine): retried a bounded number of times.
+    """
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_bin, "job", "submit", "--working-dir", ".", "--", sys.executable, "-m",
+           *module_args]  # fmt: skip
+    for _ in range(12):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        if "No available agent to submit job" not in r.stderr:
+            return r
+        time.sleep(5)
+    return r
+
+
 def test_patch_as_a_ray_job(local_cluster, tmp_path):
     """`ray job submit --working-dir . -- python -m mtmg.patch ...` against the local cluster."""
     synth.make_bigearthnet(tmp_path / "raw", n_patches=30, s1=False, seed=6)
@@ -79,14 +97,10 @@ def test_patch_as_a_ray_job(local_cluster, tmp_path):
         env=local_cluster, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     out = tmp_path / "job-out"
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    r = subprocess.run(
-        [ray_bin, "job", "submit", "--working-dir", ".", "--", sys.executable, "-m",
-         "mtmg.patch", "--data", str(shards), "--out", str(out), "--model", "mtmg-tiny-vit",
-         "--pretrained", "none", "--epochs", "1", "--batch-size", "8", "--alphas", "0", "1",
-         "--cache-dir", str(tmp_path / "cache")],
-        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+    r = submit_job(local_cluster, [
+        "mtmg.patch", "--data", str(shards), "--out", str(out), "--model", "mtmg-tiny-vit",
+        "--pretrained", "none", "--epochs", "1", "--batch-size", "8", "--alphas", "0", "1",
+        "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
     assert json.loads((out / "summary.json").read_text())["alpha"] in (0.0, 1.0)
@@ -102,16 +116,12 @@ def test_align_as_a_ray_job(local_cluster, tmp_path):
         env=local_cluster, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     out = tmp_path / "align-out"
-    ray_bin = str(Path(sys.executable).parent / "ray")
     student = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}'
-    r = subprocess.run(
-        [ray_bin, "job", "submit", "--working-dir", ".", "--", sys.executable, "-m",
-         "mtmg.align", "--data", str(shards), "--out", str(out), "--model", "mtmg-tiny-vit",
-         "--pretrained", "none", "--student-args", student, "--student-size", "32",
-         "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--eval-every", "0",
-         "--cache-dir", str(tmp_path / "cache")],
-        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+    r = submit_job(local_cluster, [
+        "mtmg.align", "--data", str(shards), "--out", str(out), "--model", "mtmg-tiny-vit",
+        "--pretrained", "none", "--student-args", student, "--student-size", "32",
+        "--epochs", "1", "--batch-size", "8", "--warmup-steps", "2", "--eval-every", "0",
+        "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
     summary = json.loads((out / "summary.json").read_text())
