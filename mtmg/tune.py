@@ -180,6 +180,7 @@ def run_tuner(
     param_space: dict[str, Any] | None = None,
     search_alg: Any = None,
     num_samples: int = 1,
+    scheduler: Any = None,
     verbose: int = 1,
 ) -> Any:
     """Run (or, with --resume, restore and finish) the sweep; returns Tune's ResultGrid.
@@ -206,6 +207,7 @@ def run_tuner(
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg,
+                scheduler=scheduler,
                 num_samples=num_samples,
                 max_concurrent_trials=cfg.max_concurrent,
                 reuse_actors=True,
