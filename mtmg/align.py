@@ -183,10 +183,11 @@ class Models:
         )  # fmt: skip
 
 
-def worker(conf: dict[str, Any]) -> None:
-    """Align, evaluating as configured; runs on each DDP worker (or alone in a test)."""
+def worker(conf: dict[str, Any], ctx: trainers.WorkerContext | None = None) -> None:
+    """Align, evaluating as configured; runs on each DDP worker, or alone (a test, a Tune trial:
+    pass `ctx` with a reporter there)."""
     cfg = AlignConfig(**conf["cfg"])
-    ctx = trainers.WorkerContext.current()
+    ctx = ctx or trainers.WorkerContext.current()
     if ctx.ray:  # Ray limits a worker to 1 thread; use the CPUs it reserved
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
@@ -279,15 +280,28 @@ def _train(cfg: AlignConfig, ctx, m: Models, sets, fail_once=None) -> dict[str, 
         state["stats"].append(stats)
         state["epoch"] = epoch + 1
         log.info("epoch %d: %s", epoch + 1, stats)
-        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
-            state["rows"] += _evaluate(cfg, ctx, m, sets, "val", epoch + 1)
+        if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            val = _evaluate(cfg, ctx, m, sets, "val", epoch + 1)
+            state["rows"] += val
+            stats.update(headline(val, ds.name, m.student.spec.input, "val"))
         training.save_epoch(ctx, "student", m.student.state_dict(), state, stats, opt, sched)
-    rows = _evaluate(cfg, ctx, m, sets, "val", cfg.epochs) if cfg.eval_every else []
-    rows += _evaluate(cfg, ctx, m, sets, "test", cfg.epochs, teacher=True)
-    state["rows"] += rows
+    state["rows"] += _evaluate(cfg, ctx, m, sets, "test", cfg.epochs, teacher=True)
     state["done"] = True
     training.save_epoch(ctx, "student", m.student.state_dict(), state, {"done": 1})
     return state
+
+
+def headline(rows: list[dict[str, Any]], dataset: str, inp: str, prefix: str) -> dict[str, float]:
+    """The training set's student metrics a sweep optimises: `<prefix>_zeroshot` (mAP or
+    top-1), `<prefix>_r1` (mean of R@1 both ways), `<prefix>_cosine`; empty off rank 0."""
+    got = {r["metric"]: r["value"] for r in rows
+           if r["dataset"] == dataset and r["encoder"] == "student"}  # fmt: skip
+    if not got:
+        return {}
+    main = next(k for k in got if k in metrics.MAIN_METRIC.values())
+    r1 = (got[f"R@1 {inp}->rgb"] + got[f"R@1 rgb->{inp}"]) / 2 if f"R@1 {inp}->rgb" in got else None
+    out = {f"{prefix}_zeroshot": got[main], f"{prefix}_cosine": got["cosine"]}
+    return {**out, f"{prefix}_r1": r1} if r1 is not None else out
 
 
 def _evaluate(cfg, ctx, m: Models, sets, split: str, epoch: int, teacher: bool = False):

@@ -26,6 +26,8 @@ class WorkerContext:
     world: int = 1
     device: torch.device = torch.device("cpu")
     ray: bool = False
+    # where metrics go outside Ray Train, e.g. `tune.report` in a Tune trial: f(metrics, ckpt)
+    reporter: Callable[[dict[str, Any], str | None], None] | None = None
 
     @classmethod
     def current(cls) -> WorkerContext:
@@ -64,6 +66,9 @@ class WorkerContext:
 
     def report(self, metrics: dict[str, Any], checkpoint: str | None = None) -> None:
         """Metrics (every rank calls this) and, from rank 0, a checkpoint directory."""
+        if self.reporter is not None:
+            self.reporter(metrics, checkpoint)
+            return
         if not self.ray:
             return
         import ray.train

@@ -1,0 +1,14 @@
+"""Sweep the alignment loss weights, distance and learning rate (Ray Tune + Optuna + ASHA).
+
+python sweeps/loss_sweep.py --data SHARDS --teacher PATCH_RUN --out DIR [--cluster]
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from mtmg.loss_sweep import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""The alignment loss sweep end to end: real Ray Tune + Optuna + ASHA, tiny models, CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mtmg import align, config, loss_sweep, prep, synth
+
+from conftest import REPO
+
+SCRIPT = str(REPO / "sweeps" / "loss_sweep.py")
+STUDENT = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}'
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("losssweep")
+    synth.make_bigearthnet(root / "ben", n_patches=60, s1=False, seed=41)
+    prep.shard(prep.ShardConfig("bigearthnet", str(root / "ben"), str(root / "shards"),
+                                shard_size=20, progress=False))  # fmt: skip
+    return root
+
+
+def _argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(root / "shards"), "--out", str(out), "--model", "mtmg-tiny-vit",
+            "--pretrained", "none", "--student-args", STUDENT, "--student-size", "32",
+            "--batch-size", "16", "--warmup-steps", "3", "--loader-workers", "1",
+            "--cache-dir", str(root / "cache"), *extra]  # fmt: skip
+
+
+def _table(out: Path) -> list[dict]:
+    return pq.read_table(out / "sweep.parquet").to_pylist()
+
+
+def test_grid_with_a_failing_trial(shards, tmp_path):
+    out = tmp_path / "grid"
+    # w_img = w_txt = 0 leaves nothing to train: that trial fails, the sweep goes on
+    code = loss_sweep.main(_argv(shards, out, "--epochs", "2", "--w-img", "0", "1",
+                                 "--w-txt", "0", "0.05"))  # fmt: skip
+    assert code == 0
+    rows = _table(out)
+    assert len(rows) == 4
+    combos = {(r["config/w_img"], r["config/w_txt"]): r for r in rows}
+    assert set(combos) == {(0.0, 0.0), (0.0, 0.05), (1.0, 0.0), (1.0, 0.05)}
+    bad = combos[(0.0, 0.0)]
+    assert bad["status"] == "ERROR" and "nothing to train" in bad["error"]
+    ok = [r for r in rows if r["status"] != "ERROR"]
+    for r in ok:  # validation every epoch, then test metrics
+        assert r["done_training"] and r["epoch"] == 2
+        assert 0 <= r["val_zeroshot"] <= 100 and 0 <= r["test_r1"] <= 100
+        assert r["objective"] == r["val_zeroshot"]
+    summary = json.loads((out / "summary.json").read_text())
+    best = max(ok, key=lambda r: r["objective"])
+    assert summary["best_objective"] == best["objective"]
+    assert summary["failed"][0]["error"] == bad["error"]
+    # the best configuration is an mtmg.align config file
+    values = config.load_yaml(align.AlignConfig, out / "best_config.yaml")
+    cfg = align.AlignConfig(**values)
+    assert (cfg.w_img, cfg.w_txt) == (best["config/w_img"], best["config/w_txt"])
+    assert cfg.student_args == STUDENT and cfg.epochs == 2
+    for name in ("sweep.csv", "summary.md", "spec.yaml", "loss_sweep.png"):
+        assert (out / name).exists(), name
+    assert "nothing to train" in (out / "summary.md").read_text()
+
+
+def test_optuna_with_asha(shards, tmp_path):
+    out = tmp_path / "optuna"
+    code = loss_sweep.main(_argv(
+        shards, out, "--epochs", "3", "--search", "optuna", "--num-samples", "4",
+        "--w-txt", "0", "0.5", "--lr", "1e-4", "3e-3", "--distance", "mse", "cosine",
+        "--objective", "sum",
+    ))  # fmt: skip
+    assert code == 0
+    rows = _table(out)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
+    for r in rows:  # sampled inside the given ranges and choices
+        assert 0 <= r["config/w_txt"] <= 0.5 and 1e-4 <= r["config/lr"] <= 3e-3
+        assert r["config/distance"] in ("mse", "cosine") and r["config/w_img"] == 1.0
+        assert r["objective"] == pytest.approx(r["val_zeroshot"] + r["val_r1"])
+    assert len({r["config/lr"] for r in rows}) == 4
+    # ASHA stopped poor trials after their first epochs: no test metrics for them
+    stopped = [r for r in rows if not r.get("done_training")]
+    assert stopped and all(r["epoch"] < 3 for r in stopped)
+    assert any(r.get("done_training") for r in rows)
+
+
+def _finished(exp: Path) -> dict[str, dict]:
+    out = {}
+    for f in exp.glob("trial_*/result.json"):
+        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if lines and lines[-1].get("done_training"):
+            out[f.parent.name] = lines[-1]
+    return out
+
+
+def test_resume_after_the_driver_is_killed(shards, tmp_path):
+    out = tmp_path / "resume"
+    argv = [
+        sys.executable,
+        SCRIPT,
+        *_argv(
+            shards,
+            out,
+            "--epochs",
+            "2",
+            "--w-txt",
+            "0",
+            "0.01",
+            "0.05",
+            "0.1",
+            "0.5",
+            "--max-concurrent",
+            "1",
+        ),
+    ]
+    proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    exp = out / "tune" / loss_sweep.NAME
+    try:
+        deadline = time.time() + 300
+        while len(_finished(exp)) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended too early"
+            time.sleep(0.2)
+        done = _finished(exp)
+        time.sleep(2.0)  # the experiment state is saved every second
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "summary.json").exists()
+    r = subprocess.run([*argv, "--resume"], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = _table(out)
+    assert sorted(x["config/w_txt"] for x in table) == [0.0, 0.01, 0.05, 0.1, 0.5]
+    assert {x["status"] for x in table} == {"TERMINATED"}
+    rows = {Path(x["path"]).name: x for x in table}
+    for trial, result in done.items():  # not re-run: the result of the first driver
+        assert rows[trial]["pid"] == result["pid"]
+        assert rows[trial]["timestamp"] == result["timestamp"]
+
+
+def test_sweep_on_a_running_cluster(local_cluster, shards, tmp_path):
+    out = tmp_path / "cluster"
+    r = subprocess.run(
+        [sys.executable, SCRIPT, *_argv(shards, out, "--epochs", "1", "--w-txt", "0", "0.05",
+                                        "--cluster", "--cpus-per-trial", "1")],
+        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(_table(out)) == 2 and "## Best configuration" in r.stdout
+
+
+def test_bad_input_fails_before_ray(shards, tmp_path, capsys):
+    out = str(tmp_path / "bad")
+    assert loss_sweep.main(["--out", out, "--model", "mtmg-tiny-vit"]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert loss_sweep.main(_argv(shards, tmp_path / "b", "--distance", "l1")) == 2
+    assert "--distance" in capsys.readouterr().err
+    assert loss_sweep.main(_argv(shards, tmp_path / "b", "--lr", "0")) == 2
+    assert "learning rates" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_help():
+    r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)  # fmt: skip
+    assert r.returncode == 0
+    for opt in ("--w-txt", "--distance", "--objective", "--asha", "--resume", "--cluster",
+                "--cpus-per-trial", "--storage", "--spec"):  # fmt: skip
+        assert opt in r.stdout, opt
