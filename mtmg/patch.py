@@ -95,10 +95,11 @@ class ImageClassifier(torch.nn.Module):
         return self.head(self.visual(x))
 
 
-def worker(conf: dict[str, Any]) -> None:
-    """Fine-tune, then evaluate every alpha; runs on each DDP worker (or alone in a test)."""
+def worker(conf: dict[str, Any], ctx: trainers.WorkerContext | None = None) -> None:
+    """Fine-tune, then evaluate every alpha; runs on each DDP worker, or alone (a test, a Tune
+    trial: pass `ctx` with a reporter there)."""
     cfg = PatchConfig(**conf["cfg"])
-    ctx = trainers.WorkerContext.current()
+    ctx = ctx or trainers.WorkerContext.current()
     if ctx.ray:  # Ray limits a worker to 1 thread; use the CPUs it reserved
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
