@@ -15,11 +15,13 @@ beyond the plain loop's K evaluations, per trial; goal < 1 s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtmg import alpha_sweep, data, evaluate, models, patch, prep, synth, weights
+from mtmg import tune as tuning
 from mtmg.heads import ZeroShotHead
 from mtmg.trainers import WorkerContext
 
@@ -96,6 +99,8 @@ def main() -> None:
 
         from mtmg.cluster import init_ray
 
+        # as the sweep's CLI does before Ray starts: idle workers import the trial code
+        tuning.preload(alpha_sweep.AlphaSweepConfig(out=str(work)), alpha_sweep.TRIAL_MODULES)
         t0 = time.perf_counter()
         init_ray(num_cpus=os.cpu_count())
         ray_init_s = time.perf_counter() - t0
@@ -120,7 +125,8 @@ def main() -> None:
                 eval_batch_size=64, cache_dir=str(work / "cache"), alphas=tuple(alphas),
             )  # fmt: skip
             t = time.perf_counter()
-            summary = alpha_sweep.run(scfg)
+            with contextlib.redirect_stdout(sys.stderr):  # Tune's progress: stdout is the JSON
+                summary = alpha_sweep.run(scfg)
             runs["sweep"].append(time.perf_counter() - t)
             tm = summary["timings"]
             runs["sweep_fine_tune"].append(tm["fine_tune_s"])

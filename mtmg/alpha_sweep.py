@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 option = config.option
 NAME = "alpha_sweep"  # the Tune experiment's name under --storage
+TRIAL_MODULES = ("mtmg.alpha_sweep",)  # what trial processes import (preloaded when embedded)
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 RUN_FILES = ("config.yaml", "theta_zs.safetensors", "theta_ft.safetensors")
 # options a resumed sweep must share with the interrupted one (the rest may change)
@@ -154,6 +155,7 @@ def check(cfg: AlphaSweepConfig) -> None:
 def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
     """The patch run's config: the run's (paths overridable), or the fine-tune's to run."""
     from mtmg import patch
+
     if cfg.run:
         values = config.load_yaml(patch.PatchConfig, Path(cfg.run) / "config.yaml")
         if (Path(cfg.run) / "model_config.json").is_file():  # the run dir's own copy
@@ -275,7 +277,8 @@ class Evaluator:
         self.zs, self.ft = _tensors(ray.get(refs["zs"])), _tensors(ray.get(refs["ft"]))
         self.heads = [ZeroShotHead(torch.from_numpy(w)).to(self.device)
                       for w in ray.get(refs["heads"])]  # fmt: skip
-        self.val = {i: ray.get(r) for i, r in refs["val"].items() if r is not None}
+        self.val = {i: [b for part in ray.get(ray.get(r)) for b in part]
+                    for i, r in refs["val"].items() if r is not None}  # fmt: skip
         self.base: float | None = None  # constrained rule: supported metric at alpha 0
 
     def _batches(self, i: int, split: str) -> Any:
@@ -311,14 +314,14 @@ def _ctx(device: torch.device) -> Any:
     return WorkerContext(device=device)
 
 
-def _loader(plan: Plan, i: int, split: str) -> Any:
+def _loader(plan: Plan, i: int, split: str, rank: int = 0, world: int = 1) -> Any:
     _, path, nomen, _ = plan.sets[i]
     ds = data.ShardSet.open(path)
     size, mean, std = plan.decoder
     dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
                        data.Targets.of(ds, nomen), size, size, mean, std)  # fmt: skip
     return data.make_loader(ds, split, dec, batch_size=plan.eval_batch_size, train=False,
-                            num_workers=plan.loader_workers)  # fmt: skip
+                            rank=rank, world=world, num_workers=plan.loader_workers)  # fmt: skip
 
 
 def _mean(rows: list[dict[str, Any]], role: str) -> float | None:
@@ -350,7 +353,7 @@ def trial(config: dict[str, Any], plan: Plan) -> None:
     """One Tune trial: evaluate theta(alpha) on the validation splits and report."""
     from ray import tune
 
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     alpha = round(float(config["alpha"]), 6)
     if any(abs(alpha - a) < 1e-9 for a in plan.fail_alphas):
         raise RuntimeError(f"injected failure at alpha={alpha:g} (--fail-alphas test hook)")
@@ -368,7 +371,7 @@ def trial(config: dict[str, Any], plan: Plan) -> None:
     if s is not None:
         metrics["supported"] = s
     metrics.update({f"val/{r['label']}": r["value"] for r in rows})
-    metrics["eval_s"] = time.perf_counter() - t0
+    metrics.update(eval_s=time.perf_counter() - t0, started=started)
     tune.report(metrics)
 
 
@@ -390,12 +393,49 @@ def _labels(sets: list[tuple[str, str, str | None]]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def _decode(plan: Plan, i: int, max_bytes: float) -> list[dict[str, Any]] | None:
-    """A validation split decoded once as numpy batches, or None when over the budget."""
-    got = evaluate.materialize(_loader(plan, i, "val"), max_bytes)
+def _decode(
+    plan: Plan, i: int, rank: int, world: int, max_bytes: float
+) -> tuple[bool, list[dict[str, Any]] | None]:
+    """Part `rank` of `world` of a validation split decoded as numpy batches, in this process
+    (no loader processes: never fork a process that runs Ray's threads); (False, None) when over
+    the budget."""
+    loader = _loader(replace(plan, loader_workers=0), i, "val", rank, world)
+    got = evaluate.materialize(loader, max_bytes)
     if got is None:
-        return None
-    return [{k: v.numpy() if torch.is_tensor(v) else v for k, v in b.items()} for b in got]
+        return False, None
+    return True, [{k: v.numpy() if torch.is_tensor(v) else v for k, v in b.items()} for b in got]
+
+
+def _decode_all(plan: Plan, sets: list[int], budget_gb: float, on_cluster: bool) -> dict[int, Any]:
+    """Validation splits decoded once into the object store: set index -> ref of the list of
+    its parts (refs of batch lists), or None when over budget (trials then stream the shards).
+
+    On a cluster, parallel Ray tasks (one per part) write the batches straight into the object
+    store; embedded, the driver decodes them itself (no extra worker processes to start).
+    """
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(_decode).options(num_cpus=1, num_returns=2)
+    parts: dict[int, list] = {}
+    for i in sets:
+        world = max(1, min(cpus, len(data.ShardSet.open(plan.sets[i][1]).shards("val"))))
+        world = world if on_cluster else 1
+        budget = budget_gb * 2**30 / len(sets) / world
+        if on_cluster:
+            parts[i] = [task.remote(plan, i, r, world, budget) for r in range(world)]
+        else:
+            ok, batches = _decode(plan, i, 0, 1, budget)
+            parts[i] = [(ray.put(ok), ray.put(batches))]
+    out = {}
+    for i, refs in parts.items():
+        if all(ray.get([ok for ok, _ in refs])):
+            out[i] = ray.put([b for _, b in refs])
+        else:
+            log.warning("%s: validation split over --eval-cache-gb; trials stream it",
+                        plan.sets[i][1])  # fmt: skip
+            out[i] = None
+    return out
 
 
 def _search(cfg: AlphaSweepConfig, has_supported: bool) -> tuple[dict | None, Any, int]:
@@ -436,6 +476,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     pcfg = patch_config(cfg)
     if cfg.multi_objective and not pcfg.supported:
         raise ValueError("--multi-objective needs a supported set (--supported)")
+    tuning.preload(cfg, TRIAL_MODULES)
     if cfg.run:
         bundle, sets = patch.validate(pcfg)
         run_dir = Path(cfg.run).resolve()
@@ -474,13 +515,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         store, _ = tuning.experiment(cfg, NAME)
         check_paths_visible(local, store if "://" not in store else str(out))
     val = [i for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
-    budget = cfg.eval_cache_gb * 2**30 / max(1, len(val))
-    val_refs = {}
-    for i in val:
-        batches = _decode(plan, i, budget)
-        if batches is None:
-            log.warning("%s: validation split over --eval-cache-gb; trials stream it", sets[i][1])
-        val_refs[i] = ray.put(batches) if batches is not None else None
+    val_refs = _decode_all(plan, val, cfg.eval_cache_gb, on_cluster)
     shared = {
         "visual": ray.put(bundle.model.visual.cpu()),
         "zs": ray.put(_numpy_state(theta_zs)),
@@ -529,8 +564,8 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
             num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial or None
         )
         test = ray.get(task.remote(plan, test_alphas, chosen))
-    else:  # embedded: this machine, without starting another worker process
-        test = _test_rows(plan, test_alphas, chosen, worker=False)
+    else:  # embedded: this process (decoding without forking it: Ray's threads run here)
+        test = _test_rows(replace(plan, loader_workers=0), test_alphas, chosen, worker=False)
     times["test_s"] = time.perf_counter() - t3
     summary = _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test,
                      chosen, front, spec, grid.experiment_path, on_cluster)  # fmt: skip
@@ -544,6 +579,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
 def _heads(pcfg: patch.PatchConfig, bundle: models.ClipBundle, sets) -> list[torch.Tensor]:
     """Zero-shot heads as the patch stage builds them (cached on disk)."""
     from mtmg import patch
+
     build = getattr(patch, "build_heads", None)
     if build is not None:
         return build(pcfg, bundle, sets)
@@ -556,6 +592,7 @@ def _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, 
            front, spec, experiment_path, on_cluster) -> dict[str, Any]:  # fmt: skip
     """Checkpoint, plot, metrics table and the summary (written by the caller)."""
     from mtmg import results
+
     weights.load_image_state(bundle.model, weights.interpolate(theta_zs, theta_ft, chosen))
     weights.save_checkpoint(bundle.model, out / "patched.safetensors",
                             metadata={"alpha": repr(chosen), "source": str(run_dir)})  # fmt: skip
