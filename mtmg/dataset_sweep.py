@@ -1,0 +1,295 @@
+"""The dataset sweep (issue 5): which patching dataset helps which evaluation dataset.
+
+`python sweeps/dataset_sweep.py --patching SHARDS ... [--eval-data SHARDS ...]
+[--supported SHARDS ...] --model NAME --pretrained TAG --out DIR` runs one Tune trial per
+patching dataset: it fine-tunes CLIP's image tower on that dataset (`mtmg.patch.worker` in the
+trial's own process), selects alpha on validation (PAINT's rule with the supported sets,
+`mtmg.select`) and evaluates zero-shot (alpha 0), patched (chosen alpha) and fine-tuned
+(alpha 1) weights on the test split (val where there is none) of every evaluation dataset:
+the patching sets, the supported sets and `--eval-data`. The zero-shot weights and every
+dataset's zero-shot head are built once by the driver and go to the object store once.
+
+Result: the patching-datasets x evaluation-datasets matrix of gains over zero-shot (patched
+minus zero-shot metric, in points of mAP or top-1) as gains.parquet/.csv (long form, with the
+zero-shot, patched and fine-tuned values), a heat map (gains.png) and summary.md; one row per
+trial in sweep.parquet/.csv; best_config.yaml is the `mtmg.patch --config` of the patching
+dataset with the largest mean gain. A patching dataset that cannot be patched (no train or val
+split) fails its own trial, recorded with its error; the others finish.
+
+Not implemented: mixtures of patching datasets (PAINT's joint patching). `mtmg.patch` trains on
+one shard set with one head and one loss; a mixture of multi-label and single-label sets would
+need per-batch heads and losses in the patch stage itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtmg import config, data, heads, models, patch, select
+from mtmg import tune as tuning
+from mtmg.backbone_sweep import (
+    _unique,
+    check_evaluable,
+    check_patching,
+    dataset_labels,
+    heatmap,
+    patch_config,
+    run_patch,
+    test_values,
+    trial_device,
+    val_values,
+)
+
+log = logging.getLogger(__name__)
+option = config.option
+NAME = "dataset_sweep"
+
+
+@dataclass(frozen=True)
+class DatasetSweepConfig(tuning.SweepConfig):
+    """Options of the dataset sweep (the common sweep options first)."""
+
+    patching: tuple[str, ...] = option((), help="shard sets to patch on: one trial each")
+    eval_data: tuple[str, ...] = option(
+        (), help="more evaluation shard sets (patching and supported sets are always evaluated)"
+    )
+    supported: tuple[str, ...] = option(
+        (), help="supported-task shard sets: alpha selection (PAINT's rule) and evaluation"
+    )
+    model: str | None = option(None, help="open_clip model (default: mtmg.patch's, ViT-B-32)")
+    pretrained: str = option(
+        "", help="open_clip tag or weight file, 'none' for random init (default: mtmg.patch's)"
+    )
+    model_config: str | None = option(None, help="JSON of a custom open_clip architecture")
+    patch_config: str | None = option(
+        None, help="YAML of further mtmg.patch options (lr, epochs, ...); flags override it"
+    )
+    epochs: int | None = option(None, help="fine-tuning epochs per trial")
+    batch_size: int | None = option(None, help="batch size per trial")
+    lr: float | None = option(None, help="learning rate per trial")
+    warmup_steps: int | None = option(None, help="warm-up steps per trial")
+    alphas: tuple[float, ...] | None = option(None, help="mixing coefficients to select from")
+    selection: str | None = option(None, help="alpha selection rule (mtmg.select)")
+    loader_workers: int | None = option(None, help="data-loading processes per trial")
+    eval_batch_size: int | None = option(None, help="evaluation batch size")
+    cache_dir: str | None = option(None, help="zero-shot head cache")
+
+
+def check(cfg: DatasetSweepConfig) -> None:
+    """Errors in the options, before anything is loaded."""
+    tuning.check(cfg)
+    if not cfg.patching:
+        raise ValueError("give --patching SHARDS ... (the datasets to patch on)")
+    if cfg.search != "grid":
+        raise ValueError("the dataset sweep runs every patching dataset: use --search grid")
+    if len(set(cfg.patching)) != len(cfg.patching):
+        raise ValueError("--patching: repeated shard sets")
+    if cfg.selection is not None and cfg.selection not in select.RULES:
+        raise ValueError(f"unknown --selection {cfg.selection!r}")
+
+
+@dataclass
+class Plan:
+    """What every trial needs, put in the object store once."""
+
+    base: dict[str, Any]  # PatchConfig fields
+    zeroshot: dict[str, torch.Tensor]  # the whole CLIP model's state (theta_zs)
+    heads: list[torch.Tensor]  # per evaluation dataset, in `paths` order
+    paths: list[str]  # every evaluation dataset (patching sets first)
+    labels: list[str]
+    supported: list[str]
+    threads: int
+    gpu: bool
+
+
+def trial(params: dict[str, Any], plan: Plan) -> None:
+    """One patching dataset: fine-tune, select alpha, evaluate every evaluation dataset."""
+    from ray import tune
+
+    torch.set_num_threads(max(1, plan.threads))
+    path = plan.paths[plan.labels.index(params["patching"])]
+    check_patching(path)
+    cfg = patch.PatchConfig(**{**plan.base, "data": path})
+    sets = [("patching", path, None)]
+    sets += [("supported", s, None) for s in plan.supported if s != path]
+    sets += [("eval", p, None) for p in plan.paths if p != path and p not in plan.supported]
+    head_weights = [plan.heads[plan.paths.index(p)] for _, p, _ in sets]
+    res = run_patch(cfg, sets, plan.zeroshot, head_weights, trial_device(plan.gpu))
+    alpha = res["alpha"]
+    val_p, val_s = val_values(res["rows"], alpha)
+    test = test_values(res["rows"], alpha)
+    by_label = {plan.labels[plan.paths.index(p)]: v for p, v in test.items()}
+    gains = {k: v["gain"] for k, v in by_label.items()}
+    own = by_label[params["patching"]]
+    tune.report({
+        "alpha": alpha, "val_patching": val_p, "val_supported": val_s,
+        "self_gain": own["gain"], "mean_gain": sum(gains.values()) / len(gains),
+        "gain": gains,
+        "zeroshot": {k: v["zeroshot"] for k, v in by_label.items()},
+        "patched": {k: v["patched"] for k, v in by_label.items()},
+        "finetuned": {k: v["finetuned"] for k, v in by_label.items()},
+        "metric": {k: v["metric"] for k, v in by_label.items()},
+        "train_loss": res["stats"][-1]["train_loss"] if res["stats"] else None,
+        "done_training": True,
+    })  # fmt: skip
+
+
+def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
+    """The whole sweep; returns the summary also written to OUT/summary.json."""
+    check(cfg)
+    patching, supported = _unique(cfg.patching), _unique(cfg.supported)
+    paths = _unique([*patching, *supported, *cfg.eval_data])
+    for p in paths:
+        check_evaluable(p)
+    for s in supported:
+        if not data.ShardSet.open(s).count("val"):
+            raise ValueError(f"{s}: the supported dataset has no 'val' split")
+    labels = dataset_labels(paths)
+    fixed: dict[str, Any] = {"data": patching[0], "supported": tuple(supported),
+                             "eval_data": tuple(p for p in paths if p not in patching
+                                                and p not in supported)}  # fmt: skip
+    if cfg.model:
+        fixed["model"] = cfg.model
+    base = patch_config(cfg, **fixed)
+    torch.manual_seed(base.seed)  # a model without pretrained weights starts from the seed
+    bundle = models.load_clip(base.model, base.pretrained, model_config=base.model_config)
+    head_weights = heads.dataset_heads(
+        bundle, base.model, [(data.ShardSet.open(p), None) for p in paths], base.cache_dir,
+        base.templates,
+    )  # fmt: skip
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    from ray import tune
+
+    tuning.init(cfg)
+    tuning.can_resume(cfg, NAME)
+    plan = Plan(
+        dataclasses.asdict(base), {k: v.cpu() for k, v in bundle.model.state_dict().items()},
+        head_weights, paths, labels, supported, max(1, int(cfg.cpus_per_trial)),
+        cfg.gpus_per_trial > 0,
+    )  # fmt: skip
+    trainable = tune.with_parameters(trial, plan=plan)
+    space = {"patching": tune.grid_search([labels[paths.index(p)] for p in patching])}
+    result = tuning.run_tuner(trainable, cfg, name=NAME, param_space=space)
+    return write(cfg, base, plan, out, tuning.trial_rows(result))
+
+
+def matrix_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """The long-form gain matrix: one row per (patching, evaluation) of the finished trials."""
+    out = []
+    for r in rows:
+        if r["status"] == "ERROR" or not r.get("done_training"):
+            continue
+        for e in labels:
+            if r.get(f"gain/{e}") is None:
+                continue
+            out.append({
+                "patching": r["config/patching"], "evaluation": e, "metric": r[f"metric/{e}"],
+                "zeroshot": r[f"zeroshot/{e}"], "patched": r[f"patched/{e}"],
+                "finetuned": r[f"finetuned/{e}"], "gain": r[f"gain/{e}"], "alpha": r["alpha"],
+            })  # fmt: skip
+    return out
+
+
+def write(cfg: DatasetSweepConfig, base: patch.PatchConfig, plan: Plan, out: Path,
+          rows: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """Trial table, gain matrix (table, heat map, markdown), summary, best config."""
+    from mtmg import results
+
+    labels = plan.labels
+    long = matrix_rows(rows, labels)
+    matrix: dict[str, dict[str, float | None]] = {}
+    order = [r["config/patching"] for r in rows]
+    order = [lab for lab in labels if lab in order]
+    for lab in order:
+        matrix[lab] = dict.fromkeys(labels)
+    for m in long:
+        matrix[m["patching"]][m["evaluation"]] = m["gain"]
+    zeroshot = {m["evaluation"]: m["zeroshot"] for m in long}
+    finished = [r for r in rows if r["status"] != "ERROR" and r.get("done_training")]
+    best = max(finished, key=lambda r: r["mean_gain"], default=None)
+    best_config = None
+    if best is not None:
+        path = plan.paths[labels.index(best["config/patching"])]
+        best_config = {**config.to_dict(base), "data": path, "out": str(out / "best"),
+                       "eval_data": [p for p in plan.paths if p != path
+                                     and p not in plan.supported]}  # fmt: skip
+    metric_of = {m["evaluation"]: m["metric"] for m in long}
+    md = ["# Dataset sweep: gains of patching over zero-shot", "",
+          f"model: {base.model} ({base.pretrained or 'random init'}); alpha by the "
+          f"{base.selection} rule on validation; test split (val where there is none)", "",
+          "## Gain (patched minus zero-shot, points; rows: patching, columns: evaluation)", "",
+          tuning.markdown_table([{"patching": p, **matrix[p]} for p in order],
+                                ["patching", *labels]), "",
+          "zero-shot: " + ", ".join(f"{e} {metric_of[e]} {v:.2f}"
+                                    for e, v in zeroshot.items()), ""]  # fmt: skip
+    cols = ["trial_id", "status", "config/patching", "alpha", "self_gain", "mean_gain",
+            "val_patching", "val_supported", "time_s", "error"]  # fmt: skip
+    md += ["## Trials", "", tuning.markdown_table(rows, cols), ""]
+    if best is not None:
+        md += ["## Best patching dataset (largest mean gain)", "",
+               f"- {best['config/patching']}: mean gain {best['mean_gain']:.2f}, gain on itself "
+               f"{best['self_gain']:.2f}, alpha {best['alpha']:g}", "",
+               "Run it: `python -m mtmg.patch --config best_config.yaml`", ""]  # fmt: skip
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    if failed:
+        md += ["## Failed trials", "",
+               *[f"- {r.get('config/patching')}: {r['error']}" for r in failed], ""]  # fmt: skip
+    summary = {
+        "model": base.model,
+        "gain": matrix,
+        "zeroshot": zeroshot,
+        "best": best["config/patching"] if best else None,
+        "best_mean_gain": best["mean_gain"] if best else None,
+        "trials": len(rows),
+        "failed": [{"patching": r.get("config/patching"), "trial_id": r["trial_id"],
+                    "error": r["error"]} for r in failed],
+    }  # fmt: skip
+    tuning.write_outputs(out, rows, summary_md="\n".join(md), summary=summary,
+                         spec=tuning.resolved_spec(cfg), best_config=best_config)  # fmt: skip
+    if long:
+        results.write_table(long, out / "gains")
+    heatmap(
+        matrix,
+        order,
+        labels,
+        out / "gains.png",
+        diverging=True,
+        title="gain of patching over zero-shot",
+        label="patched - zero-shot (points)",
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python sweeps/dataset_sweep.py --patching SHARDS ... --out DIR [options]`."""
+    cfg = tuning.parse(
+        DatasetSweepConfig,
+        argv,
+        "Which patching dataset helps which evaluation dataset: one Ray Tune trial per "
+        "patching dataset (fine-tune, select alpha), every evaluation dataset evaluated "
+        "zero-shot and patched.",
+        "outputs in --out: gains.parquet/.csv (patching x evaluation: zero-shot, patched,\n"
+        "fine-tuned, gain), gains.png (heat map), sweep.parquet/.csv (one row per trial),\n"
+        "summary.md, summary.json, best_config.yaml (for `python -m mtmg.patch --config`),\n"
+        "spec.yaml. --resume continues an interrupted sweep without re-running finished\n"
+        "trials. Mixtures of patching datasets are not supported.",
+    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = run(cfg)
+    except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((Path(cfg.out) / "summary.md").read_text())
+    if summary["best"] is None:
+        print("error: no trial finished", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,15 @@
+"""Which patching dataset helps which evaluation dataset: a matrix of gains over zero-shot
+(Ray Tune, one trial per patching dataset).
+
+python sweeps/dataset_sweep.py --patching SHARDS ... --eval-data SHARDS ... --out DIR [--cluster]
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from mtmg.dataset_sweep import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())
