@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import math
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ class BackboneSweepConfig(tuning.SweepConfig):
     loader_workers: int | None = option(None, help="data-loading processes per trial")
     eval_batch_size: int | None = option(None, help="evaluation batch size")
     cache_dir: str | None = option(None, help="zero-shot head cache")
+    trial_delay: float = option(0.0, help="test hook: every trial sleeps this long (s) first")
 
 
 def check(cfg: BackboneSweepConfig) -> None:
@@ -263,6 +265,7 @@ class PatchPlan:
     supported: list[str]
     threads: int
     gpu: bool
+    trial_delay: float = 0.0
 
 
 def patch_trial(params: dict[str, Any], plan: PatchPlan) -> None:
@@ -270,6 +273,7 @@ def patch_trial(params: dict[str, Any], plan: PatchPlan) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, plan.threads))
+    time.sleep(plan.trial_delay)
     name, pretrained = plan.teachers[params["teacher"]]
     path = plan.datasets[params["dataset"]]
     check_patching(path)
@@ -319,6 +323,7 @@ class AlignPlan:
     objective: str
     threads: int
     gpu: bool
+    trial_delay: float = 0.0
 
 
 def init_label(init: str) -> str:
@@ -333,6 +338,7 @@ def align_trial(params: dict[str, Any], plan: AlignPlan) -> None:
     from mtmg.loss_sweep import objective
 
     torch.set_num_threads(max(1, plan.threads))
+    time.sleep(plan.trial_delay)
     path = plan.datasets[params["dataset"]]
     cfg = align.AlignConfig(**{**plan.base, "student": params["student"], "data": path,
                                "student_init": plan.inits[params["init"]]})  # fmt: skip
@@ -425,7 +431,7 @@ def run(cfg: BackboneSweepConfig) -> dict[str, Any]:
             dataclasses.asdict(base),
             {teacher_label(t, cfg.pretrained): parse_teacher(t, cfg.pretrained)
              for t in cfg.teachers},
-            datasets, supported, threads, gpu,
+            datasets, supported, threads, gpu, cfg.trial_delay,
         )  # fmt: skip
     else:
         base = align_config(cfg)
@@ -446,7 +452,7 @@ def run(cfg: BackboneSweepConfig) -> dict[str, Any]:
             tb.model.visual.state_dict(), int(head_weights[0].shape[1]),
             dict(zip(paths, head_weights, strict=True)), datasets,
             {init_label(i): None if i.lower() == "none" else _abs(i) for i in cfg.student_inits},
-            cfg.objective, threads, gpu,
+            cfg.objective, threads, gpu, cfg.trial_delay,
         )  # fmt: skip
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class DatasetSweepConfig(tuning.SweepConfig):
     loader_workers: int | None = option(None, help="data-loading processes per trial")
     eval_batch_size: int | None = option(None, help="evaluation batch size")
     cache_dir: str | None = option(None, help="zero-shot head cache")
+    trial_delay: float = option(0.0, help="test hook: every trial sleeps this long (s) first")
 
 
 def check(cfg: DatasetSweepConfig) -> None:
@@ -107,6 +109,7 @@ class Plan:
     supported: list[str]
     threads: int
     gpu: bool
+    trial_delay: float = 0.0
 
 
 def trial(params: dict[str, Any], plan: Plan) -> None:
@@ -114,6 +117,7 @@ def trial(params: dict[str, Any], plan: Plan) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, plan.threads))
+    time.sleep(plan.trial_delay)
     path = plan.paths[plan.labels.index(params["patching"])]
     check_patching(path)
     cfg = patch.PatchConfig(**{**plan.base, "data": path})
@@ -173,7 +177,7 @@ def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
     plan = Plan(
         dataclasses.asdict(base), {k: v.cpu() for k, v in bundle.model.state_dict().items()},
         head_weights, paths, labels, supported, max(1, int(cfg.cpus_per_trial)),
-        cfg.gpus_per_trial > 0,
+        cfg.gpus_per_trial > 0, cfg.trial_delay,
     )  # fmt: skip
     trainable = tune.with_parameters(trial, plan=plan)
     space = {"patching": tune.grid_search([labels[paths.index(p)] for p in patching])}

@@ -1,0 +1,182 @@
+"""The dataset sweep end to end: real Ray Tune, a tiny CLIP, generated shards, CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mtmg import config, dataset_sweep, patch, prep, synth
+
+from conftest import REPO
+
+SCRIPT = str(REPO / "sweeps" / "dataset_sweep.py")
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory, ray_session):
+    """BigEarthNet, EuroSAT-MS and image-folder shards, and an image folder without a val split."""
+    root = tmp_path_factory.mktemp("datasetsweep")
+    synth.make_bigearthnet(root / "ben", n_patches=64, s1=False, seed=51)
+    synth.make_eurosat_ms(root / "ems", n_per_class=5, size=32, seed=52)
+    synth.make_imagefolder(root / "img", n_per_class=8, size=32)
+    raw = root / "noval"
+    synth.make_imagefolder(raw, n_per_class=3, size=32)
+    stems = [p.stem for p in sorted(raw.rglob("*.png"))]
+    (raw / "train.txt").write_text("\n".join(stems[::2]))
+    (raw / "test.txt").write_text("\n".join(stems[1::2]))
+    for kind, name in (("bigearthnet", "ben"), ("eurosat-ms", "ems"), ("imagefolder", "img"),
+                       ("imagefolder", "noval")):  # fmt: skip
+        prep.shard(prep.ShardConfig(kind, str(root / name), str(root / f"{name}-shards"),
+                                    shard_size=32, progress=False))  # fmt: skip
+    return root
+
+
+def _argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--out", str(out), "--model", "mtmg-tiny-vit", "--pretrained", "none",
+            "--lr", "3e-3", "--warmup-steps", "3", "--batch-size", "16", "--alphas", "0", "0.5",
+            "1", "--loader-workers", "0", "--eval-batch-size", "64",
+            "--cache-dir", str(root / "cache"), *extra]  # fmt: skip
+
+
+def _table(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_gain_matrix_with_a_failing_trial(sets, tmp_path):
+    out = tmp_path / "matrix"
+    code = dataset_sweep.main(_argv(
+        sets, out, "--patching", str(sets / "ben-shards"), str(sets / "ems-shards"),
+        str(sets / "noval-shards"), "--eval-data", str(sets / "img-shards"), "--epochs", "6",
+        "--selection", "patching",
+    ))  # fmt: skip
+    assert code == 0
+    rows = {r["config/patching"]: r for r in _table(out / "sweep.parquet")}
+    assert set(rows) == {"bigearthnet", "eurosat-ms", "noval-shards"}
+    bad = rows["noval-shards"]  # an image folder too: labelled by its directory
+    assert bad["status"] == "ERROR" and "has no 'val' split" in bad["error"]
+    evals = ["bigearthnet", "eurosat-ms", "img-shards", "noval-shards"]
+    ok = [rows["bigearthnet"], rows["eurosat-ms"]]
+    for r in ok:
+        assert r["status"] == "TERMINATED" and r["alpha"] in (0.0, 0.5, 1.0)
+        for e in evals:  # every evaluation dataset, gain = patched - zero-shot
+            assert r[f"gain/{e}"] == pytest.approx(r[f"patched/{e}"] - r[f"zeroshot/{e}"])
+            assert 0 <= r[f"zeroshot/{e}"] <= 100
+        assert r["self_gain"] == r[f"gain/{r['config/patching']}"]
+        assert r["mean_gain"] == pytest.approx(sum(r[f"gain/{e}"] for e in evals) / len(evals))
+    # the zero-shot model is the same in every trial
+    for e in evals:
+        assert ok[0][f"zeroshot/{e}"] == pytest.approx(ok[1][f"zeroshot/{e}"], abs=1e-9)
+    # fine-tuning a tiny CLIP on BigEarthNet helps BigEarthNet's held-out split
+    assert rows["bigearthnet"]["self_gain"] > 0
+
+    gains = _table(out / "gains.parquet")  # the long-form matrix, from the trial rows
+    assert len(gains) == 2 * len(evals)
+    for g in gains:
+        r = rows[g["patching"]]
+        assert g["gain"] == r[f"gain/{g['evaluation']}"]
+        assert g["gain"] == pytest.approx(g["patched"] - g["zeroshot"])
+        assert g["metric"] == ("mAP" if g["evaluation"] == "bigearthnet" else "top1")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["gain"]["bigearthnet"]["eurosat-ms"] == rows["bigearthnet"]["gain/eurosat-ms"]
+    assert summary["failed"][0]["patching"] == "noval-shards"
+    best = max(ok, key=lambda r: r["mean_gain"])
+    assert summary["best"] == best["config/patching"]
+    # best_config.yaml is an mtmg.patch config of the best patching dataset
+    cfg = patch.PatchConfig(**config.load_yaml(patch.PatchConfig, out / "best_config.yaml"))
+    assert Path(cfg.data).name == ("ben-shards" if summary["best"] == "bigearthnet"
+                                   else "ems-shards")  # fmt: skip
+    assert cfg.model == "mtmg-tiny-vit" and cfg.epochs == 6 and cfg.lr == 3e-3
+    md = (out / "summary.md").read_text()
+    assert "| patching | bigearthnet | eurosat-ms |" in md and "has no 'val' split" in md
+    for name in ("sweep.csv", "gains.csv", "gains.png", "spec.yaml"):
+        assert (out / name).exists(), name
+
+
+def _finished(exp: Path) -> dict[str, dict]:
+    out = {}
+    for f in exp.glob("trial_*/result.json"):
+        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if lines and lines[-1].get("done_training"):
+            out[f.parent.name] = lines[-1]
+    return out
+
+
+def test_resume_after_the_driver_is_killed(sets, tmp_path):
+    out = tmp_path / "resume"
+    argv = [sys.executable, SCRIPT, *_argv(
+        sets, out, "--patching", str(sets / "ben-shards"), str(sets / "ems-shards"),
+        str(sets / "img-shards"), "--epochs", "2", "--max-concurrent", "1",
+        "--trial-delay", "2.5",
+    )]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    exp = out / "tune" / dataset_sweep.NAME
+    try:
+        deadline = time.time() + 300
+        while len(_finished(exp)) < 1:
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended too early"
+            time.sleep(0.2)
+        done = _finished(exp)
+        time.sleep(1.5)  # the experiment state is saved every second
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "summary.json").exists()
+    assert len(_finished(exp)) < 3  # killed mid-sweep
+    r = subprocess.run([*argv, "--resume"], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = _table(out / "sweep.parquet")
+    assert sorted(x["config/patching"] for x in table) == ["bigearthnet", "eurosat-ms",
+                                                           "imagefolder"]  # fmt: skip
+    assert {x["status"] for x in table} == {"TERMINATED"}
+    rows = {Path(x["path"]).name: x for x in table}
+    for trial, result in done.items():  # not re-run: the result of the first driver
+        assert rows[trial]["pid"] == result["pid"]
+        assert rows[trial]["timestamp"] == result["timestamp"]
+    assert len(_table(out / "gains.parquet")) == 9
+
+
+def test_sweep_on_a_running_cluster(local_cluster, sets, tmp_path):
+    out = tmp_path / "cluster"
+    r = subprocess.run(
+        [sys.executable, SCRIPT, *_argv(sets, out, "--patching", str(sets / "ems-shards"),
+                                        "--supported", str(sets / "img-shards"), "--epochs", "1",
+                                        "--cluster", "--cpus-per-trial", "1")],
+        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = _table(out / "sweep.parquet")
+    assert row["status"] == "TERMINATED" and "gain/imagefolder" in row
+    assert "## Gain" in r.stdout
+
+
+def test_bad_input_fails_before_ray(sets, tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert dataset_sweep.main(["--out", str(out)]) == 2
+    assert "--patching" in capsys.readouterr().err
+    ben = str(sets / "ben-shards")
+    assert dataset_sweep.main(_argv(sets, out, "--patching", ben, "--search", "optuna")) == 2
+    assert "--search grid" in capsys.readouterr().err
+    assert dataset_sweep.main(_argv(sets, out, "--patching", ben,
+                                    "--supported", str(sets / "noval-shards"))) == 2  # fmt: skip
+    assert "has no 'val' split" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_help():
+    r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)  # fmt: skip
+    assert r.returncode == 0
+    for opt in ("--patching", "--eval-data", "--supported", "--resume", "--cluster",
+                "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent", "--storage",
+                "--spec"):  # fmt: skip
+        assert opt in r.stdout, opt
