@@ -25,12 +25,17 @@ RETRIEVAL = ("R@1", "R@10")
 
 
 def run_kind(path: Path) -> str:
-    """ "align" (has student.json), "patch" (has theta_ft or patched weights), else an error."""
+    """What a run dir is: "align" (student.json), "patch" (patched weights and metrics: a
+    mtmg.patch or alpha-sweep dir), "sweep" (a sweep table: its plots and best configuration)."""
     if (path / "student.json").is_file():
         return "align"
     if (path / "patched.safetensors").is_file() and (path / "metrics.parquet").is_file():
         return "patch"
-    raise ValueError(f"{path}: not a finished mtmg.patch, alpha-sweep or mtmg.align output dir")
+    if (path / "sweep.parquet").is_file() and (path / "summary.json").is_file():
+        return "sweep"
+    raise ValueError(
+        f"{path}: not a finished mtmg.patch, alpha-sweep, mtmg.align or sweep output dir"
+    )
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -45,14 +50,16 @@ def patch_rows(path: Path) -> list[dict[str, Any]]:
         raise ValueError(f"{path}: metrics.parquet has no test rows at a chosen alpha")
     out = []
     for r in rows:
+        names = []
         if r["alpha"] == 0.0:
-            model = "zero-shot CLIP"
-        elif r["alpha"] == chosen:
-            model = f"patched CLIP (alpha={chosen:g})"
-        else:
-            continue
-        out.append({"model": model, "input": "RGB", "dataset": r["dataset"], "role": r["role"],
-                    "metric": r["metric"], "value": r["value"], "run": str(path)})  # fmt: skip
+            names.append("zero-shot CLIP")
+        if r["alpha"] == chosen:
+            names.append(f"patched CLIP (alpha={chosen:g})")
+        if r["alpha"] == 1.0:
+            names.append("fine-tuned CLIP (alpha=1)")
+        out += [{"model": name, "input": "RGB", "dataset": r["dataset"], "role": r["role"],
+                 "metric": r["metric"], "value": r["value"], "run": str(path)}
+                for name in names]  # fmt: skip
     return out
 
 
@@ -85,7 +92,7 @@ def table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
         if col not in columns:
             columns.append(col)
         cells[(r["model"], col)] = r["value"]
-    order = ["zero-shot CLIP", "patched", "untrained MS encoder", "aligned MS encoder"]
+    order = ["zero-shot CLIP", "patched", "fine-tuned", "untrained MS", "aligned MS"]
     models.sort(key=lambda m: next(i for i, p in enumerate(order + [m]) if m.startswith(p)))
     columns.sort(key=lambda c: (" R@" in c or "cosine" in c, c))
     return models, columns, cells
@@ -122,10 +129,15 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     """Write the report of `run_dirs` into `out`; returns what summary.json holds."""
     out = Path(out)
     rows: list[dict[str, Any]] = []
-    plots = []
+    plots, sweeps = [], []
     for d in map(Path, run_dirs):
         kind = run_kind(d)
-        rows += patch_rows(d) if kind == "patch" else align_rows(d)
+        if kind == "patch":
+            rows += patch_rows(d)
+        elif kind == "align":
+            rows += align_rows(d)
+        else:
+            sweeps.append(json.loads((d / "summary.json").read_text()))
         for name in ("alpha_curve.png", "loss_curves.png", "loss_sweep.png"):
             if (d / name).is_file():
                 plots.append((d, name))
@@ -140,8 +152,15 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         )
         shutil.copyfile(d / name, target)
         copied.append(target.name)
+    notes = gains(rows)
+    for sw in sweeps:
+        if sw.get("best"):
+            best = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in sw["best"].items())  # fmt: skip
+            notes.append(f"Loss sweep: best {best} (validation {sw['objective']} "
+                         f"{sw['best_objective']:.2f}).")  # fmt: skip
     summary = {"runs": [str(Path(d).resolve()) for d in run_dirs], "table": md.splitlines(),
-               "gains": gains(rows), "rows": rows, "plots": copied}  # fmt: skip
+               "gains": notes, "rows": rows, "plots": copied, "sweeps": sweeps}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     text = ["# mtmg report", "", md, "", *[f"- {g}" for g in summary["gains"]], ""]
     text += [f"![{p}]({p})" for p in copied]
@@ -154,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m mtmg.report",
         description="A paper-style table (markdown, CSV, parquet), summary.json and the runs' "
-        "plots from finished mtmg.patch / alpha-sweep / mtmg.align output directories.",
+        "plots from finished mtmg.patch / alpha-sweep / mtmg.align / sweep output directories.",
     )
     ap.add_argument("runs", nargs="+", help="output directories of finished runs")
     ap.add_argument("--out", required=True, help="report directory")
