@@ -211,13 +211,15 @@ def run_patch(
     zeroshot: dict[str, torch.Tensor],
     head_weights: list[torch.Tensor],
     device: torch.device,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """`mtmg.patch.worker` in this Tune trial's process: fine-tune (the training loss reported
-    to Tune every epoch), then evaluate every alpha; returns the worker's result."""
+    """`mtmg.patch.worker` in this Tune trial's process: fine-tune (with `progress`, the
+    training loss reported to Tune every epoch; not for a searcher that reads every report),
+    then evaluate every alpha; returns the worker's result."""
     from ray import tune
 
     def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
-        if "train_loss" in metrics:  # per epoch; the final "done" report is the caller's
+        if progress and "train_loss" in metrics:  # the final "done" report is the caller's
             tune.report({"epoch": metrics["epoch"], "train_loss": metrics["train_loss"]})
 
     conf = {"cfg": dataclasses.asdict(cfg), "zeroshot": zeroshot, "heads": head_weights,
@@ -266,6 +268,7 @@ class PatchPlan:
     threads: int
     gpu: bool
     trial_delay: float = 0.0
+    progress: bool = True  # per-epoch reports (grid only: Optuna reads every report)
 
 
 def patch_trial(params: dict[str, Any], plan: PatchPlan) -> None:
@@ -288,7 +291,7 @@ def patch_trial(params: dict[str, Any], plan: PatchPlan) -> None:
         cfg.templates,
     )  # fmt: skip
     zeroshot = {k: v.cpu() for k, v in bundle.model.state_dict().items()}
-    res = run_patch(cfg, sets, zeroshot, head_weights, trial_device(plan.gpu))
+    res = run_patch(cfg, sets, zeroshot, head_weights, trial_device(plan.gpu), plan.progress)
     alpha = res["alpha"]
     val_p, val_s = val_values(res["rows"], alpha)
     test = test_values(res["rows"], alpha)
@@ -431,7 +434,7 @@ def run(cfg: BackboneSweepConfig) -> dict[str, Any]:
             dataclasses.asdict(base),
             {teacher_label(t, cfg.pretrained): parse_teacher(t, cfg.pretrained)
              for t in cfg.teachers},
-            datasets, supported, threads, gpu, cfg.trial_delay,
+            datasets, supported, threads, gpu, cfg.trial_delay, cfg.search == "grid",
         )  # fmt: skip
     else:
         base = align_config(cfg)
@@ -485,7 +488,8 @@ def heatmap(
 
     grid = np.array([[np.nan if matrix.get(r, {}).get(c) is None else matrix[r][c]
                       for c in cols] for r in rows], dtype=float)  # fmt: skip
-    fig, ax = results.plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.2 + 0.55 * len(rows)), dpi=120)
+    width = 2.6 + 0.075 * max((len(r) for r in rows), default=0) + 1.2 * len(cols)
+    fig, ax = results.plt.subplots(figsize=(max(5.0, width), 1.6 + 0.5 * len(rows)), dpi=120)
     kw: dict[str, Any] = {"cmap": "viridis"}
     if diverging:
         lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
@@ -496,8 +500,10 @@ def heatmap(
     for i in range(len(rows)):
         for j in range(len(cols)):
             text = "failed" if math.isnan(grid[i, j]) else f"{grid[i, j]:.1f}"
+            r, g, b, _ = im.cmap(im.norm(grid[i, j])) if not math.isnan(grid[i, j]) else (1,) * 4
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="black" if math.isnan(grid[i, j]) else "white")  # fmt: skip
+                    color="white" if dark else "black")  # fmt: skip
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title)
     results.save_figure(fig, path)
@@ -559,6 +565,17 @@ def write(cfg: BackboneSweepConfig, base: Any, plan: Any, out: Path,
     md += [f"## {metric} (backbone x dataset, %)", "",
            tuning.markdown_table([{"backbone": b, **matrix[b]} for b in labels_r],
                                  ["backbone", *cols_d]), ""]  # fmt: skip
+    per_dataset: dict[str, dict[str, Any]] = {}
+    for d in cols_d:
+        top = max((r for r in finished if r.get("config/dataset") == d),
+                  key=lambda r: r["objective"], default=None)  # fmt: skip
+        if top is not None:
+            per_dataset[d] = {"backbone": _row_label(top, stage), "objective": top["objective"],
+                              metric: top.get(metric)}  # fmt: skip
+    if per_dataset:
+        md += ["## Best backbone per dataset (validation objective)", "",
+               *[f"- {d}: {v['backbone']} (objective {v['objective']:.2f}, {metric} "
+                 f"{v[metric]:.2f})" for d, v in per_dataset.items()], ""]  # fmt: skip
     if best is not None:
         run_with = "mtmg.patch" if stage == "patch" else "mtmg.align"
         md += ["## Best configuration", "",
@@ -579,6 +596,7 @@ def write(cfg: BackboneSweepConfig, base: Any, plan: Any, out: Path,
         "best_objective": best["objective"] if best else None,
         "best_test": best.get(metric) if best else None,
         "matrix": matrix,
+        "best_per_dataset": per_dataset,
         "trials": len(rows),
         "failed": [{**{k: r.get(f"config/{k}") for k in keys}, "trial_id": r["trial_id"],
                     "error": r["error"]} for r in failed],
