@@ -42,6 +42,7 @@ from mtmg.trainers import WorkerContext
 log = logging.getLogger(__name__)
 option = config.option
 NAME = "backbone_sweep"
+TRIAL_MODULES = ("mtmg.backbone_sweep",)  # what trial processes import (preloaded when embedded)
 STAGES = ("patch", "align")
 OBJECTIVES = ("zeroshot", "retrieval", "sum")  # align stage (as the loss sweep)
 TRAINING = ("epochs", "batch_size", "lr", "warmup_steps", "loader_workers", "eval_batch_size",
@@ -461,6 +462,7 @@ def run(cfg: BackboneSweepConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     from ray import tune
 
+    tuning.preload(cfg, TRIAL_MODULES)
     tuning.init(cfg)
     tuning.can_resume(cfg, NAME)
     trainable = tune.with_parameters(trainable_fn, plan=plan)

@@ -51,6 +51,7 @@ from mtmg.backbone_sweep import (
 log = logging.getLogger(__name__)
 option = config.option
 NAME = "dataset_sweep"
+TRIAL_MODULES = ("mtmg.dataset_sweep",)  # what trial processes import (preloaded when embedded)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     from ray import tune
 
+    tuning.preload(cfg, TRIAL_MODULES)
     tuning.init(cfg)
     tuning.can_resume(cfg, NAME)
     plan = Plan(
