@@ -181,8 +181,8 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
     out = tmp_path / "resume"
     argv = [sys.executable, SCRIPT, *_patch_argv(
         sets, out, "--teachers", f"mtmg-tiny-vit:{sets / 'tiny.safetensors'}",
-        "--data", str(sets / "ben-shards"), str(sets / "ems-shards"), str(sets / "img-shards"),
-        "--epochs", "1", "--max-concurrent", "1", "--trial-delay", "2.5",
+        "--data", str(sets / "ben-shards"), str(sets / "ems-shards"), "--epochs", "1",
+        "--max-concurrent", "1", "--trial-delay", "2.5",
     )]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
@@ -198,13 +198,12 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "summary.json").exists()
-    assert len(_finished(exp)) < 3  # killed mid-sweep
+    assert len(_finished(exp)) < 2  # killed mid-sweep
     r = subprocess.run([*argv, "--resume"], cwd=REPO, capture_output=True, text=True,
                        timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     table = _table(out)
-    assert sorted(x["config/dataset"] for x in table) == ["bigearthnet", "eurosat-ms",
-                                                          "imagefolder"]  # fmt: skip
+    assert sorted(x["config/dataset"] for x in table) == ["bigearthnet", "eurosat-ms"]
     assert {x["status"] for x in table} == {"TERMINATED"}
     rows = {Path(x["path"]).name: x for x in table}
     for trial, result in done.items():  # not re-run: the result of the first driver

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtmg import config, dataset_sweep, patch, prep, synth
+from mtmg import tune as tuning
 
 from conftest import REPO
 
@@ -98,6 +99,10 @@ def test_gain_matrix_with_a_failing_trial(sets, tmp_path):
     assert "| patching | bigearthnet | eurosat-ms |" in md and "has no 'val' split" in md
     for name in ("sweep.csv", "gains.csv", "gains.png", "spec.yaml"):
         assert (out / name).exists(), name
+    # spec.yaml gives the same sweep back (--spec; flags would override it)
+    again = tuning.parse(dataset_sweep.DatasetSweepConfig, ["--spec", str(out / "spec.yaml")], "")
+    assert again.patching == tuple(str(sets / f"{n}-shards") for n in ("ben", "ems", "noval"))
+    assert again.epochs == 6 and again.selection == "patching" and again.out == str(out)
 
 
 def _finished(exp: Path) -> dict[str, dict]:
