@@ -27,6 +27,9 @@ from typing import Any
 from mtmg import prep, shards, synth
 
 MODEL = "mtmg-tiny-vit"
+# the fine-tune of the alpha sweep: a gentle one, and a faster one for smoke runs (--quick)
+FINE_TUNE = ("--epochs", "16", "--lr", "3e-4")
+FINE_TUNE_QUICK = ("--epochs", "12", "--lr", "1e-3")
 STUDENT_ARGS = '{"depth": 4, "embed_dim": 96, "num_heads": 3, "patch_size": 8}'
 
 
@@ -96,7 +99,7 @@ def run(out: Path, *, patches: int = 600, fresh: bool = False, quick: bool = Fal
           lambda: _ok(alpha_sweep.main([
               "--data", str(ben), "--supported", str(img), "--eval-data", str(ems),
               "--model", MODEL, "--pretrained", str(clip / pretrain.CHECKPOINT),
-              "--epochs", "4" if quick else "16", "--lr", "3e-4", "--warmup-steps", "10",
+              *(FINE_TUNE_QUICK if quick else FINE_TUNE), "--warmup-steps", "10",
               "--batch-size", "32", "--patch-config", str(_patch_options(out)),
               "--selection", "constrained", "--tolerance", "5", "--out", str(sweep), "--resume",
               *common]), "alpha sweep"),
@@ -107,7 +110,7 @@ def run(out: Path, *, patches: int = 600, fresh: bool = False, quick: bool = Fal
     _step("align a multispectral student to the patched CLIP", aligned / "summary.json", fresh,
           lambda: _ok(align.main([
               "--data", str(ben), "--eval-data", str(ems), "--teacher", str(sweep),
-              "--out", str(aligned), "--epochs", "6" if quick else "20", "--lr", "1e-3",
+              "--out", str(aligned), "--epochs", "12" if quick else "20", "--lr", "1e-3",
               "--eval-every", "5", "--no-augment", *student, *common]), "alignment"),
           times)  # fmt: skip
     losses = out / "loss-sweep"
