@@ -406,8 +406,12 @@ def _search(cfg: BackboneSweepConfig, space: dict[str, list[str]]) -> dict[str, 
     from optuna.distributions import CategoricalDistribution
 
     dist = {k: CategoricalDistribution(v) for k, v in space.items()}
+    combos = math.prod(len(v) for v in space.values())
+    if cfg.num_samples > combos:
+        log.warning("--num-samples %d > %d combinations: running %d (or use --search grid)",
+                    cfg.num_samples, combos, combos)  # fmt: skip
     return {"search_alg": tuning.optuna_search(dist, "objective", "max", seed=cfg.seed),
-            "num_samples": cfg.num_samples}  # fmt: skip
+            "num_samples": min(cfg.num_samples, combos)}  # fmt: skip
 
 
 def run(cfg: BackboneSweepConfig) -> dict[str, Any]:

@@ -134,12 +134,12 @@ def test_align_stage_students_and_inits(sets, tmp_path):
     code = backbone_sweep.main(_align_argv(
         sets, out, "--students", "vit_small_patch16_224", "vit_nope_patch16_224",
         "--student-inits", "none", str(sets / "ssl4eo.pth"),
-        "--data", str(sets / "ben-shards"), str(sets / "ems-shards"), "--epochs", "2",
+        "--data", str(sets / "ben-shards"), "--epochs", "2",
     ))  # fmt: skip
     assert code == 0
     rows = {(r["config/student"], r["config/init"], r["config/dataset"]): r
             for r in _table(out)}  # fmt: skip
-    assert len(rows) == 8
+    assert len(rows) == 4
     good = [r for k, r in rows.items() if k[0] == "vit_small_patch16_224"]
     bad = [r for k, r in rows.items() if k[0] == "vit_nope_patch16_224"]
     assert all(r["status"] == "ERROR" and "vit_nope_patch16_224" in r["error"] for r in bad)
@@ -154,17 +154,14 @@ def test_align_stage_students_and_inits(sets, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stage"] == "align" and summary["metric"] == "test_zeroshot"
     assert (
-        summary["matrix"]["vit_small_patch16_224 + ssl4eo.pth"]["eurosat-ms"]
-        == rows[("vit_small_patch16_224", "ssl4eo.pth", "eurosat-ms")]["test_zeroshot"]
+        summary["matrix"]["vit_small_patch16_224 + ssl4eo.pth"]["bigearthnet"] == b["test_zeroshot"]
     )
     best = max(good, key=lambda r: r["objective"])
     values = config.load_yaml(align.AlignConfig, out / "best_config.yaml")
     cfg = align.AlignConfig(**values)  # an mtmg.align config
     assert cfg.student == "vit_small_patch16_224" and cfg.student_args == STUDENT
     want = None if best["config/init"] == "none" else str(sets / "ssl4eo.pth")
-    assert cfg.student_init == want and Path(cfg.data).name.startswith(
-        "ben" if best["config/dataset"] == "bigearthnet" else "ems"
-    )
+    assert cfg.student_init == want and Path(cfg.data).name == "ben-shards"
     assert (out / "backbone_heatmap.png").exists()
 
 
@@ -182,7 +179,7 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
     argv = [sys.executable, SCRIPT, *_patch_argv(
         sets, out, "--teachers", f"mtmg-tiny-vit:{sets / 'tiny.safetensors'}",
         "--data", str(sets / "ben-shards"), str(sets / "ems-shards"), "--epochs", "1",
-        "--max-concurrent", "1", "--trial-delay", "2.5",
+        "--max-concurrent", "1", "--trial-delay", "2",
     )]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
