@@ -486,6 +486,8 @@ def heatmap(
     title: str,
     label: str,
     diverging: bool = False,
+    xlabel: str = "dataset",
+    ylabel: str = "backbone",
 ) -> None:
     """A rows x cols heat map with the values written in the cells (blank: no value)."""
     import numpy as np
@@ -511,6 +513,8 @@ def heatmap(
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if dark else "black")  # fmt: skip
     fig.colorbar(im, ax=ax, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     results.save_figure(fig, path)
 

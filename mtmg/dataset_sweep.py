@@ -270,6 +270,8 @@ def write(cfg: DatasetSweepConfig, base: patch.PatchConfig, plan: Plan, out: Pat
         diverging=True,
         title="gain of patching over zero-shot",
         label="patched - zero-shot (points)",
+        xlabel="evaluation dataset",
+        ylabel="patching dataset",
     )
     return summary
 
