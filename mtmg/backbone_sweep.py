@@ -229,7 +229,18 @@ def run_patch(
     return conf["result"]
 
 
-def test_values(rows: list[dict[str, Any]], alpha: float) -> dict[str, dict[str, Any]]:
+def finished_rows(grid: Any) -> list[dict[str, Any]]:
+    """`tuning.trial_rows`, with a trial that made its final report (`done_training`) counted
+    as finished: a driver killed right after a trial's last report restores it without Tune's
+    `done` flag, and --resume rightly does not run it again."""
+    rows = tuning.trial_rows(grid)
+    for r in rows:
+        if r["status"] == "INCOMPLETE" and r.get("done_training"):
+            r["status"] = "TERMINATED"
+    return rows
+
+
+def eval_values(rows: list[dict[str, Any]], alpha: float) -> dict[str, dict[str, Any]]:
     """path -> {metric, zeroshot, patched, finetuned, gain} from a patch run's test rows
     (alpha 0, the chosen alpha, 1)."""
     out: dict[str, dict[str, Any]] = {}
@@ -295,7 +306,7 @@ def patch_trial(params: dict[str, Any], plan: PatchPlan) -> None:
     res = run_patch(cfg, sets, zeroshot, head_weights, trial_device(plan.gpu), plan.progress)
     alpha = res["alpha"]
     val_p, val_s = val_values(res["rows"], alpha)
-    test = test_values(res["rows"], alpha)
+    test = eval_values(res["rows"], alpha)
     own = test[path]
     sup = [test[s] for s in plan.supported if s != path and s in test]
     mean = (lambda k: sum(d[k] for d in sup) / len(sup)) if sup else (lambda k: None)  # noqa: E731
@@ -471,7 +482,7 @@ def run(cfg: BackboneSweepConfig) -> dict[str, Any]:
     tuning.can_resume(cfg, NAME)
     trainable = tune.with_parameters(trainable_fn, plan=plan)
     result = tuning.run_tuner(trainable, cfg, name=NAME, **_search(cfg, space))
-    return write(cfg, base, plan, out, tuning.trial_rows(result))
+    return write(cfg, base, plan, out, finished_rows(result))
 
 
 # -------------------------------------------------------------------------------------- outputs

@@ -40,10 +40,11 @@ from mtmg.backbone_sweep import (
     check_evaluable,
     check_patching,
     dataset_labels,
+    eval_values,
+    finished_rows,
     heatmap,
     patch_config,
     run_patch,
-    test_values,
     trial_device,
     val_values,
 )
@@ -129,7 +130,7 @@ def trial(params: dict[str, Any], plan: Plan) -> None:
     res = run_patch(cfg, sets, plan.zeroshot, head_weights, trial_device(plan.gpu))
     alpha = res["alpha"]
     val_p, val_s = val_values(res["rows"], alpha)
-    test = test_values(res["rows"], alpha)
+    test = eval_values(res["rows"], alpha)
     by_label = {plan.labels[plan.paths.index(p)]: v for p, v in test.items()}
     gains = {k: v["gain"] for k, v in by_label.items()}
     own = by_label[params["patching"]]
@@ -184,7 +185,7 @@ def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
     trainable = tune.with_parameters(trial, plan=plan)
     space = {"patching": tune.grid_search([labels[paths.index(p)] for p in patching])}
     result = tuning.run_tuner(trainable, cfg, name=NAME, param_space=space)
-    return write(cfg, base, plan, out, tuning.trial_rows(result))
+    return write(cfg, base, plan, out, finished_rows(result))
 
 
 def matrix_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:

@@ -118,7 +118,7 @@ def test_patch_stage_grid_with_a_failing_teacher(sets, tmp_path):
         torch.set_num_threads(threads)
     res = conf["result"]
     assert res["alpha"] == best["alpha"]
-    test = backbone_sweep.test_values(res["rows"], res["alpha"])[cfg.data]
+    test = backbone_sweep.eval_values(res["rows"], res["alpha"])[cfg.data]
     assert test["patched"] == pytest.approx(best["test_patched"], abs=1e-3)
     assert test["zeroshot"] == pytest.approx(best["test_zeroshot"], abs=1e-6)
 

@@ -119,7 +119,7 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
     argv = [sys.executable, SCRIPT, *_argv(
         sets, out, "--patching", str(sets / "ben-shards"), str(sets / "ems-shards"),
         str(sets / "img-shards"), "--epochs", "2", "--max-concurrent", "1",
-        "--trial-delay", "2.5",
+        "--trial-delay", "2",
     )]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
