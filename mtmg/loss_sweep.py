@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class LossSweepConfig(tuning.SweepConfig):
         choices=list(OBJECTIVES),
     )  # fmt: skip
     asha: bool = option(True, help="optuna search: stop poor trials early (ASHA, per epoch)")
+    trial_delay: float = option(0.0, help="test hook: every trial sleeps this long (s) first")
 
 
 def check(cfg: LossSweepConfig) -> None:
@@ -146,6 +148,7 @@ class Plan:
     objective: str
     threads: int
     gpu: bool
+    trial_delay: float = 0.0
 
 
 def objective(metrics: dict[str, float], kind: str) -> float | None:
@@ -163,6 +166,7 @@ def trial(params: dict[str, Any], plan: Plan) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, plan.threads))
+    time.sleep(plan.trial_delay)
     cfg = align.AlignConfig(**{**plan.base, **{k: params[k] for k in SPACE}})
     device = torch.device("cuda" if plan.gpu and torch.cuda.is_available() else "cpu")
     last: dict[str, Any] = {}
@@ -231,6 +235,7 @@ def run(cfg: LossSweepConfig) -> dict[str, Any]:
                                    if model_config else None},
         tb.model.visual.state_dict(), student.spec.to_json(), student.state_dict(), head_weights,
         sets, cfg.objective, max(1, int(cfg.cpus_per_trial)), cfg.gpus_per_trial > 0,
+        cfg.trial_delay,
     )  # fmt: skip
     trainable = tune.with_parameters(trial, plan=plan)
     if cfg.search == "grid":
@@ -253,6 +258,9 @@ def run(cfg: LossSweepConfig) -> dict[str, Any]:
 
 def write(cfg, base: align.AlignConfig, out: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Table, summary, best config (an mtmg.align config file) and the plot."""
+    for r in rows:  # Tune may restore a trial that made its final report without its done flag
+        if r["status"] == "INCOMPLETE" and r.get("done_training"):
+            r["status"] = "TERMINATED"
     finished = [r for r in rows if r.get("objective") is not None and r["status"] != "ERROR"]
     best = max(finished, key=lambda r: r["objective"], default=None)
     best_config = None

@@ -131,7 +131,8 @@ def test_resume_after_the_driver_is_killed(shards, tmp_path):
             assert proc.poll() is None and time.time() < deadline, "the sweep ended too early"
             time.sleep(0.2)
         done = _finished(exp)
-        time.sleep(2.0)  # the experiment state is saved every second
+        time.sleep(1.2)  # the experiment state is saved every second
+        assert proc.poll() is None, "the sweep ended before it was killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
