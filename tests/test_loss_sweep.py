@@ -120,6 +120,8 @@ def test_resume_after_the_driver_is_killed(shards, tmp_path):
             "0.5",
             "--max-concurrent",
             "1",
+            "--trial-delay",
+            "1.5",
         ),
     ]
     proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
