@@ -191,7 +191,9 @@ def worker(conf: dict[str, Any], ctx: trainers.WorkerContext | None = None) -> N
     if ctx.ray:  # Ray limits a worker to 1 thread; use the CPUs it reserved
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
-    tb = models.load_clip(conf["teacher"]["model"], None, model_config=conf["teacher"]["config"])
+    teacher = conf["teacher"]
+    tb = models.load_clip(teacher["model"], None, model_config=teacher["config"],
+                          build_kwargs=teacher.get("build_kwargs"))  # fmt: skip
     tb.model.visual.load_state_dict(training.ray_value(conf["teacher_visual"]), strict=True)
     student = st.Student(st.StudentSpec.from_json(conf["spec"]))
     student.load_state_dict(training.ray_value(conf["student_init"]), strict=True)
@@ -442,6 +444,7 @@ def run(cfg: AlignConfig, *, fail_once: tuple[str, int] | None = None) -> dict[s
         "teacher": {
             "model": name,
             "config": str(Path(model_config).resolve()) if model_config else None,
+            "build_kwargs": tb.build_kwargs,
         },  # fmt: skip
         "teacher_visual": ray.put(tb.model.visual.state_dict()),
         "spec": student.spec.to_json(),

@@ -598,7 +598,8 @@ def _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, 
 
     weights.load_image_state(bundle.model, weights.interpolate(theta_zs, theta_ft, chosen))
     weights.save_checkpoint(bundle.model, out / "patched.safetensors",
-                            metadata={"alpha": repr(chosen), "source": str(run_dir)})  # fmt: skip
+                            metadata={"alpha": repr(chosen), "source": str(run_dir)},
+                            build_kwargs=bundle.build_kwargs)  # fmt: skip
     run_cfg = {**config.to_dict(pcfg), "out": str(run_dir)}
     if pcfg.model_config:
         shutil.copyfile(pcfg.model_config, out / "model_config.json")

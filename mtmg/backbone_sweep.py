@@ -213,6 +213,7 @@ def run_patch(
     head_weights: list[torch.Tensor],
     device: torch.device,
     progress: bool = True,
+    build_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`mtmg.patch.worker` in this Tune trial's process: fine-tune (with `progress`, the
     training loss reported to Tune every epoch; not for a searcher that reads every report),
@@ -224,7 +225,7 @@ def run_patch(
             tune.report({"epoch": metrics["epoch"], "train_loss": metrics["train_loss"]})
 
     conf = {"cfg": dataclasses.asdict(cfg), "zeroshot": zeroshot, "heads": head_weights,
-            "sets": sets}  # fmt: skip
+            "sets": sets, "build_kwargs": build_kwargs}  # fmt: skip
     patch.worker(conf, WorkerContext(device=device, reporter=report))
     return conf["result"]
 
@@ -303,7 +304,8 @@ def patch_trial(params: dict[str, Any], plan: PatchPlan) -> None:
         cfg.templates,
     )  # fmt: skip
     zeroshot = {k: v.cpu() for k, v in bundle.model.state_dict().items()}
-    res = run_patch(cfg, sets, zeroshot, head_weights, trial_device(plan.gpu), plan.progress)
+    res = run_patch(cfg, sets, zeroshot, head_weights, trial_device(plan.gpu), plan.progress,
+                    bundle.build_kwargs)  # fmt: skip
     alpha = res["alpha"]
     val_p, val_s = val_values(res["rows"], alpha)
     test = eval_values(res["rows"], alpha)
@@ -466,7 +468,7 @@ def run(cfg: BackboneSweepConfig) -> dict[str, Any]:
         trainable_fn = align_trial
         plan = AlignPlan(
             dataclasses.asdict(base),
-            {"model": name,
+            {"model": name, "build_kwargs": tb.build_kwargs,
              "config": str(Path(model_config).resolve()) if model_config else None},
             tb.model.visual.state_dict(), int(head_weights[0].shape[1]),
             dict(zip(paths, head_weights, strict=True)), datasets,

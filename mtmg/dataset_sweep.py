@@ -112,6 +112,7 @@ class Plan:
     threads: int
     gpu: bool
     trial_delay: float = 0.0
+    build_kwargs: dict[str, Any] | None = None  # open_clip rebuild arguments (QuickGELU, ...)
 
 
 def trial(params: dict[str, Any], plan: Plan) -> None:
@@ -127,7 +128,8 @@ def trial(params: dict[str, Any], plan: Plan) -> None:
     sets += [("supported", s, None) for s in plan.supported if s != path]
     sets += [("eval", p, None) for p in plan.paths if p != path and p not in plan.supported]
     head_weights = [plan.heads[plan.paths.index(p)] for _, p, _ in sets]
-    res = run_patch(cfg, sets, plan.zeroshot, head_weights, trial_device(plan.gpu))
+    res = run_patch(cfg, sets, plan.zeroshot, head_weights, trial_device(plan.gpu),
+                    build_kwargs=plan.build_kwargs)  # fmt: skip
     alpha = res["alpha"]
     val_p, val_s = val_values(res["rows"], alpha)
     test = eval_values(res["rows"], alpha)
@@ -180,7 +182,7 @@ def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
     plan = Plan(
         dataclasses.asdict(base), {k: v.cpu() for k, v in bundle.model.state_dict().items()},
         head_weights, paths, labels, supported, max(1, int(cfg.cpus_per_trial)),
-        cfg.gpus_per_trial > 0, cfg.trial_delay,
+        cfg.gpus_per_trial > 0, cfg.trial_delay, bundle.build_kwargs,
     )  # fmt: skip
     trainable = tune.with_parameters(trial, plan=plan)
     space = {"patching": tune.grid_search([labels[paths.index(p)] for p in patching])}

@@ -231,7 +231,8 @@ def run(cfg: LossSweepConfig) -> dict[str, Any]:
     init(cfg)
     tuning.can_resume(cfg, NAME)
     plan = Plan(
-        dataclasses.asdict(base), {"model": name, "config": str(Path(model_config).resolve())
+        dataclasses.asdict(base), {"model": name, "build_kwargs": tb.build_kwargs,
+                                   "config": str(Path(model_config).resolve())
                                    if model_config else None},
         tb.model.visual.state_dict(), student.spec.to_json(), student.state_dict(), head_weights,
         sets, cfg.objective, max(1, int(cfg.cpus_per_trial)), cfg.gpus_per_trial > 0,

@@ -21,7 +21,7 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -67,6 +67,9 @@ class ClipBundle:
     std: tuple[float, ...]
     embed_dim: int
     preprocess: Callable[..., torch.Tensor]  # open_clip's eval transform for PIL images
+    # what a rebuild needs beside the weights (QuickGELU, the tag's preprocessing): pass it as
+    # `load_clip(..., build_kwargs=...)` where the model is re-created from a state dict
+    build_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- model configs
@@ -321,6 +324,7 @@ def load_clip(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     cache_dir: str | None = None,
+    build_kwargs: Mapping[str, Any] | None = None,
 ) -> ClipBundle:
     """Build open_clip model `name` with `pretrained` weights (see resolve_pretrained), strictly.
 
@@ -345,6 +349,11 @@ def load_clip(
             "image_interpolation": tag_cfg.get("interpolation"),
             "image_resize_mode": tag_cfg.get("resize_mode"),
         }
+    elif checkpoint and checkpoint.endswith(".safetensors"):
+        kwargs = stored_build_kwargs(checkpoint)  # what save_checkpoint recorded, if anything
+    if build_kwargs:
+        kwargs = dict(build_kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=checkpoint, precision=precision, device=device, **kwargs
@@ -366,7 +375,26 @@ def load_clip(
         std=tuple(float(s) for s in pp["std"]),
         embed_dim=int(open_clip.get_model_config(name)["embed_dim"]),
         preprocess=preprocess,
+        build_kwargs=kwargs,
     )
+
+
+BUILD_KWARGS_KEY = "mtmg_open_clip_kwargs"  # safetensors metadata written by save_checkpoint
+
+
+def stored_build_kwargs(path: str) -> dict[str, Any]:
+    """The open_clip build arguments (QuickGELU, preprocessing) a checkpoint was saved with."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - not readable here: the load itself will say why
+        return {}
+    try:
+        return dict(json.loads(meta.get(BUILD_KWARGS_KEY, "{}")))
+    except (TypeError, ValueError):
+        return {}
 
 
 def _square_size(size: int | tuple[int, ...], name: str) -> int:

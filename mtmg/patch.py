@@ -103,7 +103,8 @@ def worker(conf: dict[str, Any], ctx: trainers.WorkerContext | None = None) -> N
     if ctx.ray:  # Ray limits a worker to 1 thread; use the CPUs it reserved
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
-    bundle = models.load_clip(cfg.model, None, model_config=cfg.model_config)
+    bundle = models.load_clip(cfg.model, None, model_config=cfg.model_config,
+                              build_kwargs=conf.get("build_kwargs"))  # fmt: skip
     bundle.model.load_state_dict(training.ray_value(conf["zeroshot"]), strict=True)
     theta_zs = weights.image_state(bundle.model)
     head_weights = training.ray_value(conf["heads"])
@@ -299,6 +300,7 @@ def run(cfg: PatchConfig, *, fail_once: tuple[str, int] | None = None) -> dict[s
     conf = {
         "cfg": {**config.to_dict(cfg), "data": str(Path(cfg.data).resolve())},
         "zeroshot": ray.put({k: v.cpu() for k, v in bundle.model.state_dict().items()}),
+        "build_kwargs": bundle.build_kwargs,
         "heads": ray.put(head_weights),
         "sets": [(r, str(Path(p).resolve()), n) for r, p, n in sets],
         "fail_once": fail_once,
@@ -326,7 +328,8 @@ def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) ->
     results.plot_alpha_curve(curves, alpha, out / "alpha_curve.png",
                              title=f"{cfg.model}: patching vs supported (validation)")  # fmt: skip
     weights.load_image_state(bundle.model, weights.interpolate(theta_zs, theta_ft, alpha))
-    weights.save_checkpoint(bundle.model, out / "patched.safetensors")
+    weights.save_checkpoint(bundle.model, out / "patched.safetensors",
+                            build_kwargs=bundle.build_kwargs)  # fmt: skip
     test = [r for r in rows if r["split"] != "val" or r.get("selected") is not None]
     summary = {
         "model": cfg.model,

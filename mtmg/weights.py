@@ -141,17 +141,28 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
 
 
 def save_checkpoint(
-    model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[str, str] | None = None
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    build_kwargs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the FULL model state dict (text tower included) as .safetensors, atomically.
 
     `open_clip.create_model(NAME, pretrained=path)` (and `load_clip`) load it strictly.
+    `build_kwargs` (a ClipBundle's: QuickGELU, preprocessing) go into the file's metadata, so
+    `load_clip(NAME, path)` rebuilds the same architecture (open_clip alone needs
+    `force_quick_gelu=True` for models trained with QuickGELU, e.g. OpenAI's).
     """
     p = Path(path)
     if p.suffix != ".safetensors":
         raise ValueError(f"save_checkpoint writes safetensors: {p} must end in .safetensors")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "pt", "producer": "mtmg", **dict(metadata or {})}
+    if build_kwargs:
+        from mtmg.models import BUILD_KWARGS_KEY
+
+        meta[BUILD_KWARGS_KEY] = json.dumps(dict(build_kwargs))
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
     try:

@@ -346,3 +346,32 @@ def test_weights_fingerprint(tiny):
     assert weights_fingerprint({"a": torch.zeros(2, 3)}) != weights_fingerprint(
         {"a": torch.zeros(3, 2)}
     )
+
+
+def test_quick_gelu_travels_with_the_weights(tmp_path):
+    """A QuickGELU model (OpenAI's tags) is rebuilt as such from a bundle's build_kwargs and
+    from a checkpoint mtmg saved; without them open_clip would build GELU and compute other
+    features from the same weights."""
+    from open_clip.transformer import QuickGELU
+
+    from mtmg import weights
+
+    def quick(model) -> bool:
+        return any(isinstance(m, QuickGELU) for m in model.modules())
+
+    torch.manual_seed(0)
+    ref = models.load_clip("mtmg-tiny-vit", None, build_kwargs={"force_quick_gelu": True})
+    assert quick(ref.model) and ref.build_kwargs == {"force_quick_gelu": True}
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = ref.model.encode_image(x)
+    path = weights.save_checkpoint(ref.model, tmp_path / "q.safetensors",
+                                   build_kwargs=ref.build_kwargs)  # fmt: skip
+    back = models.load_clip("mtmg-tiny-vit", str(path))
+    assert quick(back.model) and back.build_kwargs == {"force_quick_gelu": True}
+    plain = models.load_clip("mtmg-tiny-vit", str(
+        weights.save_checkpoint(ref.model, tmp_path / "p.safetensors")))  # fmt: skip
+    assert not quick(plain.model)
+    with torch.no_grad():
+        assert torch.allclose(back.model.encode_image(x), want)
+        assert not torch.allclose(plain.model.encode_image(x), want)
