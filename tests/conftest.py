@@ -91,6 +91,10 @@ def local_cluster(tmp_path_factory):
             "127.0.0.1",
             "--dashboard-port",
             str(dash),
+            # its own job agent port: the default (52365) may be held by another Ray on this
+            # machine (the embedded test session's), and jobs then cannot be submitted
+            "--dashboard-agent-listen-port",
+            str(_free_port()),
             "--disable-usage-stats",
         ],  # fmt: skip
         env=env,
