@@ -537,10 +537,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         search_alg=search_alg, num_samples=n,
     )  # fmt: skip
     times["tune_s"] = time.perf_counter() - t2
-    rows = tuning.trial_rows(grid)
-    for r in rows:  # a trial reports once, at its end: a driver killed right after that report
-        if r["status"] == "INCOMPLETE" and r.get("patching") is not None:  # restores it
-            r["status"] = "TERMINATED"  # without Tune's `done`; --resume rightly skips it
+    rows = tuning.trial_rows(grid, final_key="patching")  # a trial reports once, at its end
     rows.sort(key=lambda r: (r.get("alpha") is None, r.get("alpha") or r.get("config/alpha") or 0))
     ok = [r for r in rows if r["status"] == "TERMINATED" and r.get("patching") is not None]
     if not ok:

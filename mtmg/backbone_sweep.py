@@ -234,11 +234,7 @@ def finished_rows(grid: Any) -> list[dict[str, Any]]:
     """`tuning.trial_rows`, with a trial that made its final report (`done_training`) counted
     as finished: a driver killed right after a trial's last report restores it without Tune's
     `done` flag, and --resume rightly does not run it again."""
-    rows = tuning.trial_rows(grid)
-    for r in rows:
-        if r["status"] == "INCOMPLETE" and r.get("done_training"):
-            r["status"] = "TERMINATED"
-    return rows
+    return tuning.trial_rows(grid, final_key="done_training")
 
 
 def eval_values(rows: list[dict[str, Any]], alpha: float) -> dict[str, dict[str, Any]]:

@@ -254,14 +254,11 @@ def run(cfg: LossSweepConfig) -> dict[str, Any]:
                                   grace_period=1)  # fmt: skip
         result = tuning.run_tuner(trainable, cfg, name=NAME, search_alg=search,
                                   num_samples=cfg.num_samples, scheduler=sched)  # fmt: skip
-    return write(cfg, base, out, tuning.trial_rows(result))
+    return write(cfg, base, out, tuning.trial_rows(result, final_key="done_training"))
 
 
 def write(cfg, base: align.AlignConfig, out: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Table, summary, best config (an mtmg.align config file) and the plot."""
-    for r in rows:  # Tune may restore a trial that made its final report without its done flag
-        if r["status"] == "INCOMPLETE" and r.get("done_training"):
-            r["status"] = "TERMINATED"
     finished = [r for r in rows if r.get("objective") is not None and r["status"] != "ERROR"]
     best = max(finished, key=lambda r: r["objective"], default=None)
     best_config = None

@@ -273,14 +273,20 @@ def _trial_config(result: Any) -> dict[str, Any]:
         return {}
 
 
-def trial_rows(grid: Any) -> list[dict[str, Any]]:
-    """One flat dict per trial of a ResultGrid: trial, status, config/*, metrics, time, error."""
+def trial_rows(grid: Any, final_key: str | None = None) -> list[dict[str, Any]]:
+    """One flat dict per trial of a ResultGrid: trial, status, config/*, metrics, time, error.
+
+    `final_key`: a metric only a trial's last report carries. Tune may restore a trial whose
+    driver was killed right after that report without its `done` flag; such a trial finished
+    (and --resume rightly skips it), so it counts as TERMINATED.
+    """
     rows = []
     for result in grid:
         m = dict(result.metrics or {})
         trial = m.get("trial_id") or os.path.basename(str(result.path)).split("_")[-1]
         reported = {k: v for k, v in m.items() if k not in _AUTO_KEYS}
-        status = "ERROR" if result.error else ("TERMINATED" if m.get("done") else "INCOMPLETE")
+        finished = m.get("done") or (final_key is not None and m.get(final_key) is not None)
+        status = "ERROR" if result.error else ("TERMINATED" if finished else "INCOMPLETE")
         row = {
             "trial_id": trial,
             "status": status,
