@@ -27,6 +27,7 @@ from typing import Any
 from mtmg import prep, shards, synth
 
 MODEL = "mtmg-tiny-vit"
+MIN_PATCHES = 120
 # the fine-tune of the alpha sweep: a gentle one, and a faster one for smoke runs (--quick)
 FINE_TUNE = ("--epochs", "16", "--lr", "3e-4")
 FINE_TUNE_QUICK = ("--epochs", "12", "--lr", "1e-3")
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="redo every step")
     ap.add_argument("--quick", action="store_true", help="fewer epochs (a smoke run)")
     args = ap.parse_args(argv)
+    if args.patches < MIN_PATCHES:  # fewer leave a split without a full training batch
+        ap.error(f"--patches must be at least {MIN_PATCHES}, got {args.patches}")
     t0 = time.perf_counter()
     out = args.out.resolve()
     summary: dict[str, Any] = run(out, patches=args.patches, fresh=args.fresh, quick=args.quick)

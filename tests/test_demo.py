@@ -51,3 +51,18 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     # a rerun skips every step
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 9
+
+
+def test_demo_and_report_help_and_bad_input(tmp_path):
+    for module in ("mtmg.demo", "mtmg.report"):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                           text=True, cwd=REPO, timeout=120)  # fmt: skip
+        assert r.returncode == 0 and "--out" in r.stdout, module
+    r = subprocess.run([sys.executable, "-m", "mtmg.demo", "--out", str(tmp_path / "d"),
+                        "--patches", "10"], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "--patches must be at least 120" in r.stderr
+    assert not (tmp_path / "d").exists()
+    r = subprocess.run([sys.executable, "-m", "mtmg.report", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "runs" in r.stderr
