@@ -16,7 +16,7 @@ import io
 import itertools
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,3 +351,20 @@ def make_loader(
             f"one batch of {batch_size}; lower --batch-size"
         )
     return Loader(loader, steps, part.count, batch_size)
+
+
+def cycle(make: Callable[[int], Iterable[Any]], steps: int) -> Iterator[Any]:
+    """Exactly `steps` batches from the training loaders `make(0)`, `make(1)`, ...: a set whose
+    epoch is shorter than `steps` starts over with a new pass (reshuffled by its number), as in
+    joint patching, where an epoch is the longest set's."""
+    done, p = 0, 0
+    while done < steps:
+        got = 0
+        for batch in make(p):
+            yield batch
+            done, got = done + 1, got + 1
+            if done == steps:
+                return
+        if not got:
+            raise ValueError(f"pass {p} of a training loader gave no batch")
+        p += 1

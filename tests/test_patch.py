@@ -25,13 +25,16 @@ TINY = dict(model="mtmg-tiny-vit", pretrained=None, lr=3e-3, warmup_steps=3, bat
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory, ray_session):
+    """BigEarthNet (multi-label), an image folder (the supported task), EuroSAT-MS (single-label,
+    a second patching set for joint patching)."""
     root = tmp_path_factory.mktemp("patchdata")
     synth.make_bigearthnet(root / "ben", n_patches=96, s1=False, seed=21)
     synth.make_imagefolder(root / "img", n_per_class=12, size=32)
-    for kind, raw in (("bigearthnet", "ben"), ("imagefolder", "img")):
+    synth.make_eurosat_ms(root / "ems", n_per_class=8, size=32, seed=22)
+    for kind, raw in (("bigearthnet", "ben"), ("imagefolder", "img"), ("eurosat-ms", "ems")):
         prep.shard(prep.ShardConfig(kind, str(root / raw), str(root / f"{raw}-shards"),
                                     shard_size=20, progress=False))  # fmt: skip
-    return str(root / "ben-shards"), str(root / "img-shards")
+    return str(root / "ben-shards"), str(root / "img-shards"), str(root / "ems-shards")
 
 
 def _cfg(sets, out, **kw):
@@ -39,6 +42,26 @@ def _cfg(sets, out, **kw):
     return patch.PatchConfig(
         data=sets[0], supported=(sets[1],), out=str(out), cache_dir=cache, **{**TINY, **kw}
     )
+
+
+def _test_metric(cfg, out: Path, path: str, theta: dict) -> float:
+    """The main test metric of `path` with the image tower set to `theta`, evaluated here
+    without Ray, with the text tower from the exported checkpoint (never fine-tuned)."""
+    model = open_clip.create_model(cfg.model, pretrained=str(out / "patched.safetensors")).eval()
+    ds = data.ShardSet.open(path)
+    tokenizer = open_clip.get_tokenizer(cfg.model)
+    head = heads.ZeroShotHead.from_weights(
+        heads.build_zeroshot_weights(model, tokenizer, ds.prompt_names(), ds.manifest["templates"])
+    )
+    size = model.visual.image_size[0]
+    dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
+                       data.Targets.of(ds), size, size)  # fmt: skip
+    weights.load_image_state(model, theta)
+    loader = data.make_loader(ds, "test", dec, batch_size=64, train=False, num_workers=0)
+    m = evaluate.classification(
+        WorkerContext(), lambda b: head(model.visual(b["rgb"])), loader, ds.task
+    )
+    return m["mAP" if ds.task == "multi-label" else "top1"]
 
 
 def test_patching_end_to_end(sets, tmp_path):
@@ -57,26 +80,12 @@ def test_patching_end_to_end(sets, tmp_path):
     # fine-tuning raises the patching metric on held-out data well above zero-shot
     assert rows[("bigearthnet", "test", 1.0)] > rows[("bigearthnet", "test", 0.0)] + 10
 
-    # alpha = 0 reproduces zero-shot and alpha = 1 the fine-tuned weights, exactly: evaluate
-    # here without Ray, with the text tower from the exported checkpoint (never fine-tuned)
+    # alpha = 0 reproduces zero-shot and alpha = 1 the fine-tuned weights, exactly
     zs = load_file(str(out / "theta_zs.safetensors"))
     ft = load_file(str(out / "theta_ft.safetensors"))
-    model = open_clip.create_model(cfg.model, pretrained=str(out / "patched.safetensors")).eval()
-    ds = data.ShardSet.open(sets[0])
-    tokenizer = open_clip.get_tokenizer(cfg.model)
-    head = heads.ZeroShotHead.from_weights(
-        heads.build_zeroshot_weights(model, tokenizer, ds.prompt_names(), ds.manifest["templates"])
-    )
-    size = model.visual.image_size[0]
-    dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
-                       data.Targets.of(ds), size, size)  # fmt: skip
     for alpha, theta in ((0.0, zs), (1.0, ft)):
-        weights.load_image_state(model, theta)
-        loader = data.make_loader(ds, "test", dec, batch_size=64, train=False, num_workers=0)
-        m = evaluate.classification(
-            WorkerContext(), lambda b: head(model.visual(b["rgb"])), loader, ds.task
-        )
-        assert m["mAP"] == pytest.approx(rows[("bigearthnet", "test", alpha)], abs=1e-9)
+        value = _test_metric(cfg, out, sets[0], theta)
+        assert value == pytest.approx(rows[("bigearthnet", "test", alpha)], abs=1e-9)
 
     # the patched model is a full open_clip checkpoint that loads strictly
     model = open_clip.create_model(cfg.model, pretrained=str(out / "patched.safetensors"))
@@ -100,6 +109,63 @@ def test_training_loss_falls_and_resume_continues_the_step_count(sets, tmp_path)
     assert [s for s, _ in losses] == list(range(1, sum(steps) + 1))
     first, last = losses[: len(losses) // 4], losses[-len(losses) // 4 :]
     assert sum(v for _, v in last) / len(last) < 0.8 * sum(v for _, v in first) / len(first)
+
+
+def test_joint_patching_trains_both_sets_and_resumes(sets, tmp_path):
+    """PAINT's joint patching of a multi-label and a single-label set, through a worker failure:
+    both patching metrics rise on held-out data, alpha is chosen with the mean of both."""
+    cfg = _cfg(sets, tmp_path / "run", joint_data=(sets[2],), epochs=8)
+    per_set = [training.train_steps(data.ShardSet.open(p), cfg.batch_size // 2, cfg.epochs,
+                                    cfg.seed, 1) for p in cfg.patching]  # fmt: skip
+    steps = [max(s) for s in zip(*per_set, strict=True)]  # an epoch: the longest set's steps
+    assert per_set[0] != per_set[1]  # so one set starts over within an epoch
+    marker = tmp_path / "failed-once"
+    summary = patch.run(cfg, fail_once=(str(marker), steps[0] + 2))
+    out = tmp_path / "run"
+    assert marker.exists() and summary["steps"] == sum(steps)  # resumed after epoch 1
+    ckpts = sorted(p for p in (out / "ray" / "patch").glob("checkpoint_*") if p.is_dir())
+    losses = json.loads((ckpts[-1] / "state.json").read_text())["losses"]
+    assert [s for s, _ in losses] == list(range(1, sum(steps) + 1))
+    assert summary["patching"] == [str(Path(p).resolve()) for p in cfg.patching]
+    assert all(len(e["train_loss_sets"]) == 2 for e in summary["epochs"])
+
+    table = pq.read_table(out / "metrics.parquet").to_pylist()
+    rows = {(r["dataset"], r["split"], r["alpha"]): r["value"] for r in table}
+    roles = {r["dataset"]: r["role"] for r in table}
+    assert roles == {"bigearthnet": "patching", "eurosat-ms": "patching",
+                     "imagefolder": "supported"}  # fmt: skip
+    for name in ("bigearthnet", "eurosat-ms"):  # held-out: both patching tasks improve
+        assert rows[(name, "test", 1.0)] > rows[(name, "test", 0.0)] + 2, name
+
+    def score(a: float) -> float:  # PAINT's rule, the patching metric the mean of both sets
+        patching = (rows[("bigearthnet", "val", a)] + rows[("eurosat-ms", "val", a)]) / 2
+        return (patching + rows[("imagefolder", "val", a)]) / 2
+
+    assert summary["alpha"] == max(cfg.alphas, key=lambda a: (score(a), -a))
+    zs = load_file(str(out / "theta_zs.safetensors"))
+    for path, name in ((sets[0], "bigearthnet"), (sets[2], "eurosat-ms")):  # alpha 0: zero-shot
+        assert _test_metric(cfg, out, path, zs) == pytest.approx(rows[(name, "test", 0.0)])
+
+
+def test_joint_batches_are_the_same_on_every_rank(sets, tmp_path):
+    """DDP: every rank runs the longest set's steps, one batch of each set per step, and the
+    ranks read disjoint samples; the shorter set starts over within the epoch."""
+    cfg = _cfg(sets, tmp_path / "run", joint_data=(sets[2],), epochs=2, loader_workers=0)
+    bundle = models.load_clip(cfg.model)
+    patching = [(data.ShardSet.open(p), None) for p in cfg.patching]
+    keys = []
+    for rank in (0, 1):
+        ctx = WorkerContext(rank=rank, world=2)
+        tasks = patch._tasks(cfg, ctx, bundle, patching)
+        steps = [t.steps[1] for t in tasks]  # epoch 1: the sets' steps differ there
+        batches = list(patch._epoch_batches(cfg, ctx, tasks, 1))
+        # the longest set's steps, so the shorter set gave more batches than one pass has
+        assert len(batches) == max(steps) and min(steps) < max(steps)
+        assert {len(b["__key__"]) for step in batches for b in step} == {16 // 2 // 2}
+        first = [batches[:s] for s in steps]  # each set's first pass
+        keys.append([[k for step in f for k in step[i]["__key__"]] for i, f in enumerate(first)])
+    for i in range(2):
+        assert keys[0][i] and not set(keys[0][i]) & set(keys[1][i])
 
 
 def test_two_ddp_workers_evaluate_like_one(sets, tmp_path):
@@ -161,11 +227,30 @@ def test_vit_b_32_smoke_without_ray(sets, tmp_path):
     assert {r["alpha"] for r in res["rows"]} == {0.0, 1.0} and res["alpha"] in (0.0, 1.0)
 
 
+def test_joint_patching_bad_input(sets, tmp_path, capsys):
+    """A joint patching set without a val split fails before training, naming that set; so do
+    --data given twice (argparse would keep only the last) and a set given twice."""
+    raw = tmp_path / "raw"
+    synth.make_imagefolder(raw, n_per_class=3, size=32)
+    (raw / "train.txt").write_text("\n".join(p.stem for p in sorted(raw.rglob("*.png"))[:9]))
+    noval = str(tmp_path / "noval")
+    prep.shard(prep.ShardConfig("imagefolder", str(raw), noval, progress=False))
+    base = ["--out", str(tmp_path / "o"), "--model", "mtmg-tiny-vit", "--pretrained", "none"]
+    assert patch.main(["--data", sets[0], "--joint-data", sets[2], noval, *base]) == 2
+    assert f"{noval}: the patching dataset has no 'val' split" in capsys.readouterr().err
+    assert patch.main(["--data", sets[0], "--data", sets[2], *base]) == 2
+    assert "--joint-data" in capsys.readouterr().err
+    assert patch.main(["--data", sets[0], "--joint-data", sets[0], *base]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "ray").exists()
+
+
 def test_help_lists_every_option():
     r = subprocess.run([sys.executable, "-m", "mtmg.patch", "--help"], capture_output=True,
                        text=True, timeout=120, cwd=REPO)  # fmt: skip
     assert r.returncode == 0
-    for opt in ("--data", "--supported", "--lr", "--weight-decay", "--warmup-steps", "--epochs",
-                "--batch-size", "--grad-clip", "--augment", "--precision", "--alphas",
-                "--selection", "--workers", "--cluster", "--model-config"):  # fmt: skip
+    for opt in ("--data", "--joint-data", "--supported", "--lr", "--weight-decay",
+                "--warmup-steps", "--epochs", "--batch-size", "--grad-clip", "--augment",
+                "--precision", "--alphas", "--selection", "--workers", "--cluster",
+                "--model-config"):  # fmt: skip
         assert opt in r.stdout
