@@ -184,7 +184,8 @@ def patch_config(cfg: Any, **fixed: Any) -> patch.PatchConfig:
         v = getattr(cfg, f, None)
         if v is not None:
             values[f] = v
-    values.update(out=str(Path(cfg.out).resolve() / "trial"), workers=1, **fixed)
+    values.update(out=str(Path(cfg.out).resolve() / "trial"), workers=1, joint_data=())
+    values.update(fixed)  # a trial names its own patching sets
     return patch.PatchConfig(**values)
 
 

@@ -1,24 +1,29 @@
-"""The dataset sweep (issue 5): which patching dataset helps which evaluation dataset.
+"""The dataset sweep (issue 5): which patching dataset, or mixture of datasets (PAINT's joint
+patching), helps which evaluation dataset.
 
-`python sweeps/dataset_sweep.py --patching SHARDS ... [--eval-data SHARDS ...]
+`python sweeps/dataset_sweep.py --patching ENTRY ... [--eval-data SHARDS ...]
 [--supported SHARDS ...] --model NAME --pretrained TAG --out DIR` runs one Tune trial per
-patching dataset: it fine-tunes CLIP's image tower on that dataset (`mtmg.patch.worker` in the
-trial's own process), selects alpha on validation (PAINT's rule with the supported sets,
-`mtmg.select`) and evaluates zero-shot (alpha 0), patched (chosen alpha) and fine-tuned
-(alpha 1) weights on the test split (val where there is none) of every evaluation dataset:
-the patching sets, the supported sets and `--eval-data`. The zero-shot weights and every
-dataset's zero-shot head are built once by the driver and go to the object store once.
+entry of `--patching`: a shard set, or shard sets joined by `+` (`A+B`: a mixture). The trial
+fine-tunes CLIP's image tower on that set, or on the mixture's sets together (`mtmg.patch`'s
+joint patching: every step one batch of each set, each through its own head and loss), in the
+trial's own process (`mtmg.patch.worker`), selects alpha on validation (PAINT's rule with the
+supported sets, the patching metric the mean over the entry's sets; `mtmg.select`) and
+evaluates zero-shot (alpha 0), patched (chosen alpha) and fine-tuned (alpha 1) weights on the
+test split (val where there is none) of every evaluation dataset: every patching set (alone or
+in a mixture), the supported sets and `--eval-data`. The zero-shot weights and every dataset's
+zero-shot head are built once by the driver and go to the object store once.
 
-Result: the patching-datasets x evaluation-datasets matrix of gains over zero-shot (patched
+Result: the patching-entries x evaluation-datasets matrix of gains over zero-shot (patched
 minus zero-shot metric, in points of mAP or top-1) as gains.parquet/.csv (long form, with the
 zero-shot, patched and fine-tuned values), a heat map (gains.png) and summary.md; one row per
-trial in sweep.parquet/.csv; best_config.yaml is the `mtmg.patch --config` of the patching
-dataset with the largest mean gain. A patching dataset that cannot be patched (no train or val
-split) fails its own trial, recorded with its error; the others finish.
+trial in sweep.parquet/.csv (a mixture's row is labelled `A+B`, its `self_gain` the mean gain
+on its own sets); best_config.yaml is the `mtmg.patch --config` of the entry with the largest
+mean gain (`--data A --joint-data B` for a mixture). A patching dataset that cannot be patched
+(no train or val split) fails its own trials, recorded with its error naming the set; the
+others finish.
 
-Not implemented: mixtures of patching datasets (PAINT's joint patching). `mtmg.patch` trains on
-one shard set with one head and one loss; a mixture of multi-label and single-label sets would
-need per-batch heads and losses in the patch stage itself.
+An entry that is itself a shard set is one set even when its path holds a `+`; an entry that
+reads both as one set and as a mixture is refused as ambiguous.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ import torch
 from mtmg import config, data, heads, models, patch, select
 from mtmg import tune as tuning
 from mtmg.backbone_sweep import (
+    _abs,
     _unique,
     check_evaluable,
     check_patching,
@@ -59,7 +66,10 @@ TRIAL_MODULES = ("mtmg.dataset_sweep",)  # what trial processes import (preloade
 class DatasetSweepConfig(tuning.SweepConfig):
     """Options of the dataset sweep (the common sweep options first)."""
 
-    patching: tuple[str, ...] = option((), help="shard sets to patch on: one trial each")
+    patching: tuple[str, ...] = option(
+        (), help="what to patch on, one trial each: a shard set, or shard sets joined by '+' "
+        "(A+B: a mixture, PAINT's joint patching)"
+    )  # fmt: skip
     eval_data: tuple[str, ...] = option(
         (), help="more evaluation shard sets (patching and supported sets are always evaluated)"
     )
@@ -94,9 +104,52 @@ def check(cfg: DatasetSweepConfig) -> None:
     if cfg.search != "grid":
         raise ValueError("the dataset sweep runs every patching dataset: use --search grid")
     if len(set(cfg.patching)) != len(cfg.patching):
-        raise ValueError("--patching: repeated shard sets")
+        raise ValueError("--patching: repeated entries")
     if cfg.selection is not None and cfg.selection not in select.RULES:
         raise ValueError(f"unknown --selection {cfg.selection!r}")
+
+
+MIX = "+"  # joins the shard sets of a mixture in a --patching entry
+
+
+def _is_shard_set(path: str) -> bool:
+    try:
+        data.ShardSet.open(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
+def parse_entry(entry: str) -> tuple[str, ...]:
+    """The absolute shard sets of a --patching entry: one set, or a mixture `A+B+...`.
+
+    An entry that is a shard set is that set (a path may hold a `+`); one that is also a
+    mixture of shard sets is ambiguous. A part that is no shard set fails later, named."""
+    if MIX not in entry:
+        return (_abs(entry),)
+    parts = entry.split(MIX)
+    whole = _is_shard_set(entry)
+    if whole and all(p and _is_shard_set(p) for p in parts):
+        raise ValueError(f"--patching {entry}: both a shard set and a mixture of shard sets "
+                         "(rename or link the set whose path holds '+')")  # fmt: skip
+    if whole:
+        return (_abs(entry),)
+    if not all(parts):
+        raise ValueError(f"--patching {entry}: an empty part in a mixture")
+    mix = tuple(_abs(p) for p in parts)
+    if len(set(mix)) != len(mix):
+        raise ValueError(f"--patching {entry}: a shard set twice in one mixture")
+    return mix
+
+
+def entries(patching: Sequence[str]) -> list[tuple[str, ...]]:
+    """The shard sets of every --patching entry; the same set of sets twice is an error."""
+    out = [parse_entry(e) for e in patching]
+    seen = [frozenset(m) for m in out]
+    for e, s in zip(patching, seen, strict=True):
+        if seen.count(s) > 1:
+            raise ValueError(f"--patching {e}: the same shard sets appear in another entry")
+    return out
 
 
 @dataclass
@@ -107,7 +160,8 @@ class Plan:
     zeroshot: dict[str, torch.Tensor]  # the whole CLIP model's state (theta_zs)
     heads: list[torch.Tensor]  # per evaluation dataset, in `paths` order
     paths: list[str]  # every evaluation dataset (patching sets first)
-    labels: list[str]
+    labels: list[str]  # of `paths`
+    entries: dict[str, tuple[str, ...]]  # --patching entry label ("A" or "A+B") -> shard sets
     supported: list[str]
     threads: int
     gpu: bool
@@ -115,18 +169,26 @@ class Plan:
     build_kwargs: dict[str, Any] | None = None  # open_clip rebuild arguments (QuickGELU, ...)
 
 
+def trial_sets(plan: Plan, mix: tuple[str, ...]) -> list[tuple[str, str, None]]:
+    """(role, path, nomenclature) of a trial patching on `mix`: its sets, then the others."""
+    sets = [("patching", p, None) for p in mix]
+    sets += [("supported", s, None) for s in plan.supported if s not in mix]
+    sets += [("eval", p, None) for p in plan.paths if p not in mix and p not in plan.supported]
+    return sets
+
+
 def trial(params: dict[str, Any], plan: Plan) -> None:
-    """One patching dataset: fine-tune, select alpha, evaluate every evaluation dataset."""
+    """One --patching entry: fine-tune (jointly for a mixture), select alpha, evaluate every
+    evaluation dataset."""
     from ray import tune
 
     torch.set_num_threads(max(1, plan.threads))
     time.sleep(plan.trial_delay)
-    path = plan.paths[plan.labels.index(params["patching"])]
-    check_patching(path)
-    cfg = patch.PatchConfig(**{**plan.base, "data": path})
-    sets = [("patching", path, None)]
-    sets += [("supported", s, None) for s in plan.supported if s != path]
-    sets += [("eval", p, None) for p in plan.paths if p != path and p not in plan.supported]
+    mix = plan.entries[params["patching"]]
+    for p in mix:
+        check_patching(p)
+    cfg = patch.PatchConfig(**{**plan.base, "data": mix[0], "joint_data": mix[1:]})
+    sets = trial_sets(plan, mix)
     head_weights = [plan.heads[plan.paths.index(p)] for _, p, _ in sets]
     res = run_patch(cfg, sets, plan.zeroshot, head_weights, trial_device(plan.gpu),
                     build_kwargs=plan.build_kwargs)  # fmt: skip
@@ -135,10 +197,10 @@ def trial(params: dict[str, Any], plan: Plan) -> None:
     test = eval_values(res["rows"], alpha)
     by_label = {plan.labels[plan.paths.index(p)]: v for p, v in test.items()}
     gains = {k: v["gain"] for k, v in by_label.items()}
-    own = by_label[params["patching"]]
+    own = [test[p]["gain"] for p in mix]
     tune.report({
         "alpha": alpha, "val_patching": val_p, "val_supported": val_s,
-        "self_gain": own["gain"], "mean_gain": sum(gains.values()) / len(gains),
+        "self_gain": sum(own) / len(own), "mean_gain": sum(gains.values()) / len(gains),
         "gain": gains,
         "zeroshot": {k: v["zeroshot"] for k, v in by_label.items()},
         "patched": {k: v["patched"] for k, v in by_label.items()},
@@ -152,7 +214,8 @@ def trial(params: dict[str, Any], plan: Plan) -> None:
 def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
     """The whole sweep; returns the summary also written to OUT/summary.json."""
     check(cfg)
-    patching, supported = _unique(cfg.patching), _unique(cfg.supported)
+    mixes = entries(cfg.patching)
+    patching, supported = _unique([p for m in mixes for p in m]), _unique(cfg.supported)
     paths = _unique([*patching, *supported, *cfg.eval_data])
     for p in paths:
         check_evaluable(p)
@@ -160,7 +223,11 @@ def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
         if not data.ShardSet.open(s).count("val"):
             raise ValueError(f"{s}: the supported dataset has no 'val' split")
     labels = dataset_labels(paths)
-    fixed: dict[str, Any] = {"data": patching[0], "supported": tuple(supported),
+    names = {MIX.join(labels[paths.index(p)] for p in m): m for m in mixes}
+    if len(names) != len(mixes):
+        raise ValueError(f"--patching: entries with the same label ({', '.join(names)})")
+    fixed: dict[str, Any] = {"data": patching[0], "joint_data": (),
+                             "supported": tuple(supported),
                              "eval_data": tuple(p for p in paths if p not in patching
                                                 and p not in supported)}  # fmt: skip
     if cfg.model:
@@ -181,11 +248,11 @@ def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
     tuning.can_resume(cfg, NAME)
     plan = Plan(
         dataclasses.asdict(base), {k: v.cpu() for k, v in bundle.model.state_dict().items()},
-        head_weights, paths, labels, supported, max(1, int(cfg.cpus_per_trial)),
+        head_weights, paths, labels, names, supported, max(1, int(cfg.cpus_per_trial)),
         cfg.gpus_per_trial > 0, cfg.trial_delay, bundle.build_kwargs,
     )  # fmt: skip
     trainable = tune.with_parameters(trial, plan=plan)
-    space = {"patching": tune.grid_search([labels[paths.index(p)] for p in patching])}
+    space = {"patching": tune.grid_search(list(names))}
     result = tuning.run_tuner(trainable, cfg, name=NAME, param_space=space)
     return write(cfg, base, plan, out, finished_rows(result))
 
@@ -207,6 +274,17 @@ def matrix_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str,
     return out
 
 
+def entry_config(base: patch.PatchConfig, plan: Plan, label: str, out: Path) -> dict[str, Any]:
+    """The `mtmg.patch` config (as YAML data) that patches on one --patching entry: `data` and,
+    for a mixture, `joint_data`; every other dataset is supported or evaluated, as in its trial."""
+    mix = plan.entries[label]
+    sets = trial_sets(plan, mix)
+    return {**config.to_dict(base), "data": mix[0], "joint_data": list(mix[1:]),
+            "supported": [p for role, p, _ in sets if role == "supported"],
+            "eval_data": [p for role, p, _ in sets if role == "eval"],
+            "out": str(out / "best")}  # fmt: skip
+
+
 def write(cfg: DatasetSweepConfig, base: patch.PatchConfig, plan: Plan, out: Path,
           rows: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """Trial table, gain matrix (table, heat map, markdown), summary, best config."""
@@ -216,7 +294,7 @@ def write(cfg: DatasetSweepConfig, base: patch.PatchConfig, plan: Plan, out: Pat
     long = matrix_rows(rows, labels)
     matrix: dict[str, dict[str, float | None]] = {}
     order = [r["config/patching"] for r in rows]
-    order = [lab for lab in labels if lab in order]
+    order = [lab for lab in plan.entries if lab in order]
     for lab in order:
         matrix[lab] = dict.fromkeys(labels)
     for m in long:
@@ -224,14 +302,10 @@ def write(cfg: DatasetSweepConfig, base: patch.PatchConfig, plan: Plan, out: Pat
     zeroshot = {m["evaluation"]: m["zeroshot"] for m in long}
     finished = [r for r in rows if r["status"] != "ERROR" and r.get("done_training")]
     best = max(finished, key=lambda r: r["mean_gain"], default=None)
-    best_config = None
-    if best is not None:
-        path = plan.paths[labels.index(best["config/patching"])]
-        best_config = {**config.to_dict(base), "data": path, "out": str(out / "best"),
-                       "eval_data": [p for p in plan.paths if p != path
-                                     and p not in plan.supported]}  # fmt: skip
+    best_config = entry_config(base, plan, best["config/patching"], out) if best else None
     metric_of = {m["evaluation"]: m["metric"] for m in long}
     md = ["# Dataset sweep: gains of patching over zero-shot", "",
+          "rows: patching datasets, A+B a mixture of datasets (joint patching)", "",
           f"model: {base.model} ({base.pretrained or 'random init'}); alpha by the "
           f"{base.selection} rule on validation; test split (val where there is none)", "",
           "## Gain (patched minus zero-shot, points; rows: patching, columns: evaluation)", "",
@@ -243,7 +317,7 @@ def write(cfg: DatasetSweepConfig, base: patch.PatchConfig, plan: Plan, out: Pat
             "val_patching", "val_supported", "time_s", "error"]  # fmt: skip
     md += ["## Trials", "", tuning.markdown_table(rows, cols), ""]
     if best is not None:
-        md += ["## Best patching dataset (largest mean gain)", "",
+        md += ["## Best patching dataset or mixture (largest mean gain)", "",
                f"- {best['config/patching']}: mean gain {best['mean_gain']:.2f}, gain on itself "
                f"{best['self_gain']:.2f}, alpha {best['alpha']:g}", "",
                "Run it: `python -m mtmg.patch --config best_config.yaml`", ""]  # fmt: skip
@@ -253,6 +327,7 @@ def write(cfg: DatasetSweepConfig, base: patch.PatchConfig, plan: Plan, out: Pat
                *[f"- {r.get('config/patching')}: {r['error']}" for r in failed], ""]  # fmt: skip
     summary = {
         "model": base.model,
+        "patching": {lab: list(m) for lab, m in plan.entries.items()},
         "gain": matrix,
         "zeroshot": zeroshot,
         "best": best["config/patching"] if best else None,
@@ -280,18 +355,22 @@ def write(cfg: DatasetSweepConfig, base: patch.PatchConfig, plan: Plan, out: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python sweeps/dataset_sweep.py --patching SHARDS ... --out DIR [options]`."""
+    """`python sweeps/dataset_sweep.py --patching SHARDS|A+B ... --out DIR [options]`."""
     cfg = tuning.parse(
         DatasetSweepConfig,
         argv,
-        "Which patching dataset helps which evaluation dataset: one Ray Tune trial per "
-        "patching dataset (fine-tune, select alpha), every evaluation dataset evaluated "
-        "zero-shot and patched.",
+        "Which patching dataset, or mixture of datasets (PAINT's joint patching), helps which "
+        "evaluation dataset: one Ray Tune trial per --patching entry (fine-tune, select alpha), "
+        "every evaluation dataset evaluated zero-shot and patched.",
+        "--patching entries: a shard set (one trial patching on it), or shard sets joined by\n"
+        "'+' (A+B: one trial patching on A and B together, `mtmg.patch --data A --joint-data\n"
+        "B`). An entry that is itself a shard set stays one set even if its path holds '+';\n"
+        "one that reads both ways is refused. Example: --patching ben ems ben+ems.\n"
         "outputs in --out: gains.parquet/.csv (patching x evaluation: zero-shot, patched,\n"
         "fine-tuned, gain), gains.png (heat map), sweep.parquet/.csv (one row per trial),\n"
         "summary.md, summary.json, best_config.yaml (for `python -m mtmg.patch --config`),\n"
         "spec.yaml. --resume continues an interrupted sweep without re-running finished\n"
-        "trials. Mixtures of patching datasets are not supported.",
+        "trials.",
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -1,7 +1,8 @@
-"""Which patching dataset helps which evaluation dataset: a matrix of gains over zero-shot
-(Ray Tune, one trial per patching dataset).
+"""Which patching dataset, or mixture of datasets (PAINT's joint patching), helps which
+evaluation dataset: a matrix of gains over zero-shot (Ray Tune, one trial per --patching entry).
 
-python sweeps/dataset_sweep.py --patching SHARDS ... --eval-data SHARDS ... --out DIR [--cluster]
+python sweeps/dataset_sweep.py --patching SHARDS ... A+B ... --eval-data SHARDS ... --out DIR
+    [--cluster]          (A+B: one trial patching on shard sets A and B together)
 """
 
 import sys

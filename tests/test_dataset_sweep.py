@@ -105,6 +105,54 @@ def test_gain_matrix_with_a_failing_trial(sets, tmp_path):
     assert again.epochs == 6 and again.selection == "patching" and again.out == str(out)
 
 
+def test_a_mixture_is_a_row_of_the_matrix(sets, tmp_path):
+    """`--patching A+B`: one trial patching on both sets together (joint patching), its row of
+    the gain matrix, and a best_config.yaml that `mtmg.patch` takes as that joint patching."""
+    out = tmp_path / "mix"
+    ben, ems, img = (str(sets / f"{n}-shards") for n in ("ben", "ems", "img"))
+    code = dataset_sweep.main(_argv(sets, out, "--patching", f"{ben}+{ems}", "--eval-data", img,
+                                    "--epochs", "2"))  # fmt: skip
+    assert code == 0
+    label, evals = "bigearthnet+eurosat-ms", ["bigearthnet", "eurosat-ms", "imagefolder"]
+    (row,) = _table(out / "sweep.parquet")
+    assert row["status"] == "TERMINATED" and row["config/patching"] == label
+    for e in evals:
+        assert row[f"gain/{e}"] == pytest.approx(row[f"patched/{e}"] - row[f"zeroshot/{e}"])
+    assert row["self_gain"] == pytest.approx((row["gain/bigearthnet"] + row["gain/eurosat-ms"]) / 2)
+    gains = _table(out / "gains.parquet")
+    assert [(g["patching"], g["evaluation"]) for g in gains] == [(label, e) for e in evals]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"] == label and set(summary["gain"][label]) == set(evals)
+    assert summary["patching"] == {label: [ben, ems]}
+    assert f"| {label} |" in (out / "summary.md").read_text() and (out / "gains.png").exists()
+    # read and checked as `python -m mtmg.patch --config best_config.yaml` does
+    cfg = config.parse(patch.PatchConfig, ["--config", str(out / "best_config.yaml")], "")
+    assert (cfg.data, cfg.joint_data, cfg.eval_data) == (ben, (ems,), (img,))
+    _, patch_sets = patch.validate(cfg)
+    assert [(role, p) for role, p, _ in patch_sets] == [("patching", ben), ("patching", ems),
+                                                        ("eval", img)]  # fmt: skip
+
+
+def test_patching_entries(sets, tmp_path, monkeypatch):
+    """A path holding '+' is one set when it is one; an entry that reads both ways is refused."""
+    ben, ems = sets / "ben-shards", sets / "ems-shards"
+    assert dataset_sweep.parse_entry(f"{ben}+{ems}") == (str(ben), str(ems))
+    monkeypatch.chdir(tmp_path)
+    Path("a+b").symlink_to(ben)  # paths are resolved: a linked set is its target
+    assert dataset_sweep.parse_entry("a+b") == (str(ben),)
+    Path("a").symlink_to(ben)
+    assert dataset_sweep.parse_entry("a+b") == (str(ben),)
+    Path("b").symlink_to(ems)
+    with pytest.raises(ValueError, match="both a shard set and a mixture"):
+        dataset_sweep.parse_entry("a+b")
+    Path("a+b").unlink()
+    assert dataset_sweep.parse_entry("a+b") == (str(ben), str(ems))
+    with pytest.raises(ValueError, match="the same shard sets appear in another entry"):
+        dataset_sweep.entries([f"{ben}+{ems}", f"{ems}+{ben}"])
+    with pytest.raises(ValueError, match="a shard set twice in one mixture"):
+        dataset_sweep.parse_entry(f"{ben}+{ben}")
+
+
 def _finished(exp: Path) -> dict[str, dict]:
     out = {}
     for f in exp.glob("trial_*/result.json"):
@@ -185,3 +233,4 @@ def test_help():
                 "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent", "--storage",
                 "--spec"):  # fmt: skip
         assert opt in r.stdout, opt
+    assert "A+B" in r.stdout and "not supported" not in r.stdout  # mixtures are rows
