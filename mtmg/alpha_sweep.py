@@ -59,7 +59,8 @@ ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 RUN_FILES = ("config.yaml", "theta_zs.safetensors", "theta_ft.safetensors")
 # options a resumed sweep must share with the interrupted one (the rest may change)
 SEARCH_KEYS = ("search", "alphas", "alpha_range", "alpha_step", "multi_objective", "num_samples",
-               "seed", "selection", "tolerance", "run", "data", "supported")  # fmt: skip
+               "seed", "selection", "tolerance", "run", "data", "joint_data",
+               "supported")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class AlphaSweepConfig(tuning.SweepConfig):
     data: str | None = option(
         None, help="patching shard set: without --run, fine-tune once (into OUT/patch) and "
         "sweep; with --run, replaces the run's"
+    )  # fmt: skip
+    joint_data: tuple[str, ...] = option(
+        (), help="more patching shard sets fine-tuned on together with --data (PAINT's joint "
+        "patching, see mtmg.patch); with --run, replace the run's"
     )  # fmt: skip
     supported: tuple[str, ...] = option(
         (), help="supported-task shard sets (with --run: replace the run's)"
@@ -171,7 +176,7 @@ def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
         # the fine-tune's own alpha evaluation is not the sweep: keep it to the two ends
         values.update(out=str(Path(cfg.out).resolve() / "patch"), alphas=(0.0, 1.0),
                       cluster=cfg.cluster)  # fmt: skip
-    for key in ("data", "supported", "eval_data"):
+    for key in ("data", "joint_data", "supported", "eval_data"):
         if getattr(cfg, key):
             values[key] = getattr(cfg, key)
     for key in ("eval_batch_size", "loader_workers", "cache_dir"):
@@ -182,7 +187,8 @@ def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
     if "data" not in values:
         raise ValueError("the patch config names no --data shard set")
     pcfg = patch.PatchConfig(**values)
-    paths = dict(data=_abs(pcfg.data), supported=tuple(_abs(p) for p in pcfg.supported),
+    paths = dict(data=_abs(pcfg.data), joint_data=tuple(_abs(p) for p in pcfg.joint_data),
+                 supported=tuple(_abs(p) for p in pcfg.supported),
                  eval_data=tuple(_abs(p) for p in pcfg.eval_data))  # fmt: skip
     return replace(pcfg, **paths)
 

@@ -53,7 +53,10 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif typing.get_origin(tp) in (tuple, list):
         inner = typing.get_args(tp)[0]
-        parser.add_argument(flag, type=inner, nargs="+", metavar=f.name.upper(), **kw)
+        # a repeated flag adds to the list (`--supported A --supported B`), as `--supported A B`
+        parser.add_argument(
+            flag, type=inner, nargs="+", action="extend", metavar=f.name.upper(), **kw
+        )
     else:
         metavar = None if "choices" in meta else meta.get("metavar", f.name.upper())
         parser.add_argument(flag, type=_none_or(tp) if optional else tp, metavar=metavar, **kw)

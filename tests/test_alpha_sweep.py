@@ -291,6 +291,21 @@ def test_spec_file_and_flags(tmp_path):
     assert cfg.search == "optuna" and cfg.alpha_range == (0.2, 0.8) and cfg.num_samples == 7
 
 
+def test_joint_patching_sets_reach_the_fine_tune(tmp_path, monkeypatch):
+    """--joint-data goes to the sweep's own fine-tune (mtmg.patch's joint patching), as absolute
+    paths; every patching set then counts in the trials' patching metric (role 'patching')."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tuning.parse(alpha_sweep.AlphaSweepConfig,
+                       ["--out", "o", "--data", "a", "--joint-data", "b", "c",
+                        "--supported", "s"], "d")  # fmt: skip
+    pcfg = alpha_sweep.patch_config(cfg)
+    assert pcfg.patching == tuple(str(tmp_path / p) for p in "abc")
+    assert pcfg.supported == (str(tmp_path / "s"),)
+    rows = [{"role": "patching", "value": 40.0}, {"role": "patching", "value": 60.0},
+            {"role": "supported", "value": 90.0}]  # fmt: skip
+    assert alpha_sweep._mean(rows, "patching") == 50.0
+
+
 def test_help():
     r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
                        timeout=120, cwd=REPO)  # fmt: skip
