@@ -99,6 +99,27 @@ class WorkerContext:
         return box[0]
 
 
+# Ray Train V2's controller takes each worker's report when it polls the workers, every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and a worker's next report waits until the
+# previous one was taken: every epoch shorter than the interval would last the whole interval
+# (measured: 16 short epochs took 1.9 s each under Ray Train, 0.5 s in a plain process). The
+# driver's value travels to the controller; a value the user set is kept.
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+POLL_INTERVAL_S = 0.2
+
+
+@contextlib.contextmanager
+def _poll_interval(seconds: float) -> Iterator[None]:
+    if POLL_INTERVAL_ENV in os.environ:
+        yield
+        return
+    os.environ[POLL_INTERVAL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(POLL_INTERVAL_ENV, None)
+
+
 def fit(
     train_fn: Callable[[dict], None],
     config: dict[str, Any],
@@ -134,7 +155,8 @@ def fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    return trainer.fit()
+    with _poll_interval(POLL_INTERVAL_S):
+        return trainer.fit()
 
 
 def gpu_available() -> bool:
