@@ -32,13 +32,16 @@ def test_demo_end_to_end_and_rerun(tmp_path):
           for d, m in (("bigearthnet", "mAP"), ("imagefolder", "top1"))}  # fmt: skip
     patched = {d: _row(rows, "patched CLIP", d, m)
                for d, m in (("bigearthnet", "mAP"), ("imagefolder", "top1"))}  # fmt: skip
-    # the tiny CLIP is zero-shot capable on the supported task, poor on the patching task
+    # the small CLIP is zero-shot capable on the supported task, poor on the patching task
     assert zs["imagefolder"] > 80 and zs["bigearthnet"] < 40
     # fine-tuning raises the patching metric and costs supported accuracy (PAINT's trade-off)
-    assert ft["bigearthnet"] > zs["bigearthnet"] + 5
+    assert ft["bigearthnet"] > zs["bigearthnet"] + 20
     assert ft["imagefolder"] < zs["imagefolder"] - 5
     # the chosen alpha (constrained rule, 5 points on validation) keeps the supported task close
-    assert patched["imagefolder"] > zs["imagefolder"] - 10
+    # to zero-shot and most of the patching gain (measured: 67 % of it, 1 point below zero-shot)
+    assert patched["imagefolder"] > zs["imagefolder"] - 5
+    gain = patched["bigearthnet"] - zs["bigearthnet"]
+    assert gain > 0.5 * (ft["bigearthnet"] - zs["bigearthnet"]), (zs, patched, ft)
 
     # the aligned MS encoder lands in CLIP's space: cosine and retrieval far above its start
     def both(model: str, metric: str) -> float:
@@ -48,6 +51,13 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     before, after = (_row(rows, m, "bigearthnet", "cosine") for m in ("untrained", "aligned"))
     assert after > before + 0.3, (before, after)
     assert both("aligned", "R@10") > both("untrained", "R@10") + 10
+    chance = 100 / 72  # R@1 over the 72 test patches of 360
+    assert both("aligned", "R@1") > 5 * chance
+    # ... and classifies zero-shot through CLIP's text head: well above its untrained version,
+    # more than half the way to the patched teacher's RGB metric
+    untrained, aligned = (_row(rows, m, "bigearthnet", "mAP") for m in ("untrained", "aligned"))
+    assert aligned > untrained + 10
+    assert aligned - untrained > 0.5 * (patched["bigearthnet"] - untrained), (untrained, aligned)
     # a rerun skips every step
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 9
