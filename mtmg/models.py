@@ -1,10 +1,11 @@
 """open_clip models, offline-proof: configs, pretrained weights, strict loads, image-tower states.
 
-Importing this module registers the tiny architectures shipped in `mtmg/model_configs/`
-(`mtmg-tiny-vit`, `mtmg-small-vit`) with open_clip. Weights are resolved without waiting on the
-network: a pretrained tag is used from the local Hugging Face / open_clip cache, downloaded only
-when the hub answers within seconds, and otherwise fails at once with instructions. Every load is
-strict (`strict=True`); a mismatching checkpoint is reported by file, key and shape.
+Importing this module registers the small architectures shipped in `mtmg/model_configs/`
+(`mtmg-tiny-vit`, `mtmg-small-vit`, `mtmg-demo-vit`) with open_clip. Weights are resolved without
+waiting on the network: a pretrained tag is used from the local Hugging Face / open_clip cache,
+downloaded only when the hub answers within seconds, and otherwise fails at once with
+instructions. Every load is strict (`strict=True`); a mismatching checkpoint is reported by
+file, key and shape.
 
 PAINT's weight-space operations (`image_state`, `interpolate`, `load_image_state`,
 `save_checkpoint`) live in `mtmg.weights`.

@@ -122,7 +122,7 @@ def local_cluster(tmp_path_factory):
     yield client_env
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=15)
+        head.wait(timeout=3)  # nothing to keep: the head's processes are killed soon after
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()

@@ -58,7 +58,7 @@ def _closed_port() -> int:
 
 def test_shipped_configs_registered_on_import():
     shipped = sorted(p.stem for p in models.CONFIG_DIR.glob("*.json"))
-    assert shipped == ["mtmg-small-vit", "mtmg-tiny-vit"]
+    assert shipped == ["mtmg-demo-vit", "mtmg-small-vit", "mtmg-tiny-vit"]
     assert set(shipped) <= set(open_clip.list_models())
 
 
