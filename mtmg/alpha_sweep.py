@@ -531,7 +531,6 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     }
     plan = replace(plan, shared=shared)
     times["prepare_s"] = time.perf_counter() - t1
-    from ray import tune
 
     out.mkdir(parents=True, exist_ok=True)
     spec = {**tuning.resolved_spec(cfg), "run": str(run_dir)}
@@ -539,7 +538,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     param_space, search_alg, n = _search(cfg, bool(pcfg.supported))
     t2 = time.perf_counter()
     grid = tuning.run_tuner(
-        tune.with_parameters(trial, plan=plan), cfg, name=NAME, param_space=param_space,
+        tuning.bind(trial, plan=plan), cfg, name=NAME, param_space=param_space,
         search_alg=search_alg, num_samples=n,
     )  # fmt: skip
     times["tune_s"] = time.perf_counter() - t2

@@ -11,7 +11,7 @@ PAINT's rule with `--supported`) and reports validation and test metrics at the 
 vit_base_patch16_224 [--student-inits none SSL4EO.pth] --data SHARDS ... --teacher PATCH_RUN
 --out DIR` runs one trial per (timm student, init, alignment dataset): `mtmg.align.worker` in
 the trial, reporting validation metrics every epoch and test metrics at the end. The teacher is
-fixed: its image tower and heads go to the object store once (`tune.with_parameters`).
+fixed: its image tower and heads go to the object store once (`mtmg.tune.bind`).
 
 `--search grid` runs every combination; `--search optuna` samples `--num-samples` of them (TPE
 over the categorical axes). A combination that cannot run (an unknown model name, a missing
@@ -474,12 +474,11 @@ def run(cfg: BackboneSweepConfig) -> dict[str, Any]:
         )  # fmt: skip
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    from ray import tune
 
     tuning.preload(cfg, TRIAL_MODULES)
     tuning.init(cfg)
     tuning.can_resume(cfg, NAME)
-    trainable = tune.with_parameters(trainable_fn, plan=plan)
+    trainable = tuning.bind(trainable_fn, plan=plan)
     result = tuning.run_tuner(trainable, cfg, name=NAME, **_search(cfg, space))
     return write(cfg, base, plan, out, finished_rows(result))
 

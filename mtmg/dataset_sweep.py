@@ -251,7 +251,7 @@ def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
         head_weights, paths, labels, names, supported, max(1, int(cfg.cpus_per_trial)),
         cfg.gpus_per_trial > 0, cfg.trial_delay, bundle.build_kwargs,
     )  # fmt: skip
-    trainable = tune.with_parameters(trial, plan=plan)
+    trainable = tuning.bind(trial, plan=plan)
     space = {"patching": tune.grid_search(list(names))}
     result = tuning.run_tuner(trainable, cfg, name=NAME, param_space=space)
     return write(cfg, base, plan, out, finished_rows(result))

@@ -5,7 +5,7 @@
 Each trial is one alignment run (`mtmg.align`'s loop, in the trial's process) that reports its
 validation metrics every epoch; with `--search optuna` Optuna (TPE) proposes the settings and ASHA
 stops poor trials early. Teacher weights, heads and the student's initial weights go to the object
-store once (`tune.with_parameters`); every trial starts from the same student.
+store once (`mtmg.tune.bind`); every trial starts from the same student.
 
 A space option takes values: in a grid every combination is run; for Optuna two numbers are a
 range (learning rate on a log scale), one number is fixed, more are a choice.
@@ -238,7 +238,7 @@ def run(cfg: LossSweepConfig) -> dict[str, Any]:
         sets, cfg.objective, max(1, int(cfg.cpus_per_trial)), cfg.gpus_per_trial > 0,
         cfg.trial_delay,
     )  # fmt: skip
-    trainable = tune.with_parameters(trial, plan=plan)
+    trainable = tuning.bind(trial, plan=plan)
     if cfg.search == "grid":
         points = grid(cfg)
         param_space = {k: tune.grid_search(sorted({p[k] for p in points}, key=str))
