@@ -4,7 +4,8 @@ On one generated BigEarthNet shard set, with the same teacher, student, batch si
   plain       a single-process loop: frozen CLIP image tower on RGB, student on 13 bands,
               MSE + 0.05 * BCE through the zero-shot head, AdamW (what one writes by hand)
   ray_train   `mtmg.align` as a Ray Train TorchTrainer job with 1 worker (skipped: --no-ray)
-Samples/s are steady-state (first two steps excluded); runs alternate, medians are reported.
+Samples/s are steady-state (first two steps excluded); runs alternate, medians are reported;
+every timed run starts once the CPUs are idle (bench/common.py: wait_quiet).
 Prints one JSON object.
 
     python bench/align_step.py                     # CPU: mtmg-small-vit teacher, small student
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import wait_quiet  # noqa: E402
 from patch_step import make_shards  # noqa: E402
 
 from mtmg import align, data, heads, models, student, transforms  # noqa: E402
@@ -118,8 +120,9 @@ def main() -> None:
             "batch_size": args.batch_size, "precision": args.precision,
             "train_samples": ds.count("train"), "gpu_augment": args.gpu_augment,
         }  # fmt: skip
-        plain, job, wall = [], [], []
+        plain, job, wall, waited = [], [], [], []
         for r in range(args.repeats):  # alternated: this machine is noisy
+            waited.append(wait_quiet())
             plain.append(plain_rate(ds, args))  # no Ray running
             if args.no_ray:
                 continue
@@ -128,11 +131,13 @@ def main() -> None:
             from mtmg.cluster import init_ray
 
             init_ray(num_cpus=os.cpu_count())
+            waited.append(wait_quiet())  # Ray's start-up is over, as in any long job
             res = ray_train_rate(ds, args, work / f"run{r}")
             job.append(res["samples_per_s"])
             wall.append(res["job_wall_s"])
             ray.shutdown()
         med = statistics.median
+        result["waited_for_idle_cpus_s"] = waited
         result["plain_loop_samples_per_s"] = round(med(plain), 1)
         if job:
             result.update({

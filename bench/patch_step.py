@@ -5,7 +5,8 @@ On one generated BigEarthNet shard set, with the same model, batch size and data
   plain         a single-process PyTorch loop: image tower + frozen zero-shot head, AdamW
   ray_train     `mtmg.patch` as a Ray Train TorchTrainer job with 1 worker (skipped: --no-ray)
   ray_data      `ray.data.read_webdataset` + the same decoding, for the loader choice
-Samples/s are steady-state (first two steps excluded). Prints one JSON object.
+Samples/s are steady-state (first two steps excluded); every timed run starts once the CPUs
+are idle (a fresh Ray's start-up is not the job's steady state). Prints one JSON object.
 
     python bench/patch_step.py                                   # CPU, mtmg-small-vit
     python bench/patch_step.py --model ViT-B-32 --precision bf16 --device cuda --no-ray
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import cpu_busy_percent, wait_quiet
 
 from mtmg import data, heads, models, storage, synth, transforms
 from mtmg.raw import make_layout
@@ -162,9 +164,10 @@ def main() -> None:
             "gpu_augment": args.gpu_augment,
             "loader_samples_per_s": round(loader_rate(ds, dec, args), 1),
         }  # fmt: skip
-        plain, plain_up, job, wall = [], [], [], []
+        plain, plain_up, job, wall, waited = [], [], [], [], []
         for r in range(args.repeats):  # alternated, medians reported: this machine is noisy
             torch.manual_seed(0)
+            waited.append(wait_quiet())
             plain.append(plain_rate(ds, dec, models.load_clip(args.model, None), args))
             if args.no_ray:
                 continue
@@ -173,16 +176,21 @@ def main() -> None:
             from mtmg.cluster import init_ray
 
             init_ray(num_cpus=os.cpu_count())
+            waited.append(wait_quiet())  # Ray's start-up is over, as in any long job
+            if r == 0:  # what Ray's daemons take from the CPUs while nothing runs
+                result["ray_idle_cpu_percent"] = cpu_busy_percent()
             res = ray_train_rate(ds, args, work / f"run{r}")
             job.append(res["samples_per_s"])
             wall.append(res["job_wall_s"])
             # the same plain loop with Ray's daemons running beside it, as the job had
             torch.manual_seed(0)
+            waited.append(wait_quiet())
             plain_up.append(plain_rate(ds, dec, models.load_clip(args.model, None), args))
             if r == args.repeats - 1:
                 result["ray_data_samples_per_s"] = round(ray_data_rate(ds, dec, args), 1)
             ray.shutdown()
         med = statistics.median
+        result["waited_for_idle_cpus_s"] = waited
         result["plain_loop_samples_per_s"] = round(med(plain), 1)
         result["loader_vs_plain_training"] = round(
             result["loader_samples_per_s"] / result["plain_loop_samples_per_s"], 2

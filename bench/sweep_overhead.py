@@ -31,7 +31,6 @@ import torch
 from safetensors.torch import load_file
 
 from mtmg import alpha_sweep, data, evaluate, models, patch, prep, synth, weights
-from mtmg import tune as tuning
 from mtmg.heads import ZeroShotHead
 from mtmg.trainers import WorkerContext
 
@@ -99,8 +98,6 @@ def main() -> None:
 
         from mtmg.cluster import init_ray
 
-        # as the sweep's CLI does before Ray starts: idle workers import the trial code
-        tuning.preload(alpha_sweep.AlphaSweepConfig(out=str(work)), alpha_sweep.TRIAL_MODULES)
         t0 = time.perf_counter()
         init_ray(num_cpus=os.cpu_count())
         ray_init_s = time.perf_counter() - t0

@@ -482,8 +482,8 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     pcfg = patch_config(cfg)
     if cfg.multi_objective and not pcfg.supported:
         raise ValueError("--multi-objective needs a supported set (--supported)")
-    tuning.preload(cfg, TRIAL_MODULES)
-    if cfg.run:
+    if cfg.run:  # not before a fine-tune: see tune.preload
+        tuning.preload(cfg, TRIAL_MODULES)
         bundle, sets = patch.validate(pcfg)
         run_dir = Path(cfg.run).resolve()
     else:
@@ -502,7 +502,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     theta_zs = load_file(str(run_dir / "theta_zs.safetensors"))
     theta_ft = load_file(str(run_dir / "theta_ft.safetensors"))
     weights.load_image_state(bundle.model, theta_zs)  # also checks the run's tensors fit
-    heads = _heads(pcfg, bundle, sets)
+    heads = patch.build_heads(pcfg, bundle, sets)  # as the fine-tune built them (cached)
     labels = _labels(sets)
     plan = Plan(
         sets=tuple((r, p, n, lab) for (r, p, n), lab in zip(sets, labels, strict=True)),
@@ -579,18 +579,6 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     tuning.write_outputs(out, rows, summary_md=summary.pop("_md"), summary=summary, spec=spec,
                          best_config=summary.pop("_best"))  # fmt: skip
     return summary
-
-
-def _heads(pcfg: patch.PatchConfig, bundle: models.ClipBundle, sets) -> list[torch.Tensor]:
-    """Zero-shot heads as the patch stage builds them (cached on disk)."""
-    from mtmg import patch
-
-    build = getattr(patch, "build_heads", None)
-    if build is not None:
-        return build(pcfg, bundle, sets)
-    from mtmg import heads  # build_heads may move there
-
-    return heads.build_heads(pcfg, bundle, sets)
 
 
 def _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test, chosen,
