@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,53 @@ def local_cluster(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+
+
+# Command lines as users type them (run from the repository root). Each is a fresh interpreter
+# that imports torch and open_clip: seconds apiece, so `cli` starts them all at once.
+CLI = {
+    "align --help": ["-m", "mtmg.align", "--help"],
+    "patch --help": ["-m", "mtmg.patch", "--help"],
+    "pretrain --help": ["-m", "mtmg.pretrain", "--help"],
+    "demo --help": ["-m", "mtmg.demo", "--help"],
+    "report --help": ["-m", "mtmg.report", "--help"],
+    "shard --help": ["data_prep/shard.py", "--help"],
+    "alpha_sweep --help": ["sweeps/alpha_sweep.py", "--help"],
+    "loss_sweep --help": ["sweeps/loss_sweep.py", "--help"],
+    "backbone_sweep --help": ["sweeps/backbone_sweep.py", "--help"],
+    "dataset_sweep --help": ["sweeps/dataset_sweep.py", "--help"],
+    "demo --patches 10": ["-m", "mtmg.demo", "--out", "{tmp}/demo", "--patches", "10"],
+    "report without runs": ["-m", "mtmg.report", "--out", "{tmp}/report"],
+    "shard without options": ["data_prep/shard.py", "eurosat"],
+}
+
+
+@dataclass
+class CliRuns:
+    tmp: Path  # what `{tmp}` stood for
+    runs: dict[str, subprocess.CompletedProcess]
+
+    def __getitem__(self, name: str) -> subprocess.CompletedProcess:
+        return self.runs[name]
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory) -> CliRuns:
+    """Every command line of `CLI`, run once per session, in parallel: `cli[name]` is its
+    result. `{tmp}` is a fresh directory (tests check that bad input leaves nothing there)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, *(a.format(tmp=tmp) for a in argv)],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for name, argv in CLI.items()
+    }
+    out = {}
+    for name, p in procs.items():
+        stdout, stderr = p.communicate(timeout=300)
+        out[name] = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+    return CliRuns(tmp, out)

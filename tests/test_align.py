@@ -242,9 +242,8 @@ def _rgb_checkpoint(tmp_path):
     return path
 
 
-def test_help_lists_every_option():
-    r = subprocess.run([sys.executable, "-m", "mtmg.align", "--help"], capture_output=True,
-                       text=True, cwd=REPO, timeout=120)  # fmt: skip
+def test_help_lists_every_option(cli):
+    r = cli["align --help"]
     assert r.returncode == 0
     for f in dataclasses.fields(align.AlignConfig):
         assert "--" + f.name.replace("_", "-") in r.stdout, f.name

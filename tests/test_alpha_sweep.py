@@ -305,9 +305,8 @@ def test_joint_patching_sets_reach_the_fine_tune(tmp_path, monkeypatch):
     assert alpha_sweep._mean(rows, "patching") == 50.0
 
 
-def test_help():
-    r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
-                       timeout=120, cwd=REPO)  # fmt: skip
+def test_help(cli):
+    r = cli["alpha_sweep --help"]
     assert r.returncode == 0
     for opt in ("--run", "--data", "--supported", "--alphas", "--alpha-range", "--search",
                 "--multi-objective", "--cluster", "--cpus-per-trial", "--gpus-per-trial",

@@ -255,9 +255,8 @@ def test_teacher_specs():
     assert backbone_sweep.teacher_label("x:/w/a.pt") == "x:a.pt"
 
 
-def test_help():
-    r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
-                       cwd=REPO, timeout=120)  # fmt: skip
+def test_help(cli):
+    r = cli["backbone_sweep --help"]
     assert r.returncode == 0
     for opt in ("--stage", "--teachers", "--students", "--student-inits", "--student-args",
                 "--data", "--supported", "--resume", "--cluster", "--cpus-per-trial",

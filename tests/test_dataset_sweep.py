@@ -224,9 +224,8 @@ def test_bad_input_fails_before_ray(sets, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_help():
-    r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
-                       cwd=REPO, timeout=120)  # fmt: skip
+def test_help(cli):
+    r = cli["dataset_sweep --help"]
     assert r.returncode == 0
     for opt in ("--patching", "--eval-data", "--supported", "--resume", "--cluster",
                 "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent", "--storage",

@@ -63,16 +63,12 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 9
 
 
-def test_demo_and_report_help_and_bad_input(tmp_path):
-    for module in ("mtmg.demo", "mtmg.report"):
-        r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
-                           text=True, cwd=REPO, timeout=120)  # fmt: skip
-        assert r.returncode == 0 and "--out" in r.stdout, module
-    r = subprocess.run([sys.executable, "-m", "mtmg.demo", "--out", str(tmp_path / "d"),
-                        "--patches", "10"], capture_output=True, text=True, cwd=REPO,
-                       timeout=120)  # fmt: skip
+def test_demo_and_report_help_and_bad_input(cli):
+    for command in ("demo --help", "report --help"):
+        r = cli[command]
+        assert r.returncode == 0 and "--out" in r.stdout, command
+    r = cli["demo --patches 10"]
     assert r.returncode == 2 and "--patches must be at least 120" in r.stderr
-    assert not (tmp_path / "d").exists()
-    r = subprocess.run([sys.executable, "-m", "mtmg.report", "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert not (cli.tmp / "demo").exists()
+    r = cli["report without runs"]
     assert r.returncode == 2 and "runs" in r.stderr

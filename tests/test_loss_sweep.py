@@ -172,9 +172,8 @@ def test_bad_input_fails_before_ray(shards, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
-def test_help():
-    r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
-                       cwd=REPO, timeout=120)  # fmt: skip
+def test_help(cli):
+    r = cli["loss_sweep --help"]
     assert r.returncode == 0
     for opt in ("--w-txt", "--distance", "--objective", "--asha", "--resume", "--cluster",
                 "--cpus-per-trial", "--storage", "--spec"):  # fmt: skip

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import open_clip
@@ -28,8 +26,6 @@ from mtmg.pretrain import (
 )
 from mtmg.pretrain import zeroshot_accuracy as zs_acc
 from mtmg.weights import weights_fingerprint
-
-from conftest import REPO
 
 # Measured: 150 steps x 64 pairs, 48 images per class gives 85-94 % (seeds 0-2) against 16.7 %
 # chance in 6-15 s; the margin leaves room for seeds and BLAS differences.
@@ -95,14 +91,8 @@ def test_bad_class_is_an_error(tmp_path, capsys):
     assert not (tmp_path / RESULT).exists()
 
 
-def test_help():
-    proc = subprocess.run(
-        [sys.executable, "-m", "mtmg.pretrain", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_help(cli):
+    proc = cli["pretrain --help"]
     assert proc.returncode == 0, proc.stderr
     assert "--out" in proc.stdout and "--steps" in proc.stdout
     assert "clip.safetensors" in proc.stdout

@@ -288,15 +288,13 @@ def test_cli_exit_codes_and_messages(ray_session, tmp_path, small_tree, capsys):
     assert f"rejected {keys[0]}" in captured
 
 
-def test_cli_help_and_missing_options():
-    r = subprocess.run([sys.executable, str(REPO / "data_prep" / "shard.py"), "--help"],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+def test_cli_help_and_missing_options(cli):
+    r = cli["shard --help"]
     assert r.returncode == 0
     for word in ("--root", "--out", "--s1", "--splits", "--cluster", "--workers", "--limit",
                  "--skip-bad", "bigearthnet-v2", "eurosat-ms", "manifest.json"):  # fmt: skip
         assert word in r.stdout
-    r = subprocess.run([sys.executable, str(REPO / "data_prep" / "shard.py"), "eurosat"],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = cli["shard without options"]
     assert r.returncode == 2 and "--root, --out" in r.stderr
 
 
