@@ -255,17 +255,10 @@ def _train(cfg: AlignConfig, ctx, m: Models, sets, fail_once=None) -> dict[str, 
                     t_emb = m.teacher(batch["rgb"])
                 s_emb = model(x)
             loss, parts = loss_parts(cfg, s_emb.float(), t_emb.float(), head, y, multi_label)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
+            training.optimizer_step(loss, opt, sched, params, cfg.grad_clip)
             state["step"] += 1
             meter.step(len(y))
-            if fail_once and state["step"] == fail_once[1] and not Path(fail_once[0]).exists():
-                Path(fail_once[0]).touch()
-                raise RuntimeError(f"injected worker failure at step {state['step']}")
+            training.inject_failure(fail_once, state["step"])
             total += torch.stack([loss.detach() * len(y), torch.tensor(len(y), device=ctx.device)])
             state["losses"].append(
                 {"step": state["step"], "loss": loss.item(),

@@ -273,17 +273,10 @@ def _epoch(cfg, ctx, clf, tasks, optim, epoch, step, losses, fail_once):
             pairs = zip(loss_fns, logits, ys, strict=True)
             per_set = torch.stack([f(lg.float(), y) for f, lg, y in pairs])
             loss = per_set.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
+        training.optimizer_step(loss, opt, sched, params, cfg.grad_clip)
         step, n = step + 1, n + 1
         meter.step(len(x))
-        if fail_once and step == fail_once[1] and not os.path.exists(fail_once[0]):
-            Path(fail_once[0]).touch()
-            raise RuntimeError(f"injected worker failure at step {step}")
+        training.inject_failure(fail_once, step)
         size = torch.tensor([len(x)], device=ctx.device, dtype=total.dtype)
         total += torch.cat([loss.detach().reshape(1) * len(x), size, per_set.detach()])
         losses.append([step, loss.item()])

@@ -60,6 +60,24 @@ def ray_value(x: Any) -> Any:
         return x
 
 
+def optimizer_step(loss: torch.Tensor, opt, sched, params, grad_clip: float) -> None:
+    """Backward, gradient-norm clipping (when `grad_clip` > 0), optimiser and schedule step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+
+
+def inject_failure(fail_once: tuple[str, int] | None, step: int) -> None:
+    """Tests: `fail_once=(marker, step)` kills the worker once at that step, to exercise resume
+    (the marker file says it happened)."""
+    if fail_once and step == fail_once[1] and not os.path.exists(fail_once[0]):
+        Path(fail_once[0]).touch()
+        raise RuntimeError(f"injected worker failure at step {step}")
+
+
 class ThroughputMeter:
     """Training samples/s in steady state: from the end of the second step (start-up and the
     first batches of the data loader excluded) to the last, synchronised with the GPU."""
