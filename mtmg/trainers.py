@@ -102,22 +102,53 @@ class WorkerContext:
 # Ray Train V2's controller takes each worker's report when it polls the workers, every
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and a worker's next report waits until the
 # previous one was taken: every epoch shorter than the interval would last the whole interval
-# (measured: 16 short epochs took 1.9 s each under Ray Train, 0.5 s in a plain process). The
-# driver's value travels to the controller; a value the user set is kept.
+# (measured: 16 short epochs took 1.9 s each under Ray Train, 0.5 s in a plain process).
 POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 POLL_INTERVAL_S = 0.2
+# On the embedded Ray (`mtmg.cluster.init_ray`, no dashboard modules): no metrics export
+# (nothing shows them) and no preemption watcher (one node, nothing to preempt): each is a
+# process or thread that takes CPU from the training on a small machine.
+LEAN_ENV = {"RAY_TRAIN_METRICS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 @contextlib.contextmanager
-def _poll_interval(seconds: float) -> Iterator[None]:
-    if POLL_INTERVAL_ENV in os.environ:
-        yield
-        return
-    os.environ[POLL_INTERVAL_ENV] = str(seconds)
+def _train_env(values: dict[str, str]) -> Iterator[None]:
+    """Set Ray Train's environment knobs for one `fit` (the driver's values travel to the
+    controller and workers); a value the user set is kept."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
     try:
         yield
     finally:
-        os.environ.pop(POLL_INTERVAL_ENV, None)
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _trainer_class(lean: bool) -> type:
+    """TorchTrainer, without the placement-group cleaner when `lean` (the embedded Ray).
+
+    The cleaner is a detached actor that asks the state API (a dashboard module) every second
+    whether the controller still lives, to free its placement group if it died. The embedded
+    Ray has no state API, so every ask would fail with a warning, forever; and there is nothing
+    to clean: the placement group ends with the driver's Ray.
+    """
+    from ray.train.torch import TorchTrainer
+
+    if not lean or not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:  # another Ray: leave its defaults
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return LeanTorchTrainer
 
 
 def fit(
@@ -135,14 +166,17 @@ def fit(
 
     Re-running with the same `storage_path` and `name` resumes from the run's latest checkpoint
     (Train V2 resumes by identity); a worker failure restarts from it up to `max_failures` times.
+    On the embedded Ray the job runs lean: see `LEAN_ENV`, `_trainer_class`.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
 
+    from mtmg.cluster import is_embedded
+
+    lean = is_embedded()
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     if "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)  # workers change their cwd
-    trainer = TorchTrainer(
+    trainer = _trainer_class(lean)(
         train_fn,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
@@ -155,7 +189,8 @@ def fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    with _poll_interval(POLL_INTERVAL_S):
+    env = {POLL_INTERVAL_ENV: str(POLL_INTERVAL_S), **(LEAN_ENV if lean else {})}
+    with _train_env(env):
         return trainer.fit()
 
 
