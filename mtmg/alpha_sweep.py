@@ -9,7 +9,9 @@ on the validation splits of the patching and supported sets. The driver puts eve
 needs in the object store once: the image tower, theta_zs, theta_ft, the zero-shot heads, and
 the validation batches decoded once (while they fit in `--eval-cache-gb`; beyond that trials
 stream the shards themselves). Trials run in reused actors that keep what they fetched, so a
-trial costs an interpolation and an evaluation, not a process start or a disk read.
+trial costs an interpolation and an evaluation, not a process start or a disk read; the trial
+code (`mtmg.alpha_trial`) and, for CPU trials, the image tower (as TorchScript) load with torch
+alone, so a trial process starts without importing open_clip or torchvision.
 
 Search: `--search grid` evaluates `--alphas`; `--search optuna` runs TPE over `--alpha-range`
 (`--num-samples` trials, the two ends first). The chosen alpha follows `--selection` (PAINT's
@@ -35,18 +37,16 @@ import math
 import shutil
 import sys
 import time
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from mtmg import config, data, evaluate, models, select, weights
 from mtmg import tune as tuning
-from mtmg.heads import ZeroShotHead
+from mtmg.alpha_trial import Plan, loader, numpy_state, pack_visual, test_rows, trial
 
 if TYPE_CHECKING:
     from mtmg import patch
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 option = config.option
 NAME = "alpha_sweep"  # the Tune experiment's name under --storage
-TRIAL_MODULES = ("mtmg.alpha_sweep",)  # what trial processes import (preloaded when embedded)
+TRIAL_MODULES = ("mtmg.alpha_trial",)  # what trial processes import (preloaded when embedded)
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 RUN_FILES = ("config.yaml", "theta_zs.safetensors", "theta_ft.safetensors")
 # options a resumed sweep must share with the interrupted one (the rest may change)
@@ -218,179 +218,6 @@ def _check_resume(cfg: AlphaSweepConfig, found: bool) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- trial (worker)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What trials need besides the object-store refs (small, picklable)."""
-
-    sets: tuple[tuple[str, str, str | None, str], ...]  # (role, path, nomenclature, label)
-    names: tuple[str, ...]  # dataset names (manifest)
-    tasks: tuple[str, ...]
-    decoder: tuple  # image_size, mean, std
-    eval_batch_size: int
-    loader_workers: int
-    amp: bool
-    selection: str
-    tolerance: float
-    threads: int
-    gpu: bool
-    fail_alphas: tuple[float, ...] = ()
-    trial_delay: float = 0.0
-    shared: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-class _Holder(torch.nn.Module):
-    """An open_clip-like module holding only the image tower (`visual.*` keys)."""
-
-    def __init__(self, visual: torch.nn.Module) -> None:
-        super().__init__()
-        self.visual = visual
-
-
-def _numpy_state(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}
-
-
-def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    with warnings.catch_warnings():  # read-only object-store buffers: only ever read
-        warnings.simplefilter("ignore", UserWarning)
-        return {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-
-def _torch_batches(batches: list[dict[str, Any]]):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for b in batches:
-            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                   for k, v in b.items()}  # fmt: skip
-
-
-class Evaluator:
-    """theta(alpha) on a split of every set; built once per process from the object store."""
-
-    def __init__(self, plan: Plan, refs: dict[str, Any], *, worker: bool = True) -> None:
-        import ray
-
-        if worker:  # Ray gives a worker 1 thread; use the CPUs the trial reserved
-            torch.set_num_threads(max(1, plan.threads))
-        self.plan = plan
-        cuda = plan.gpu and torch.cuda.is_available()
-        self.device = torch.device("cuda" if cuda else "cpu")
-        self.amp = torch.bfloat16 if plan.amp and cuda else None
-        self.model = _Holder(ray.get(refs["visual"])).to(self.device).eval()
-        self.zs, self.ft = _tensors(ray.get(refs["zs"])), _tensors(ray.get(refs["ft"]))
-        self.heads = [ZeroShotHead(torch.from_numpy(w)).to(self.device)
-                      for w in ray.get(refs["heads"])]  # fmt: skip
-        self.val = {i: [b for part in ray.get(ray.get(r)) for b in part]
-                    for i, r in refs["val"].items() if r is not None}  # fmt: skip
-        self.base: float | None = None  # constrained rule: supported metric at alpha 0
-
-    def _batches(self, i: int, split: str) -> Any:
-        if split == "val" and i in self.val:
-            return _torch_batches(self.val[i])
-        return _loader(self.plan, i, split)  # too large to share: stream the shards
-
-    def rows(self, alpha: float, jobs: list[tuple[int, str]]) -> list[dict[str, Any]]:
-        weights.load_image_state(self.model, weights.interpolate(self.zs, self.ft, alpha))
-        out = []
-        for i, split in jobs:
-            role, path, _, label = self.plan.sets[i]
-            task = self.plan.tasks[i]
-            m = evaluate.classification(
-                _ctx(self.device), lambda b, h=self.heads[i]: h(self.model.visual(b["rgb"])),
-                self._batches(i, split), task, self.amp,
-            )  # fmt: skip
-            main = "mAP" if task == "multi-label" else "top1"
-            out.append({"dataset": self.plan.names[i], "label": label, "path": path,
-                        "role": role, "split": split, "alpha": alpha, "metric": main,
-                        "value": m[main], "n": m["n"]})  # fmt: skip
-        return out
-
-    def supported_at_zero(self, jobs: list[tuple[int, str]]) -> float | None:
-        if self.base is None:
-            self.base = _mean(self.rows(0.0, jobs), "supported")
-        return self.base
-
-
-def _ctx(device: torch.device) -> Any:
-    from mtmg.trainers import WorkerContext
-
-    return WorkerContext(device=device)
-
-
-def _loader(plan: Plan, i: int, split: str, rank: int = 0, world: int = 1) -> Any:
-    _, path, nomen, _ = plan.sets[i]
-    ds = data.ShardSet.open(path)
-    size, mean, std = plan.decoder
-    dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
-                       data.Targets.of(ds, nomen), size, size, mean, std)  # fmt: skip
-    return data.make_loader(ds, split, dec, batch_size=plan.eval_batch_size, train=False,
-                            rank=rank, world=world, num_workers=plan.loader_workers)  # fmt: skip
-
-
-def _mean(rows: list[dict[str, Any]], role: str) -> float | None:
-    vals = [r["value"] for r in rows if r["role"] == role]
-    return sum(vals) / len(vals) if vals else None
-
-
-_EVALUATORS: dict[str, Evaluator] = {}  # one per process and sweep: reused actors keep it
-
-
-def _evaluator(plan: Plan, refs: dict[str, Any]) -> Evaluator:
-    key = refs["zs"].hex()
-    if key not in _EVALUATORS:
-        _EVALUATORS.clear()
-        _EVALUATORS[key] = Evaluator(plan, refs)
-    return _EVALUATORS[key]
-
-
-def objective(p: float, s: float | None, rule: str, tolerance: float, base: float | None) -> float:
-    """A trial's single objective for the search, following the selection rule."""
-    if s is None or rule == "patching":
-        return p
-    if rule == "mean":
-        return (p + s) / 2
-    return p if base is None or s >= base - tolerance else p - 100.0
-
-
-def trial(config: dict[str, Any], plan: Plan) -> None:
-    """One Tune trial: evaluate theta(alpha) on the validation splits and report."""
-    from ray import tune
-
-    t0, started = time.perf_counter(), time.time()
-    alpha = round(float(config["alpha"]), 6)
-    if any(abs(alpha - a) < 1e-9 for a in plan.fail_alphas):
-        raise RuntimeError(f"injected failure at alpha={alpha:g} (--fail-alphas test hook)")
-    if plan.trial_delay:
-        time.sleep(plan.trial_delay)
-    ev = _evaluator(plan, plan.shared)
-    jobs = [(i, "val") for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
-    rows = ev.rows(alpha, jobs)
-    p, s = _mean(rows, "patching"), _mean(rows, "supported")
-    base = None
-    if plan.selection == "constrained" and s is not None:
-        base = ev.supported_at_zero([j for j in jobs if plan.sets[j[0]][0] == "supported"])
-    metrics = {"alpha": alpha, "patching": p,
-               "objective": objective(p, s, plan.selection, plan.tolerance, base)}  # fmt: skip
-    if s is not None:
-        metrics["supported"] = s
-    metrics.update({f"val/{r['label']}": r["value"] for r in rows})
-    metrics.update(eval_s=time.perf_counter() - t0, started=started)
-    tune.report(metrics)
-
-
-def _test_rows(
-    plan: Plan, alphas: list[float], chosen: float, worker: bool = True
-) -> list[dict[str, Any]]:
-    """Test metrics (val where a set has no test split) at the given alphas."""
-    ev = Evaluator(plan, plan.shared, worker=worker)
-    jobs = [(i, "test" if data.ShardSet.open(s[1]).count("test") else "val")
-            for i, s in enumerate(plan.sets)]  # fmt: skip
-    return [{**r, "selected": a == chosen} for a in alphas for r in ev.rows(a, jobs)]
-
-
 # ------------------------------------------------------------------------------------- driver
 
 
@@ -405,8 +232,8 @@ def _decode(
     """Part `rank` of `world` of a validation split decoded as numpy batches, in this process
     (no loader processes: never fork a process that runs Ray's threads); (False, None) when over
     the budget."""
-    loader = _loader(replace(plan, loader_workers=0), i, "val", rank, world)
-    got = evaluate.materialize(loader, max_bytes)
+    batches = loader(replace(plan, loader_workers=0), i, "val", rank, world)
+    got = evaluate.materialize(batches, max_bytes)
     if got is None:
         return False, None
     return True, [{k: v.numpy() if torch.is_tensor(v) else v for k, v in b.items()} for b in got]
@@ -513,6 +340,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         amp=pcfg.precision != "fp32", selection=cfg.selection, tolerance=cfg.tolerance,
         threads=max(1, int(cfg.cpus_per_trial)), gpu=cfg.gpus_per_trial > 0,
         fail_alphas=tuple(cfg.fail_alphas), trial_delay=cfg.trial_delay,
+        cache_gb=cfg.eval_cache_gb,
     )  # fmt: skip
     if on_cluster:
         from mtmg.cluster import check_paths_visible
@@ -523,9 +351,9 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     val = [i for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
     val_refs = _decode_all(plan, val, cfg.eval_cache_gb, on_cluster)
     shared = {
-        "visual": ray.put(bundle.model.visual.cpu()),
-        "zs": ray.put(_numpy_state(theta_zs)),
-        "ft": ray.put(_numpy_state(theta_ft)),
+        "visual": ray.put(pack_visual(bundle.model.visual.cpu(), script=not plan.gpu)),
+        "zs": ray.put(numpy_state(theta_zs)),
+        "ft": ray.put(numpy_state(theta_ft)),
         "heads": ray.put([h.cpu().numpy() for h in heads]),
         "val": val_refs,
     }
@@ -565,12 +393,12 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     t3 = time.perf_counter()
     test_alphas = sorted({0.0, chosen, 1.0})
     if on_cluster or cfg.gpus_per_trial:  # where the trials ran: a node with their resources
-        task = ray.remote(_test_rows).options(
+        task = ray.remote(test_rows).options(
             num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial or None
         )
         test = ray.get(task.remote(plan, test_alphas, chosen))
     else:  # embedded: this process (decoding without forking it: Ray's threads run here)
-        test = _test_rows(replace(plan, loader_workers=0), test_alphas, chosen, worker=False)
+        test = test_rows(replace(plan, loader_workers=0), test_alphas, chosen, worker=False)
     times["test_s"] = time.perf_counter() - t3
     summary = _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test,
                      chosen, front, spec, grid.experiment_path, on_cluster)  # fmt: skip

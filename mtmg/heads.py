@@ -15,7 +15,7 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from mtmg.models import ClipBundle
+if TYPE_CHECKING:  # open_clip: not imported where trials run
+    from mtmg.models import ClipBundle
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ def build_zeroshot_weights(
     encoded `batch_size` at a time on `device` (default: the model's). Runs without grad in eval
     mode and restores the model's train/eval flag; the model is not otherwise touched.
     """
+    from mtmg.models import ClipBundle
+
     model = bundle_or_model.model if isinstance(bundle_or_model, ClipBundle) else bundle_or_model
     if tokenizer is None:
         if not isinstance(bundle_or_model, ClipBundle):

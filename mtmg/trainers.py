@@ -8,8 +8,11 @@ loop runs under Ray Train, in a Tune trial, or in a plain test process.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +127,25 @@ def _train_env(values: dict[str, str]) -> Iterator[None]:
             os.environ.pop(k, None)
 
 
+@contextlib.contextmanager
+def _own_sigint_handler() -> Iterator[None]:
+    """Put back the driver's Ctrl-C handler after `fit`.
+
+    Ray Train installs one that aborts the run, and leaves it installed: it holds the finished
+    controller actor, so the controller and its DatasetManager lived on after every job (two
+    processes, ~1 % of a CPU each) and Ctrl-C later went to a finished run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Ray Train installs none outside the main thread (a Tune trial)
+        return
+    saved = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+        gc.collect()  # the handler's closure is in a cycle: free the controller's handle now
+
+
 def _trainer_class(lean: bool) -> type:
     """TorchTrainer, without the placement-group cleaner when `lean` (the embedded Ray).
 
@@ -190,7 +212,7 @@ def fit(
         ),
     )
     env = {POLL_INTERVAL_ENV: str(POLL_INTERVAL_S), **(LEAN_ENV if lean else {})}
-    with _train_env(env):
+    with _train_env(env), _own_sigint_handler():
         return trainer.fit()
 
 

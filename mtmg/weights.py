@@ -17,8 +17,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mtmg.models import ModelLoadError
-
 VISUAL_PREFIX = "visual."  # open_clip's image tower: the weights PAINT interpolates
 
 
@@ -103,6 +101,8 @@ def load_image_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or shapes:
+        from mtmg.models import ModelLoadError  # open_clip: not imported where trials run
+
         raise ModelLoadError(
             f"image-tower state does not match the model: {len(missing)} missing {missing[:5]}, "
             f"{len(unexpected)} unexpected {unexpected[:5]}, {len(shapes)} shape mismatches "

@@ -21,7 +21,20 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mtmg import alpha_sweep, config, data, evaluate, heads, patch, prep, select, synth, weights
+from mtmg import (
+    alpha_sweep,
+    alpha_trial,
+    config,
+    data,
+    evaluate,
+    heads,
+    models,
+    patch,
+    prep,
+    select,
+    synth,
+    weights,
+)
 from mtmg import tune as tuning
 from mtmg.trainers import WorkerContext
 
@@ -302,7 +315,7 @@ def test_joint_patching_sets_reach_the_fine_tune(tmp_path, monkeypatch):
     assert pcfg.supported == (str(tmp_path / "s"),)
     rows = [{"role": "patching", "value": 40.0}, {"role": "patching", "value": 60.0},
             {"role": "supported", "value": 90.0}]  # fmt: skip
-    assert alpha_sweep._mean(rows, "patching") == 50.0
+    assert alpha_trial.role_mean(rows, "patching") == 50.0
 
 
 def test_help(cli):
@@ -313,3 +326,39 @@ def test_help(cli):
                 "--max-concurrent", "--num-samples", "--seed", "--storage", "--resume",
                 "--spec", "--fail-alphas"):  # fmt: skip
         assert opt in r.stdout
+
+
+def test_trial_processes_import_neither_open_clip_nor_torchvision():
+    """What a trial process imports (`mtmg.alpha_trial`, via `mtmg.tune`): torch, not the
+    1.8 s of open_clip + torchvision that a cold trial process paid on 2 cores."""
+    code = (
+        "import sys, mtmg.tune, mtmg.alpha_trial; "
+        "print([m for m in ('open_clip', 'torchvision') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_image_tower_travels_as_torchscript_with_the_same_numbers():
+    bundle = models.load_clip(MODEL, None)
+    visual = bundle.model.visual.eval()
+    kind, packed = alpha_trial.pack_visual(visual)
+    assert kind == "torchscript" and isinstance(packed, bytes)
+    loaded = alpha_trial.unpack_visual((kind, packed))
+    assert set(loaded.state_dict()) == set(visual.state_dict())
+    x = torch.randn(3, 3, bundle.image_size, bundle.image_size)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        assert torch.equal(loaded(x), visual(x))
+        # theta(alpha) lands in the loaded tower as in the module (trials load every alpha)
+        state = {f"visual.{k}": v * 0.5 for k, v in visual.state_dict().items()}
+        holder = alpha_trial._Holder(loaded)
+        weights.load_image_state(holder, state)
+        assert torch.equal(holder.visual.state_dict()["proj"], visual.state_dict()["proj"] * 0.5)
+
+    class Unscriptable(torch.nn.Module):
+        def forward(self, x, *args):  # varargs: TorchScript refuses it
+            return x
+
+    kind, packed = alpha_trial.pack_visual(Unscriptable())
+    assert kind == "module" and alpha_trial.unpack_visual((kind, packed)) is packed
+    assert alpha_trial.pack_visual(visual, script=False) == ("module", visual)  # GPU trials
