@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file
 
-from mtmg import config, data, evaluate, models, select, weights
+from mtmg import config, data, models, select, weights
 from mtmg import tune as tuning
-from mtmg.alpha_trial import Plan, loader, numpy_state, pack_visual, test_rows, trial
+from mtmg.alpha_trial import Plan, decode_split, numpy_state, pack_visual, test_rows, trial
 
 if TYPE_CHECKING:
     from mtmg import patch
@@ -232,8 +232,7 @@ def _decode(
     """Part `rank` of `world` of a validation split decoded as numpy batches, in this process
     (no loader processes: never fork a process that runs Ray's threads); (False, None) when over
     the budget."""
-    batches = loader(replace(plan, loader_workers=0), i, "val", rank, world)
-    got = evaluate.materialize(batches, max_bytes)
+    got = decode_split(replace(plan, loader_workers=0), i, "val", max_bytes, rank, world)
     if got is None:
         return False, None
     return True, [{k: v.numpy() if torch.is_tensor(v) else v for k, v in b.items()} for b in got]
