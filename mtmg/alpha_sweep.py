@@ -238,9 +238,10 @@ def _decode(
     return True, [{k: v.numpy() if torch.is_tensor(v) else v for k, v in b.items()} for b in got]
 
 
-def _decode_all(plan: Plan, sets: list[int], budget_gb: float, on_cluster: bool) -> dict[int, Any]:
+def _decode_all(plan: Plan, sets: list[int], on_cluster: bool) -> dict[int, Any]:
     """Validation splits decoded once into the object store: set index -> ref of the list of
-    its parts (refs of batch lists), or None when over budget (trials then stream the shards).
+    its parts (refs of batch lists), or None when over `plan.cache_gb` (--eval-cache-gb;
+    trials then stream the shards).
 
     On a cluster, parallel Ray tasks (one per part) write the batches straight into the object
     store; embedded, the driver decodes them itself (no extra worker processes to start).
@@ -253,7 +254,7 @@ def _decode_all(plan: Plan, sets: list[int], budget_gb: float, on_cluster: bool)
     for i in sets:
         world = max(1, min(cpus, len(data.ShardSet.open(plan.sets[i][1]).shards("val"))))
         world = world if on_cluster else 1
-        budget = budget_gb * 2**30 / len(sets) / world
+        budget = plan.cache_gb * 2**30 / len(sets) / world
         if on_cluster:
             parts[i] = [task.remote(plan, i, r, world, budget) for r in range(world)]
         else:
@@ -348,7 +349,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         store, _ = tuning.experiment(cfg, NAME)
         check_paths_visible(local, store if "://" not in store else str(out))
     val = [i for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
-    val_refs = _decode_all(plan, val, cfg.eval_cache_gb, on_cluster)
+    val_refs = _decode_all(plan, val, on_cluster)
     shared = {
         "visual": ray.put(pack_visual(bundle.model.visual.cpu(), script=not plan.gpu)),
         "zs": ray.put(numpy_state(theta_zs)),

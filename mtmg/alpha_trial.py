@@ -62,12 +62,12 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
-def _torch_batches(batches: list[dict[str, Any]]):
+def _torch_batches(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Object-store numpy batches as tensors (zero-copy views, only ever read)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for b in batches:
-            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                   for k, v in b.items()}  # fmt: skip
+        return [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                 for k, v in b.items()} for b in batches]  # fmt: skip
 
 
 class Evaluator:
@@ -86,22 +86,22 @@ class Evaluator:
         self.zs, self.ft = _tensors(ray.get(refs["zs"])), _tensors(ray.get(refs["ft"]))
         self.heads = [ZeroShotHead(torch.from_numpy(w)).to(self.device)
                       for w in ray.get(refs["heads"])]  # fmt: skip
-        self.val = {i: [b for part in ray.get(ray.get(r)) for b in part]
-                    for i, r in refs["val"].items() if r is not None}  # fmt: skip
-        self.kept: dict[tuple[int, str], list[dict[str, Any]]] = {}  # see `keep`
+        # (set, split) -> batches decoded once: the shared validation splits, and `keep`'s
+        self.kept: dict[tuple[int, str], list[dict[str, Any]]] = {
+            (i, "val"): _torch_batches([b for part in ray.get(ray.get(r)) for b in part])
+            for i, r in refs["val"].items() if r is not None
+        }  # fmt: skip
         self.base: float | None = None  # constrained rule: supported metric at alpha 0
 
     def keep(self, i: int, split: str) -> None:
         """Decode a split once for every later alpha, while it fits in the cache budget."""
-        if (split == "val" and i in self.val) or (i, split) in self.kept:
+        if (i, split) in self.kept:
             return
         got = decode_split(self.plan, i, split, self.plan.cache_gb * 2**30)
         if got is not None:
             self.kept[(i, split)] = got
 
     def _batches(self, i: int, split: str) -> Any:
-        if split == "val" and i in self.val:
-            return _torch_batches(self.val[i])
         if (i, split) in self.kept:
             return self.kept[(i, split)]
         return loader(self.plan, i, split)  # too large to share: stream the shards
