@@ -17,7 +17,10 @@ Search: `--search grid` evaluates `--alphas`; `--search optuna` runs TPE over `-
 (`--num-samples` trials, the two ends first). The chosen alpha follows `--selection` (PAINT's
 rule by default, `mtmg.select`) over all finished trials; `--multi-objective` makes Optuna
 optimise (patching metric, supported metric) jointly (over the grid with `--search grid`) and
-the Pareto front is reported. Test metrics are evaluated at alpha 0, the chosen alpha and 1.
+the Pareto front is reported. Test metrics are reported at alpha 0, the chosen alpha and 1
+(taken from the patch run's own test evaluation where it has them: `_run_test_rows`).
+When the sweep fine-tunes itself, everything that does not depend on theta_ft (decoded splits,
+the packed tower) is prepared while Ray Train trains.
 
 Outputs in --out: sweep.parquet/.csv (one row per trial), summary.md, summary.json,
 best_config.yaml (an `mtmg.patch --config` at the chosen alpha), spec.yaml (the resolved sweep
@@ -36,7 +39,10 @@ import logging
 import math
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +52,16 @@ from safetensors.torch import load_file
 
 from mtmg import config, data, models, select, weights
 from mtmg import tune as tuning
-from mtmg.alpha_trial import Plan, decode_split, numpy_state, pack_visual, test_rows, trial
+from mtmg.alpha_trial import (
+    Plan,
+    decode_split,
+    decode_tests,
+    numpy_state,
+    pack_visual,
+    test_jobs,
+    test_rows,
+    trial,
+)
 
 if TYPE_CHECKING:
     from mtmg import patch
@@ -271,6 +286,45 @@ def _decode_all(plan: Plan, sets: list[int], on_cluster: bool) -> dict[int, Any]
     return out
 
 
+def _run_test_rows(
+    run_dir: Path, plan: Plan, chosen: float, device: str
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Test rows at alpha 0, `chosen` and 1 that the patch run already has, and the alphas
+    still to evaluate.
+
+    `mtmg.patch` evaluates theta(alpha) on the test splits at 0, its own chosen alpha and 1 with
+    the same heads and interpolation; where it did so on the same kind of device and precision
+    that the sweep's test evaluation would use (`device`, `plan.amp`), its numbers are taken
+    over (`source`: "patch run") instead of being computed again. An alpha that a set lacks
+    (another --supported or --eval-data, another chosen alpha) is evaluated by the sweep.
+    """
+    path = run_dir / "metrics.parquet"
+    amp = "bf16" if plan.amp and device == "cuda" else "fp32"
+    known: dict[tuple, dict[str, Any]] = {}
+    if path.is_file():
+        import pyarrow.parquet as pq
+
+        for r in pq.read_table(path).to_pylist():
+            # the run's test-phase rows (`selected` set), evaluated as the sweep would
+            if r.get("selected") is not None and (r.get("device"), r.get("amp")) == (device, amp):
+                known[(r["role"], _abs(r["path"]), r["split"], float(r["alpha"]))] = r
+    jobs = test_jobs(plan)
+    rows: list[dict[str, Any]] = []
+    todo: list[float] = []
+    for a in sorted({0.0, chosen, 1.0}):
+        got = [known.get((plan.sets[i][0], _abs(plan.sets[i][1]), split, a)) for i, split in jobs]
+        if not all(got):
+            todo.append(a)
+            continue
+        for (i, split), r in zip(jobs, got, strict=True):
+            role, set_path, _, label = plan.sets[i]
+            rows.append({"dataset": plan.names[i], "label": label, "path": set_path,
+                         "role": role, "split": split, "alpha": a, "metric": r["metric"],
+                         "value": r["value"], "n": r["n"], "selected": a == chosen,
+                         "source": "patch run"})  # fmt: skip
+    return rows, todo
+
+
 def _search(cfg: AlphaSweepConfig, has_supported: bool) -> tuple[dict | None, Any, int]:
     """(param_space, search algorithm, num_samples) of the sweep."""
     from ray import tune
@@ -294,6 +348,50 @@ def _search(cfg: AlphaSweepConfig, has_supported: bool) -> tuple[dict | None, An
     return None, tuning.optuna_search(space, metric, mode, seed=cfg.seed, points=points), n
 
 
+def _plan(cfg: AlphaSweepConfig, pcfg: patch.PatchConfig, bundle, sets) -> Plan:
+    labels = _labels(sets)
+    return Plan(
+        sets=tuple((r, p, n, lab) for (r, p, n), lab in zip(sets, labels, strict=True)),
+        names=tuple(data.ShardSet.open(p).name for _, p, _ in sets),
+        tasks=tuple(data.ShardSet.open(p).task for _, p, _ in sets),
+        decoder=(bundle.image_size, tuple(bundle.mean), tuple(bundle.std)),
+        eval_batch_size=pcfg.eval_batch_size, loader_workers=pcfg.loader_workers,
+        amp=pcfg.precision != "fp32", selection=cfg.selection, tolerance=cfg.tolerance,
+        threads=max(1, int(cfg.cpus_per_trial)), gpu=cfg.gpus_per_trial > 0,
+        fail_alphas=tuple(cfg.fail_alphas), trial_delay=cfg.trial_delay,
+        cache_gb=cfg.eval_cache_gb,
+    )  # fmt: skip
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+    """`fn(*args)` in a daemon thread (a Ctrl-C'd sweep does not wait for it to finish)."""
+    fut: Future = Future()
+
+    def target() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the result
+            fut.set_exception(e)
+
+    threading.Thread(target=target, name="mtmg-prepare", daemon=True).start()
+    return fut
+
+
+def _prepare(plan: Plan, visual: torch.nn.Module, on_cluster: bool, tests: bool) -> dict:
+    """What the trials and the test metrics need that does not depend on theta_ft: the
+    validation splits decoded into the object store, the image tower packed (its weights are
+    replaced by theta(alpha) in every trial), and, when `tests`, the test splits decoded for
+    the driver's own test evaluation."""
+    import ray
+
+    val = [i for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
+    return {
+        "val": _decode_all(plan, val, on_cluster),
+        "visual": ray.put(pack_visual(visual, script=not plan.gpu)),
+        "tests": decode_tests(replace(plan, loader_workers=0)) if tests else {},
+    }
+
+
 def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     """The whole sweep; returns the summary also written to OUT/summary.json."""
     import ray
@@ -311,51 +409,49 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         raise ValueError("--multi-objective needs a supported set (--supported)")
     if cfg.run:  # not before a fine-tune: see tune.preload
         tuning.preload(cfg, TRIAL_MODULES)
-        bundle, sets = patch.validate(pcfg)
-        run_dir = Path(cfg.run).resolve()
-    else:
-        run_dir = Path(pcfg.out)
-        if _run_finished(run_dir):
-            log.info("reusing the finished fine-tune in %s", run_dir)
-            bundle, sets = patch.validate(pcfg)
-        else:
-            patch.run(pcfg)  # validates before it starts Ray, then fine-tunes
-            bundle, sets = patch.validate(pcfg)
-        times["fine_tune_s"] = time.perf_counter() - t0
+    run_dir = Path(cfg.run).resolve() if cfg.run else Path(pcfg.out)
+    fine_tune = not cfg.run and not _run_finished(run_dir)
+    if not cfg.run and not fine_tune:
+        log.info("reusing the finished fine-tune in %s", run_dir)
+    bundle, sets = patch.validate(pcfg)  # input errors before Ray starts
     on_cluster = tuning.init(cfg)
-    t1 = time.perf_counter()
-    if (run_dir / "patched.safetensors").is_file():  # the run's text tower, exactly
-        bundle.model.load_state_dict(load_file(str(run_dir / "patched.safetensors")), strict=True)
-    theta_zs = load_file(str(run_dir / "theta_zs.safetensors"))
-    theta_ft = load_file(str(run_dir / "theta_ft.safetensors"))
-    weights.load_image_state(bundle.model, theta_zs)  # also checks the run's tensors fit
-    heads = patch.build_heads(pcfg, bundle, sets)  # as the fine-tune built them (cached)
-    labels = _labels(sets)
-    plan = Plan(
-        sets=tuple((r, p, n, lab) for (r, p, n), lab in zip(sets, labels, strict=True)),
-        names=tuple(data.ShardSet.open(p).name for _, p, _ in sets),
-        tasks=tuple(data.ShardSet.open(p).task for _, p, _ in sets),
-        decoder=(bundle.image_size, tuple(bundle.mean), tuple(bundle.std)),
-        eval_batch_size=pcfg.eval_batch_size, loader_workers=pcfg.loader_workers,
-        amp=pcfg.precision != "fp32", selection=cfg.selection, tolerance=cfg.tolerance,
-        threads=max(1, int(cfg.cpus_per_trial)), gpu=cfg.gpus_per_trial > 0,
-        fail_alphas=tuple(cfg.fail_alphas), trial_delay=cfg.trial_delay,
-        cache_gb=cfg.eval_cache_gb,
-    )  # fmt: skip
+    plan = _plan(cfg, pcfg, bundle, sets)
     if on_cluster:
         from mtmg.cluster import check_paths_visible
 
         local = [p for _, p, _ in sets if "://" not in p]
         store, _ = tuning.experiment(cfg, NAME)
         check_paths_visible(local, store if "://" not in store else str(out))
-    val = [i for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
-    val_refs = _decode_all(plan, val, on_cluster)
+    # Prepared while the fine-tune runs: the driver only waits for Ray Train then, and the
+    # training workers leave CPUs idle (decoding the validation splits of a real dataset takes
+    # minutes). `bundle` is this function's own (mtmg.patch builds its model itself) and is
+    # not touched until the preparation is done.
+    in_driver = not (on_cluster or cfg.gpus_per_trial)  # where the test metrics are computed
+    ready: list[Future] = []
+
+    def start() -> None:  # not before: its Python work would slow the fine-tune's launch
+        ready.append(_in_background(_prepare, plan, bundle.model.visual.cpu(), on_cluster,
+                                    in_driver))  # fmt: skip
+
+    if fine_tune:  # validates again (its own model), then fine-tunes under Ray Train
+        patch.run(pcfg, on_train_start=start)
+        times["fine_tune_s"] = time.perf_counter() - t0
+    if not ready:
+        start()
+    t1 = time.perf_counter()
+    prepared = ready[0].result()
+    if (run_dir / "patched.safetensors").is_file():  # the run's text tower, exactly
+        bundle.model.load_state_dict(load_file(str(run_dir / "patched.safetensors")), strict=True)
+    theta_zs = load_file(str(run_dir / "theta_zs.safetensors"))
+    theta_ft = load_file(str(run_dir / "theta_ft.safetensors"))
+    weights.load_image_state(bundle.model, theta_zs)  # also checks the run's tensors fit
+    heads = patch.build_heads(pcfg, bundle, sets)  # as the fine-tune built them (cached)
     shared = {
-        "visual": ray.put(pack_visual(bundle.model.visual.cpu(), script=not plan.gpu)),
+        "visual": prepared["visual"],
         "zs": ray.put(numpy_state(theta_zs)),
         "ft": ray.put(numpy_state(theta_ft)),
         "heads": ray.put([h.cpu().numpy() for h in heads]),
-        "val": val_refs,
+        "val": prepared["val"],
     }
     plan = replace(plan, shared=shared)
     times["prepare_s"] = time.perf_counter() - t1
@@ -391,14 +487,19 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         r["chosen"] = r.get("alpha") == chosen and r["status"] == "TERMINATED"
         r["pareto"] = r.get("alpha") in front and r["status"] == "TERMINATED"
     t3 = time.perf_counter()
-    test_alphas = sorted({0.0, chosen, 1.0})
-    if on_cluster or cfg.gpus_per_trial:  # where the trials ran: a node with their resources
+    test, todo = _run_test_rows(run_dir, plan, chosen, "cuda" if cfg.gpus_per_trial else "cpu")
+    if todo and not in_driver:  # where the trials ran: a node with their resources
         task = ray.remote(test_rows).options(
             num_cpus=cfg.cpus_per_trial, num_gpus=cfg.gpus_per_trial or None
         )
-        test = ray.get(task.remote(plan, test_alphas, chosen))
-    else:  # embedded: this process (decoding without forking it: Ray's threads run here)
-        test = test_rows(replace(plan, loader_workers=0), test_alphas, chosen, worker=False)
+        test += ray.get(task.remote(plan, todo, chosen))
+    elif todo:  # embedded: this process (decoding without forking it: Ray's threads run here)
+        test += test_rows(replace(plan, loader_workers=0), todo, chosen, worker=False,
+                          kept=prepared["tests"])  # fmt: skip
+    for r in test:
+        r.setdefault("source", "sweep")
+    order = {(s[0], s[1]): i for i, s in enumerate(plan.sets)}
+    test.sort(key=lambda r: (r["alpha"], order[(r["role"], r["path"])]))
     times["test_s"] = time.perf_counter() - t3
     summary = _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test,
                      chosen, front, spec, grid.experiment_path, on_cluster)  # fmt: skip
@@ -460,7 +561,8 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]], cfg) -> str:
     cols = ["alpha", "patching", "supported", "objective", "status", "pareto", "chosen",
             "time_s", "error"]  # fmt: skip
     cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
-    test_cols = ["role", "dataset", "split", "alpha", "metric", "value", "n", "selected"]
+    test_cols = ["role", "dataset", "split", "alpha", "metric", "value", "n", "selected",
+                 "source"]  # fmt: skip
     lines = [
         f"# Alpha sweep: {summary['model']}",
         "",

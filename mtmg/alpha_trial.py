@@ -218,16 +218,34 @@ def trial(config: dict[str, Any], plan: Plan) -> None:
     tune.report(metrics)
 
 
-def test_rows(
-    plan: Plan, alphas: list[float], chosen: float, worker: bool = True
-) -> list[dict[str, Any]]:
-    """Test metrics (val where a set has no test split) at the given alphas; each split is
-    decoded once for all of them."""
+def test_jobs(plan: Plan) -> list[tuple[int, str]]:
+    """(set, split) of the test metrics: each set's test split, its val split where it has
+    none (as `mtmg.patch` reports them)."""
     from mtmg import data
 
-    ev = Evaluator(plan, plan.shared, worker=worker)
-    jobs = [(i, "test" if data.ShardSet.open(s[1]).count("test") else "val")
+    return [(i, "test" if data.ShardSet.open(s[1]).count("test") else "val")
             for i, s in enumerate(plan.sets)]  # fmt: skip
+
+
+def decode_tests(plan: Plan) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """The test splits decoded once (those within the cache budget), for `test_rows(kept=)`."""
+    got = {(i, split): decode_split(plan, i, split, plan.cache_gb * 2**30)
+           for i, split in test_jobs(plan)}  # fmt: skip
+    return {k: v for k, v in got.items() if v is not None}
+
+
+def test_rows(
+    plan: Plan,
+    alphas: list[float],
+    chosen: float,
+    worker: bool = True,
+    kept: dict[tuple[int, str], list[dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """Test metrics (val where a set has no test split) at the given alphas; each split is
+    decoded once for all of them (or given already decoded in `kept`)."""
+    ev = Evaluator(plan, plan.shared, worker=worker)
+    ev.kept.update(kept or {})
+    jobs = test_jobs(plan)
     for i, split in jobs:
         ev.keep(i, split)
     return [{**r, "selected": a == chosen} for a in alphas for r in ev.rows(a, jobs)]

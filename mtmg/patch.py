@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -326,6 +326,7 @@ def _evaluate(cfg, ctx, bundle, theta_zs, theta_ft, head_weights, sets):
                 out.append({
                     "dataset": ds.name, "path": sets[i][1], "role": sets[i][0], "split": split,
                     "alpha": alpha, "metric": main, "value": m[main], "n": m["n"],
+                    "device": ctx.device.type, "amp": "bf16" if amp else "fp32",
                 })  # fmt: skip
         return out
 
@@ -396,8 +397,16 @@ def build_heads(cfg: PatchConfig, bundle: models.ClipBundle, sets) -> list[torch
     return heads.dataset_heads(bundle, cfg.model, datasets, cfg.cache_dir, cfg.templates)
 
 
-def run(cfg: PatchConfig, *, fail_once: tuple[str, int] | None = None) -> dict[str, Any]:
-    """The whole stage; returns the summary also written to OUT/summary.json."""
+def run(
+    cfg: PatchConfig,
+    *,
+    fail_once: tuple[str, int] | None = None,
+    on_train_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """The whole stage; returns the summary also written to OUT/summary.json.
+
+    `on_train_start()` is called once the driver has handed the fine-tune to Ray Train and
+    only waits for it (see `mtmg.trainers.fit`)."""
     t0 = time.perf_counter()
     out = Path(cfg.out).resolve()
     bundle, sets = validate(cfg)
@@ -428,6 +437,7 @@ def run(cfg: PatchConfig, *, fail_once: tuple[str, int] | None = None) -> dict[s
     result = trainers.fit(
         worker, conf, workers=cfg.workers, use_gpu=use_gpu, storage_path=str(out / "ray"),
         name="patch", max_failures=cfg.max_failures, cpus_per_worker=cfg.cpus_per_worker,
+        on_start=on_train_start,
     )  # fmt: skip
     with result.checkpoint.as_directory() as d:
         theta_ft = load_file(os.path.join(d, "visual.safetensors"))

@@ -183,12 +183,15 @@ def fit(
     name: str,
     max_failures: int = 1,
     cpus_per_worker: float = 1.0,
+    on_start: Callable[[], None] | None = None,
 ) -> Any:
     """Run `train_fn(config)` on `workers` DDP workers; returns Ray Train's Result.
 
     Re-running with the same `storage_path` and `name` resumes from the run's latest checkpoint
     (Train V2 resumes by identity); a worker failure restarts from it up to `max_failures` times.
-    On the embedded Ray the job runs lean: see `LEAN_ENV`, `_trainer_class`.
+    On the embedded Ray the job runs lean: see `LEAN_ENV`, `_trainer_class`. `on_start()` is
+    called when the job is about to start, once the driver has nothing left to do but wait
+    (the alpha sweep starts its preparations there).
     """
     import ray.train
 
@@ -213,6 +216,8 @@ def fit(
     )
     env = {POLL_INTERVAL_ENV: str(POLL_INTERVAL_S), **(LEAN_ENV if lean else {})}
     with _train_env(env), _own_sigint_handler():
+        if on_start is not None:
+            on_start()
         return trainer.fit()
 
 

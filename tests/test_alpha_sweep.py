@@ -55,6 +55,9 @@ def sets(tmp_path_factory, ray_session):
     return root, str(root / "ben-shards"), str(root / "img-shards")
 
 
+PREPARED_AT: list[float] = []  # when the `first` sweep started its preparations
+
+
 @pytest.fixture(scope="module")
 def first(sets):
     """`--data` mode: the sweep fine-tunes once itself (OUT/patch), then sweeps 3 alphas."""
@@ -64,7 +67,17 @@ def first(sets):
         epochs=4, lr=3e-3, warmup_steps=3, batch_size=16, eval_batch_size=64, loader_workers=1,
         cache_dir=str(root / "cache"), alphas=(0.0, 0.5, 1.0),
     )  # fmt: skip
-    return cfg, alpha_sweep.run(cfg)
+    prepare = alpha_sweep._prepare
+
+    def recorded(*args):
+        PREPARED_AT.append(time.time())
+        return prepare(*args)
+
+    alpha_sweep._prepare = recorded
+    try:
+        return cfg, alpha_sweep.run(cfg)
+    finally:
+        alpha_sweep._prepare = prepare
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +131,11 @@ def test_fine_tune_then_sweep(first, run_dir):
     # fine-tuning helped the patching task on held-out validation data
     by_alpha = {r["alpha"]: r for r in table}
     assert by_alpha[1.0]["patching"] > by_alpha[0.0]["patching"] + 5
+    # the sweep prepared (decoded splits, packed the tower) while Ray Train fine-tuned: after
+    # the run wrote theta_zs (just before the job), before it wrote theta_ft (just after)
+    assert len(PREPARED_AT) == 1
+    zs, ft = (os.stat(run_dir / f"theta_{k}.safetensors").st_mtime for k in ("zs", "ft"))
+    assert zs <= PREPARED_AT[0] < ft
 
 
 def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
@@ -145,6 +163,17 @@ def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
     assert {(r["role"], r["alpha"]) for r in ref_test} == set(got)
     for r in ref_test:
         assert got[(r["role"], r["alpha"])] == pytest.approx(r["value"], abs=1e-6)
+    # what the patch run evaluated on its test splits (0, its chosen alpha, 1; same device and
+    # precision) is taken over, not evaluated again
+    run_rows = {(r["role"], r["alpha"]): r["value"]
+                for r in pq.read_table(run_dir / "metrics.parquet").to_pylist()
+                if r["selected"] is not None}  # fmt: skip
+    assert {0.0, 1.0} <= {a for _, a in run_rows}
+    for r in summary["test"]:
+        if (r["role"], r["alpha"]) in run_rows:
+            assert r["source"] == "patch run" and r["value"] == run_rows[(r["role"], r["alpha"])]
+        else:
+            assert r["source"] == "sweep"
     assert json.loads((out / "summary.json").read_text())["alpha"] == summary["alpha"]
     assert f"**{summary['alpha']:g}**" in (out / "summary.md").read_text()
 
@@ -166,6 +195,22 @@ def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
     assert spec["alphas"] == list(alpha_sweep.ALPHAS) and spec["search"] == "grid"
     with pytest.raises(ValueError, match="--resume"):
         alpha_sweep.run(_cfg(run_dir, out))
+
+
+def test_sets_the_run_did_not_evaluate_are_evaluated_by_the_sweep(sets, run_dir, tmp_path):
+    """Another --eval-data set: the run has no test rows for it, so the sweep evaluates alpha 0,
+    the chosen alpha and 1 itself, on every set."""
+    _, _, img = sets
+    summary = alpha_sweep.run(_cfg(run_dir, tmp_path / "eval", alphas=(0.0, 0.5, 1.0),
+                                   eval_data=(img,)))  # fmt: skip
+    test = summary["test"]
+    assert {r["role"] for r in test} == {"patching", "supported", "eval"}
+    assert {r["source"] for r in test} == {"sweep"}
+    assert sorted({r["alpha"] for r in test}) == sorted({0.0, summary["alpha"], 1.0})
+    # the eval set is the supported set under another role: the same numbers
+    by = {(r["role"], r["alpha"]): r["value"] for r in test}
+    for a in {0.0, summary["alpha"], 1.0}:
+        assert by[("eval", a)] == pytest.approx(by[("supported", a)], abs=1e-6)
 
 
 def test_optuna_sweep(run_dir, tmp_path):

@@ -43,13 +43,23 @@ def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):
                 continue
         return titles
 
+    started = tmp_path / "started"
+
     def probe(config: dict) -> None:  # what runs while the job's helper actors are up
         env = {k: os.environ.get(k, "") for k in knobs}
-        seen.write_text(json.dumps({"titles": process_titles(os.getppid()), **env}))
+        seen.write_text(json.dumps({"titles": process_titles(os.getppid()),
+                                    "on_start_before": started.exists(), **env}))  # fmt: skip
+
+    calls = []
+
+    def on_start() -> None:
+        calls.append(1)
+        started.touch()
 
     trainers.fit(probe, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
-                 name="probe", max_failures=0)  # fmt: skip
+                 name="probe", max_failures=0, on_start=on_start)  # fmt: skip
     m = json.loads(seen.read_text())
+    assert calls == [1] and m["on_start_before"]  # called once, before the job ran
     assert m["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     titles = m["titles"]
     assert any("TrainController" in t for t in titles), titles  # the check sees Train's actors
