@@ -86,20 +86,12 @@ class Evaluator:
         self.zs, self.ft = _tensors(ray.get(refs["zs"])), _tensors(ray.get(refs["ft"]))
         self.heads = [ZeroShotHead(torch.from_numpy(w)).to(self.device)
                       for w in ray.get(refs["heads"])]  # fmt: skip
-        # (set, split) -> batches decoded once: the shared validation splits, and `keep`'s
+        # (set, split) -> batches decoded once: shared validation splits, test splits (test_rows)
         self.kept: dict[tuple[int, str], list[dict[str, Any]]] = {
             (i, "val"): _torch_batches([b for part in ray.get(ray.get(r)) for b in part])
             for i, r in refs["val"].items() if r is not None
         }  # fmt: skip
         self.base: float | None = None  # constrained rule: supported metric at alpha 0
-
-    def keep(self, i: int, split: str) -> None:
-        """Decode a split once for every later alpha, while it fits in the cache budget."""
-        if (i, split) in self.kept:
-            return
-        got = decode_split(self.plan, i, split, self.plan.cache_gb * 2**30)
-        if got is not None:
-            self.kept[(i, split)] = got
 
     def _batches(self, i: int, split: str) -> Any:
         if (i, split) in self.kept:
@@ -242,12 +234,10 @@ def test_rows(
     kept: dict[tuple[int, str], list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Test metrics (val where a set has no test split) at the given alphas; each split is
-    decoded once for all of them (or given already decoded in `kept`)."""
+    decoded once for all of them (`decode_tests`, or given already decoded in `kept`)."""
     ev = Evaluator(plan, plan.shared, worker=worker)
-    ev.kept.update(kept or {})
+    ev.kept.update(decode_tests(plan) if kept is None else kept)
     jobs = test_jobs(plan)
-    for i, split in jobs:
-        ev.keep(i, split)
     return [{**r, "selected": a == chosen} for a in alphas for r in ev.rows(a, jobs)]
 
 
