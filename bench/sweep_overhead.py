@@ -3,13 +3,14 @@
 On generated BigEarthNet (patching) and image-folder (supported) shard sets, with Ray already up:
   baseline   one fine-tune (`mtmg.patch.run`) + K plain evaluations in a loop (theta(alpha) on
              both validation splits, batches decoded once, no Ray), as a researcher would write
-  sweep      `mtmg.alpha_sweep.run` with --data: the same fine-tune, then the K-alpha grid as
-             Ray Tune trials, test metrics at alpha {0, chosen, 1} (those the patch run
-             already computed are taken over), and all outputs
+  sweep      `mtmg.alpha_sweep.run` with --data: the same fine-tune, the K-alpha grid as
+             Ray Tune trials (started during the fine-tune, waiting for its weights), test
+             metrics at alpha {0, chosen, 1} (those the patch run already computed are taken
+             over), and all outputs
 Runs alternate (noisy machine) and medians are reported. Prints one JSON object:
 `ratio_sweep_vs_baseline` (goal <= 1.2; `ratio_per_pair` for the spread) and
-`tune_overhead_per_trial_s` (Tune's wall time beyond the plain loop's K evaluations, per trial;
-goal < 1 s).
+`tune_overhead_per_trial_s` (Tune's wall time once the fine-tune's weights exist, beyond the
+plain loop's K evaluations, per trial; goal < 1 s).
 
     python bench/sweep_overhead.py                 # CPU, mtmg-small-vit, K = 11
 """

@@ -20,7 +20,8 @@ optimise (patching metric, supported metric) jointly (over the grid with `--sear
 the Pareto front is reported. Test metrics are reported at alpha 0, the chosen alpha and 1
 (taken from the patch run's own test evaluation where it has them: `_run_test_rows`).
 When the sweep fine-tunes itself, everything that does not depend on theta_ft (decoded splits,
-the packed tower) is prepared while Ray Train trains.
+the packed tower) is prepared while Ray Train trains, and on an embedded Ray the trials start
+then too, at the lowest CPU priority, and wait for theta_ft (`_tune_while_fine_tuning`).
 
 Outputs in --out: sweep.parquet/.csv (one row per trial), summary.md, summary.json,
 best_config.yaml (an `mtmg.patch --config` at the chosen alpha), spec.yaml (the resolved sweep
@@ -41,6 +42,7 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -189,7 +191,7 @@ def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
         if cfg.pretrained:
             values["pretrained"] = None if cfg.pretrained.lower() == "none" else cfg.pretrained
         # the fine-tune's own alpha evaluation is not the sweep: keep it to the two ends
-        values.update(out=str(Path(cfg.out).resolve() / "patch"), alphas=(0.0, 1.0),
+        values.update(out=str(_run_dir(cfg)), alphas=(0.0, 1.0),
                       cluster=cfg.cluster)  # fmt: skip
     for key in ("data", "joint_data", "supported", "eval_data"):
         if getattr(cfg, key):
@@ -216,6 +218,16 @@ def _run_finished(run: Path) -> bool:
     return all((run / f).is_file() for f in (*RUN_FILES, "summary.json"))
 
 
+def _run_dir(cfg: AlphaSweepConfig) -> Path:
+    """The patch run swept: --run, or the sweep's own fine-tune (OUT/patch)."""
+    return Path(cfg.run).resolve() if cfg.run else Path(cfg.out).resolve() / "patch"
+
+
+def _spec(cfg: AlphaSweepConfig) -> dict[str, Any]:
+    """The resolved sweep spec saved as spec.yaml (with the patch run swept)."""
+    return {**tuning.resolved_spec(cfg), "run": str(_run_dir(cfg))}
+
+
 def _check_resume(cfg: AlphaSweepConfig, found: bool) -> None:
     """A resumed sweep must search what the interrupted one searched."""
     spec = Path(cfg.out).resolve() / "spec.yaml"
@@ -224,7 +236,7 @@ def _check_resume(cfg: AlphaSweepConfig, found: bool) -> None:
     import yaml
 
     old = yaml.safe_load(spec.read_text()) or {}
-    new = tuning.resolved_spec(cfg)
+    new = _spec(cfg)
     diff = [k for k in SEARCH_KEYS if k in old and old[k] != new.get(k)]
     if diff:
         raise ValueError(
@@ -363,7 +375,7 @@ def _plan(cfg: AlphaSweepConfig, pcfg: patch.PatchConfig, bundle, sets) -> Plan:
     )  # fmt: skip
 
 
-def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+def _in_background(fn: Callable[..., Any], *args: Any, name: str = "mtmg-prepare") -> Future:
     """`fn(*args)` in a daemon thread (a Ctrl-C'd sweep does not wait for it to finish)."""
     fut: Future = Future()
 
@@ -373,7 +385,7 @@ def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the result
             fut.set_exception(e)
 
-    threading.Thread(target=target, name="mtmg-prepare", daemon=True).start()
+    threading.Thread(target=target, name=name, daemon=True).start()
     return fut
 
 
@@ -390,6 +402,113 @@ def _prepare(plan: Plan, visual: torch.nn.Module, on_cluster: bool, tests: bool)
         "visual": ray.put(pack_visual(visual, script=not plan.gpu)),
         "tests": decode_tests(replace(plan, loader_workers=0)) if tests else {},
     }
+
+
+def _load_run(
+    run_dir: Path, pcfg: patch.PatchConfig, bundle, sets, prepared: dict
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the object-store refs trials share, theta_zs, theta_ft) of a finished patch run."""
+    import ray
+
+    from mtmg import patch
+
+    if (run_dir / "patched.safetensors").is_file():  # the run's text tower, exactly
+        bundle.model.load_state_dict(load_file(str(run_dir / "patched.safetensors")), strict=True)
+    theta_zs = load_file(str(run_dir / "theta_zs.safetensors"))
+    theta_ft = load_file(str(run_dir / "theta_ft.safetensors"))
+    weights.load_image_state(bundle.model, theta_zs)  # also checks the run's tensors fit
+    heads = patch.build_heads(pcfg, bundle, sets)  # as the fine-tune built them (cached)
+    shared = {
+        "visual": prepared["visual"],
+        "zs": ray.put(numpy_state(theta_zs)),
+        "ft": ray.put(numpy_state(theta_ft)),
+        "heads": ray.put([h.cpu().numpy() for h in heads]),
+        "val": prepared["val"],
+    }
+    return shared, theta_zs, theta_ft
+
+
+def _early_trials(cfg: AlphaSweepConfig, on_cluster: bool, found: bool) -> bool:
+    """Whether the trials start while the sweep's own fine-tune runs (`_tune_while_fine_tuning`):
+    CPU trials of a new sweep on the embedded Ray, where they hold trial slots
+    (`mtmg.cluster.TRIAL_SLOT`), not the CPUs Ray Train's workers hold. Not on a cluster: there
+    the trials would hold CPUs idle for as long as the fine-tune takes."""
+    import ray
+
+    from mtmg.cluster import TRIAL_SLOT
+
+    slots = ray.cluster_resources().get(TRIAL_SLOT, 0)
+    return not (on_cluster or found or cfg.gpus_per_trial) and slots >= cfg.cpus_per_trial
+
+
+def _tune_while_fine_tuning(
+    pcfg: patch.PatchConfig,
+    plan: Plan,
+    start: Callable[[], None],
+    inputs: Callable[[], tuple],
+    tune_args: dict[str, Any],
+    times: dict[str, float],
+    t0: float,
+) -> tuple[Any, tuple]:
+    """Fine-tune (in a thread) with the Tune trials already started: (ResultGrid, inputs()).
+
+    A trial process starts by booting a Ray worker and importing Ray Tune and torch: 2-5 s of
+    CPU each on 2 cores, two at once, all of it after the fine-tune when started then. Started
+    with the Train job instead (`on_train_start`), they do so at the lowest CPU priority
+    (`handoff.LOW_PRIORITY_ENV`: on the CPU time the fine-tune leaves idle; at normal priority
+    they slowed it by as much as they saved), then wait at a `Handoff` for the refs of theta_ft
+    and the rest (`alpha_trial.shared_refs`).
+
+    Tune runs in the main thread, so Ctrl-C stops it as usual; the trials have not run then:
+    the sweep ends, and `--resume` fine-tunes from Ray Train's checkpoint and runs them. When
+    the fine-tune fails, the waiting trials fail with it and the experiment is deleted (nothing
+    in it to resume).
+    """
+    from mtmg import patch
+    from mtmg.cluster import TRIAL_SLOT
+    from mtmg.handoff import LOW_PRIORITY_ENV, Handoff
+
+    handoff = Handoff.remote()
+    training = threading.Event()
+    handed: list[float] = []
+
+    def begin() -> None:
+        start()
+        training.set()
+
+    def fine_tune() -> tuple:
+        try:
+            patch.run(pcfg, on_train_start=begin)
+            times["fine_tune_s"] = time.perf_counter() - t0
+            got = inputs()
+            handoff.put.remote(got[1])
+            handed.append(time.perf_counter())
+            return got
+        except BaseException as e:
+            handoff.fail.remote(f"the sweep's fine-tune failed: {tuning.error_text(e)}")
+            raise
+
+    job = _in_background(fine_tune, name="mtmg-fine-tune")
+    while not (training.wait(0.05) or job.done()):
+        pass
+    if job.done() and job.exception() is not None:
+        job.result()  # failed before its Train job: raises
+    cfg = tune_args["cfg"]
+    early = replace(plan, shared={"handoff": handoff, "key": uuid.uuid4().hex})
+    grid = tuning.run_tuner(tuning.bind(trial, plan=early),
+                            resources={TRIAL_SLOT: cfg.cpus_per_trial},
+                            trial_env=LOW_PRIORITY_ENV, **tune_args)  # fmt: skip
+    if not job.done() and any(r.error is None for r in grid):  # trials left waiting: Ctrl-C
+        raise KeyboardInterrupt(
+            "alpha sweep interrupted during its fine-tune; run it again with --resume"
+        )
+    try:
+        got = job.result()
+    except BaseException:
+        tuning.remove_experiment(cfg, NAME)
+        raise
+    times["tune_s"] = time.perf_counter() - handed[0]  # Tune's time once the weights exist
+    return grid, got
 
 
 def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
@@ -409,7 +528,7 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         raise ValueError("--multi-objective needs a supported set (--supported)")
     if cfg.run:  # not before a fine-tune: see tune.preload
         tuning.preload(cfg, TRIAL_MODULES)
-    run_dir = Path(cfg.run).resolve() if cfg.run else Path(pcfg.out)
+    run_dir = _run_dir(cfg)
     fine_tune = not cfg.run and not _run_finished(run_dir)
     if not cfg.run and not fine_tune:
         log.info("reusing the finished fine-tune in %s", run_dir)
@@ -433,39 +552,35 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         ready.append(_in_background(_prepare, plan, bundle.model.visual.cpu(), on_cluster,
                                     in_driver))  # fmt: skip
 
-    if fine_tune:  # validates again (its own model), then fine-tunes under Ray Train
-        patch.run(pcfg, on_train_start=start)
-        times["fine_tune_s"] = time.perf_counter() - t0
-    if not ready:
-        start()
-    t1 = time.perf_counter()
-    prepared = ready[0].result()
-    if (run_dir / "patched.safetensors").is_file():  # the run's text tower, exactly
-        bundle.model.load_state_dict(load_file(str(run_dir / "patched.safetensors")), strict=True)
-    theta_zs = load_file(str(run_dir / "theta_zs.safetensors"))
-    theta_ft = load_file(str(run_dir / "theta_ft.safetensors"))
-    weights.load_image_state(bundle.model, theta_zs)  # also checks the run's tensors fit
-    heads = patch.build_heads(pcfg, bundle, sets)  # as the fine-tune built them (cached)
-    shared = {
-        "visual": prepared["visual"],
-        "zs": ray.put(numpy_state(theta_zs)),
-        "ft": ray.put(numpy_state(theta_ft)),
-        "heads": ray.put([h.cpu().numpy() for h in heads]),
-        "val": prepared["val"],
-    }
-    plan = replace(plan, shared=shared)
-    times["prepare_s"] = time.perf_counter() - t1
+    def inputs() -> tuple[dict, dict[str, Any], dict, dict]:  # once theta_ft exists
+        if not ready:
+            start()
+        t = time.perf_counter()
+        prepared = ready[0].result()
+        got = _load_run(run_dir, pcfg, bundle, sets, prepared)
+        times["prepare_s"] = time.perf_counter() - t
+        return prepared, *got
 
     out.mkdir(parents=True, exist_ok=True)
-    spec = {**tuning.resolved_spec(cfg), "run": str(run_dir)}
+    spec = _spec(cfg)
     results.save_config(spec, out / "spec.yaml")
     param_space, search_alg, n = _search(cfg, bool(pcfg.supported))
-    t2 = time.perf_counter()
-    grid = tuning.run_tuner(
-        tuning.bind(trial, plan=plan), cfg, name=NAME, param_space=param_space,
-        search_alg=search_alg, num_samples=n,
-    )  # fmt: skip
-    times["tune_s"] = time.perf_counter() - t2
+    tune_args = dict(cfg=cfg, name=NAME, param_space=param_space, search_alg=search_alg,
+                     num_samples=n)  # fmt: skip
+    if fine_tune and _early_trials(cfg, on_cluster, found):
+        grid, (prepared, shared, theta_zs, theta_ft) = _tune_while_fine_tuning(
+            pcfg, plan, start, inputs, tune_args, times, t0
+        )
+    else:
+        if fine_tune:  # validates again (its own model), then fine-tunes under Ray Train
+            patch.run(pcfg, on_train_start=start)
+            times["fine_tune_s"] = time.perf_counter() - t0
+        prepared, shared, theta_zs, theta_ft = inputs()
+        t2 = time.perf_counter()
+        grid = tuning.run_tuner(tuning.bind(trial, plan=replace(plan, shared=shared)),
+                                **tune_args)  # fmt: skip
+        times["tune_s"] = time.perf_counter() - t2
+    plan = replace(plan, shared=shared)
     rows = tuning.trial_rows(grid, final_key="patching")  # a trial reports once, at its end
     rows.sort(key=lambda r: (r.get("alpha") is None, r.get("alpha") or r.get("config/alpha") or 0))
     ok = [r for r in rows if r["status"] == "TERMINATED" and r.get("patching") is not None]
@@ -615,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e or 'Ctrl-C'}", file=sys.stderr)
+        return 130
     print(f"chosen alpha = {summary['alpha']:g} ({cfg.selection} rule on validation; "
           f"{summary['trials']['finished']} trials finished, "
           f"{summary['trials']['failed']} failed)")  # fmt: skip

@@ -165,6 +165,23 @@ def role_mean(rows: list[dict[str, Any]], role: str) -> float | None:
 
 
 _EVALUATORS: dict[str, Evaluator] = {}  # one per process and sweep: reused actors keep it
+_HANDED: dict[str, dict[str, Any]] = {}  # the refs a Handoff gave this process, by its key
+
+
+def shared_refs(plan: Plan) -> dict[str, Any]:
+    """The object-store refs of the sweep's shared inputs. Trials started while the sweep's
+    fine-tune runs get a `mtmg.handoff.Handoff` instead, and wait there for them (once per
+    process)."""
+    handoff = plan.shared.get("handoff")
+    if handoff is None:
+        return plan.shared
+    key = plan.shared["key"]
+    if key not in _HANDED:
+        import ray
+
+        _HANDED.clear()
+        _HANDED[key] = ray.get(handoff.get.remote())
+    return _HANDED[key]
 
 
 def _evaluator(plan: Plan, refs: dict[str, Any]) -> Evaluator:
@@ -194,7 +211,10 @@ def trial(config: dict[str, Any], plan: Plan) -> None:
         raise RuntimeError(f"injected failure at alpha={alpha:g} (--fail-alphas test hook)")
     if plan.trial_delay:
         time.sleep(plan.trial_delay)
-    ev = _evaluator(plan, plan.shared)
+    t1 = time.perf_counter()
+    refs = shared_refs(plan)  # waits here for the fine-tune's weights when started before them
+    waited = time.perf_counter() - t1
+    ev = _evaluator(plan, refs)
     jobs = [(i, "val") for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
     rows = ev.rows(alpha, jobs)
     p, s = role_mean(rows, "patching"), role_mean(rows, "supported")
@@ -206,7 +226,7 @@ def trial(config: dict[str, Any], plan: Plan) -> None:
     if s is not None:
         metrics["supported"] = s
     metrics.update({f"val/{r['label']}": r["value"] for r in rows})
-    metrics.update(eval_s=time.perf_counter() - t0, started=started)
+    metrics.update(eval_s=time.perf_counter() - t0 - waited, wait_s=waited, started=started)
     tune.report(metrics)
 
 

@@ -16,6 +16,10 @@ import ray
 
 log = logging.getLogger(__name__)
 _KV_NAMESPACE, _EMBEDDED_KEY = b"mtmg", b"embedded"  # set in an embedded Ray's GCS
+# An embedded Ray's trial slots, one per CPU: sweep trials that only wait for a Train job's
+# output can hold these instead of CPUs, so they start while the job holds the CPUs (the alpha
+# sweep) and, like CPU-bound trials, at most one per CPU runs at once.
+TRIAL_SLOT = "mtmg_trial_slot"
 
 
 class ClusterError(RuntimeError):
@@ -52,10 +56,11 @@ def init_ray(
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+    slots = float(num_cpus if num_cpus is not None else _cpu_count())
     ray.init(
         address="local",
         num_cpus=num_cpus,
-        resources=resources,
+        resources={TRIAL_SLOT: slots, **(resources or {})},
         # An embedded Ray runs lean: no dashboard modules (about ten processes that wake up
         # every second) and no metrics export, which nobody could look at without them. With
         # `mtmg.trainers` leaving out Ray Train's helpers that would poll the state API (a
@@ -95,6 +100,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
             f"--cluster: no Ray cluster found at {address} ({e}). Start one with "
             "`ray start --head`, or fix RAY_ADDRESS; drop --cluster to run on an embedded Ray."
         ) from e
+
+
+def _cpu_count() -> int:
+    """The CPUs Ray gives a node when `num_cpus` is not given (it reads cgroup quotas)."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return int(get_num_cpus())
+    except (ImportError, AttributeError):  # another Ray
+        return os.cpu_count() or 1
 
 
 def _default_object_store() -> int:

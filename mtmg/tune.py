@@ -123,6 +123,13 @@ def experiment(cfg: SweepConfig, name: str) -> tuple[str, str]:
     return store, f"{store.rstrip('/')}/{name}"
 
 
+def remove_experiment(cfg: SweepConfig, name: str) -> None:
+    """Delete the sweep's Tune experiment (one that must not be resumed)."""
+    loc = storage.location(experiment(cfg, name)[1])
+    if storage.is_dir(loc.fs, loc.path):
+        loc.fs.delete_dir(loc.path)
+
+
 def can_resume(cfg: SweepConfig, name: str) -> bool:
     """Whether a restorable experiment exists; one without --resume is an error (no mixing)."""
     from ray.tune import Tuner
@@ -218,14 +225,15 @@ def _call_with_inputs(fn: Callable[..., None], refs: dict[str, Any], config: dic
 
 
 @contextlib.contextmanager
-def _trial_actors_in_warm_workers() -> Iterator[None]:
+def _trial_actors_in_warm_workers(env: dict[str, str] | None = None) -> Iterator[None]:
     """Let trial actors start in the idle workers that `preload` warmed up.
 
     Ray Tune gives every trial actor a runtime environment of its own (`{"env_vars":
     {"PL_DISABLE_FORK": "1"}}`, for PyTorch Lightning, in `ray.tune.execution.class_cache`),
     and Ray does not give an actor an idle worker of another runtime environment: each sweep
     waited for a new interpreter to import torch and open_clip (4-5 s on 2 cores). mtmg's trials
-    do not use Lightning. Variables that Tune propagates because the user set them are kept.
+    do not use Lightning. Variables that Tune propagates because the user set them are kept;
+    `env` is added (the trial actors then start in workers of their own).
     """
     try:
         from ray.tune.execution import class_cache
@@ -236,6 +244,7 @@ def _trial_actors_in_warm_workers() -> Iterator[None]:
         return
     saved = dict(defaults)
     defaults.pop("PL_DISABLE_FORK", None)
+    defaults.update(env or {})
     try:
         yield
     finally:
@@ -253,18 +262,22 @@ def run_tuner(
     num_samples: int = 1,
     scheduler: Any = None,
     verbose: int = 1,
+    resources: dict[str, float] | None = None,
+    trial_env: dict[str, str] | None = None,
 ) -> Any:
     """Run (or, with --resume, restore and finish) the sweep; returns Tune's ResultGrid.
 
     `trainable` is a function trainable, made with `bind` so that large inputs travel through
     the object store once. Trials are scheduled with `cfg.cpus_per_trial` /
-    `cfg.gpus_per_trial` and run in reused actors, in workers that imported the trial code.
+    `cfg.gpus_per_trial` (or `resources`, a Tune resource dict) and run in reused actors, in
+    workers that imported the trial code (with `trial_env` in their environment).
     """
     from ray import tune
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_PERIOD_S)
     store, path = experiment(cfg, name)
-    resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    if resources is None:
+        resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
     trainable = tune.with_resources(trainable, {k: v for k, v in resources.items() if v})
     if cfg.resume and tune.Tuner.can_restore(path):
         log.info("resuming the sweep at %s", path)
@@ -290,7 +303,7 @@ def run_tuner(
                 verbose=verbose,
             ),
         )
-    with _trial_actors_in_warm_workers():
+    with _trial_actors_in_warm_workers(trial_env):
         return tuner.fit()
 
 

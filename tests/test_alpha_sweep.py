@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import open_clip
@@ -56,6 +57,7 @@ def sets(tmp_path_factory, ray_session):
 
 
 PREPARED_AT: list[float] = []  # when the `first` sweep started its preparations
+TUNED_AT: list[float] = []  # when it started Ray Tune
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +69,21 @@ def first(sets):
         epochs=4, lr=3e-3, warmup_steps=3, batch_size=16, eval_batch_size=64, loader_workers=1,
         cache_dir=str(root / "cache"), alphas=(0.0, 0.5, 1.0),
     )  # fmt: skip
-    prepare = alpha_sweep._prepare
+    prepare, run_tuner = alpha_sweep._prepare, tuning.run_tuner
 
-    def recorded(*args):
+    def prepared(*args):
         PREPARED_AT.append(time.time())
         return prepare(*args)
 
-    alpha_sweep._prepare = recorded
+    def tuned(*args, **kwargs):
+        TUNED_AT.append(time.time())
+        return run_tuner(*args, **kwargs)
+
+    alpha_sweep._prepare, tuning.run_tuner = prepared, tuned
     try:
         return cfg, alpha_sweep.run(cfg)
     finally:
-        alpha_sweep._prepare = prepare
+        alpha_sweep._prepare, tuning.run_tuner = prepare, run_tuner
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +142,64 @@ def test_fine_tune_then_sweep(first, run_dir):
     assert len(PREPARED_AT) == 1
     zs, ft = (os.stat(run_dir / f"theta_{k}.safetensors").st_mtime for k in ("zs", "ft"))
     assert zs <= PREPARED_AT[0] < ft
+    # Tune started the trials while Ray Train fine-tuned (they hold trial slots, not its CPUs):
+    # they waited for theta_ft and evaluated exactly what a plain loop gives on the finished run
+    assert len(TUNED_AT) == 1 and zs <= TUNED_AT[0] < ft
+    assert all(r["wait_s"] >= 0 and r["eval_s"] > 0 for r in table)
+    want = {(r["role"], r["alpha"]): r["value"] for r in brute_force(run_dir, (0.0, 0.5, 1.0))}
+    # the same command resumes it (spec.yaml names the run it made); another search does not
+    alpha_sweep._check_resume(replace(cfg, resume=True), True)
+    with pytest.raises(ValueError, match="--alphas differ"):
+        alpha_sweep._check_resume(replace(cfg, resume=True, alphas=(0.0, 1.0)), True)
+    for r in table:
+        assert r["patching"] == pytest.approx(want[("patching", r["alpha"])], abs=1e-6)
+        assert r["supported"] == pytest.approx(want[("supported", r["alpha"])], abs=1e-6)
+
+
+def test_early_trials_hold_trial_slots_and_start_at_the_lowest_priority(ray_session):
+    import ray
+
+    from mtmg.cluster import TRIAL_SLOT
+    from mtmg.handoff import LOW_PRIORITY_ENV, NICE
+
+    assert ray.cluster_resources()[TRIAL_SLOT] == ray.cluster_resources()["CPU"] == 2
+
+    @ray.remote(num_cpus=0, resources={TRIAL_SLOT: 1}, runtime_env={"env_vars": LOW_PRIORITY_ENV})
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == NICE == 19
+
+
+def test_a_failed_fine_tune_fails_its_waiting_trials_and_leaves_no_experiment(
+    sets, tmp_path, monkeypatch
+):
+    root, ben, img = sets
+    out = tmp_path / "broken"
+    exp = out / "tune" / alpha_sweep.NAME
+    seen: list[str] = []
+
+    def broken(*args, **kwargs):  # after Ray Train's job: the trials already wait
+        raise OSError("disk full (injected)")
+
+    def remove(cfg, name):  # what the experiment held before the sweep deleted it
+        seen.extend(p.read_text() for p in exp.glob("trial_*/error.txt"))
+        remove_experiment(cfg, name)
+
+    remove_experiment = tuning.remove_experiment
+    monkeypatch.setattr(patch, "write_outputs", broken)
+    monkeypatch.setattr(tuning, "remove_experiment", remove)
+    cfg = alpha_sweep.AlphaSweepConfig(
+        out=str(out), data=ben, supported=(img,), model=MODEL, pretrained="none", epochs=1,
+        batch_size=16, eval_batch_size=64, loader_workers=1, cache_dir=str(root / "cache"),
+        alphas=(0.0, 1.0),
+    )  # fmt: skip
+    with pytest.raises(OSError, match="disk full"):
+        alpha_sweep.run(cfg)
+    assert len(seen) == 2 and all("the sweep's fine-tune failed" in t for t in seen)
+    assert all("disk full (injected)" in t for t in seen)
+    assert not exp.exists()  # nothing to resume: a rerun starts a new sweep
+    assert not (out / "summary.json").exists()
 
 
 def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
