@@ -45,7 +45,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -404,10 +404,19 @@ def _prepare(plan: Plan, visual: torch.nn.Module, on_cluster: bool, tests: bool)
     }
 
 
-def _load_run(
-    run_dir: Path, pcfg: patch.PatchConfig, bundle, sets, prepared: dict
-) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(the object-store refs trials share, theta_zs, theta_ft) of a finished patch run."""
+@dataclass
+class _Inputs:
+    """What the trials and the driver's test metrics take from a finished patch run."""
+
+    shared: dict[str, Any]  # the object-store refs every trial reads (`Plan.shared`)
+    theta_zs: dict[str, torch.Tensor]
+    theta_ft: dict[str, torch.Tensor]
+    tests: dict  # test splits decoded for the driver's own test evaluation (`_prepare`)
+    ready_at: float = field(default_factory=time.perf_counter)  # when the trials could start
+
+
+def _load_run(run_dir: Path, pcfg: patch.PatchConfig, bundle, sets, prepared: dict) -> _Inputs:
+    """The run's weights and heads into the object store, beside what `_prepare` made."""
     import ray
 
     from mtmg import patch
@@ -425,7 +434,7 @@ def _load_run(
         "heads": ray.put([h.cpu().numpy() for h in heads]),
         "val": prepared["val"],
     }
-    return shared, theta_zs, theta_ft
+    return _Inputs(shared, theta_zs, theta_ft, prepared["tests"])
 
 
 def _early_trials(cfg: AlphaSweepConfig, on_cluster: bool, found: bool) -> bool:
@@ -442,55 +451,41 @@ def _early_trials(cfg: AlphaSweepConfig, on_cluster: bool, found: bool) -> bool:
 
 
 def _tune_while_fine_tuning(
-    pcfg: patch.PatchConfig,
-    plan: Plan,
-    start: Callable[[], None],
-    inputs: Callable[[], tuple],
-    tune_args: dict[str, Any],
-    times: dict[str, float],
-    t0: float,
-) -> tuple[Any, tuple]:
-    """Fine-tune (in a thread) with the Tune trials already started: (ResultGrid, inputs()).
+    plan: Plan, fine_tune: Callable[[Callable[[], None]], _Inputs], tune_args: dict[str, Any]
+) -> tuple[Any, _Inputs]:
+    """Run `fine_tune(on_train_start)` in a thread, with the Tune trials started from its
+    `on_train_start`: (ResultGrid, the inputs the fine-tune made).
 
     A trial process starts by booting a Ray worker and importing Ray Tune and torch: 2-5 s of
     CPU each on 2 cores, two at once, all of it after the fine-tune when started then. Started
-    with the Train job instead (`on_train_start`), they do so at the lowest CPU priority
-    (`handoff.LOW_PRIORITY_ENV`: on the CPU time the fine-tune leaves idle; at normal priority
-    they slowed it by as much as they saved), then wait at a `Handoff` for the refs of theta_ft
-    and the rest (`alpha_trial.shared_refs`).
+    with the Train job instead, they do so at the lowest CPU priority (`handoff.LOW_PRIORITY_ENV`:
+    on the CPU time the fine-tune leaves idle; at normal priority they slowed it by as much as
+    they saved), then wait at a `Handoff` for the refs of theta_ft and the rest
+    (`alpha_trial.shared_refs`).
 
     Tune runs in the main thread, so Ctrl-C stops it as usual; the trials have not run then:
     the sweep ends, and `--resume` fine-tunes from Ray Train's checkpoint and runs them. When
     the fine-tune fails, the waiting trials fail with it and the experiment is deleted (nothing
     in it to resume).
     """
-    from mtmg import patch
     from mtmg.cluster import TRIAL_SLOT
     from mtmg.handoff import LOW_PRIORITY_ENV, Handoff
 
     handoff = Handoff.remote()
     training = threading.Event()
-    handed: list[float] = []
 
-    def begin() -> None:
-        start()
-        training.set()
-
-    def fine_tune() -> tuple:
+    def hand_over() -> _Inputs:
         try:
-            patch.run(pcfg, on_train_start=begin)
-            times["fine_tune_s"] = time.perf_counter() - t0
-            got = inputs()
-            handoff.put.remote(got[1])
-            handed.append(time.perf_counter())
-            return got
+            got = fine_tune(training.set)
         except BaseException as e:
             handoff.fail.remote(f"the sweep's fine-tune failed: {tuning.error_text(e)}")
             raise
+        handoff.put.remote(got.shared)
+        return got
 
-    job = _in_background(fine_tune, name="mtmg-fine-tune")
-    while not (training.wait(0.05) or job.done()):
-        pass
+    job = _in_background(hand_over, name="mtmg-fine-tune")
+    job.add_done_callback(lambda _: training.set())
+    training.wait()
     if job.done() and job.exception() is not None:
         job.result()  # failed before its Train job: raises
     cfg = tune_args["cfg"]
@@ -503,12 +498,10 @@ def _tune_while_fine_tuning(
             "alpha sweep interrupted during its fine-tune; run it again with --resume"
         )
     try:
-        got = job.result()
+        return grid, job.result()
     except BaseException:
         tuning.remove_experiment(cfg, NAME)
         raise
-    times["tune_s"] = time.perf_counter() - handed[0]  # Tune's time once the weights exist
-    return grid, got
 
 
 def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
@@ -552,14 +545,24 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         ready.append(_in_background(_prepare, plan, bundle.model.visual.cpu(), on_cluster,
                                     in_driver))  # fmt: skip
 
-    def inputs() -> tuple[dict, dict[str, Any], dict, dict]:  # once theta_ft exists
+    def inputs() -> _Inputs:  # once theta_ft exists
         if not ready:
             start()
         t = time.perf_counter()
-        prepared = ready[0].result()
-        got = _load_run(run_dir, pcfg, bundle, sets, prepared)
+        got = _load_run(run_dir, pcfg, bundle, sets, ready[0].result())
         times["prepare_s"] = time.perf_counter() - t
-        return prepared, *got
+        return got
+
+    def fine_tuned(on_train_start: Callable[[], None] | None = None) -> _Inputs:
+        def started() -> None:
+            start()
+            if on_train_start is not None:
+                on_train_start()
+
+        # validates again (its own model), then fine-tunes under Ray Train
+        patch.run(pcfg, on_train_start=started)
+        times["fine_tune_s"] = time.perf_counter() - t0
+        return inputs()
 
     out.mkdir(parents=True, exist_ok=True)
     spec = _spec(cfg)
@@ -568,19 +571,13 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     tune_args = dict(cfg=cfg, name=NAME, param_space=param_space, search_alg=search_alg,
                      num_samples=n)  # fmt: skip
     if fine_tune and _early_trials(cfg, on_cluster, found):
-        grid, (prepared, shared, theta_zs, theta_ft) = _tune_while_fine_tuning(
-            pcfg, plan, start, inputs, tune_args, times, t0
-        )
+        grid, got = _tune_while_fine_tuning(plan, fine_tuned, tune_args)
     else:
-        if fine_tune:  # validates again (its own model), then fine-tunes under Ray Train
-            patch.run(pcfg, on_train_start=start)
-            times["fine_tune_s"] = time.perf_counter() - t0
-        prepared, shared, theta_zs, theta_ft = inputs()
-        t2 = time.perf_counter()
-        grid = tuning.run_tuner(tuning.bind(trial, plan=replace(plan, shared=shared)),
+        got = fine_tuned() if fine_tune else inputs()
+        grid = tuning.run_tuner(tuning.bind(trial, plan=replace(plan, shared=got.shared)),
                                 **tune_args)  # fmt: skip
-        times["tune_s"] = time.perf_counter() - t2
-    plan = replace(plan, shared=shared)
+    times["tune_s"] = time.perf_counter() - got.ready_at  # Tune's time once the weights exist
+    plan = replace(plan, shared=got.shared)
     rows = tuning.trial_rows(grid, final_key="patching")  # a trial reports once, at its end
     rows.sort(key=lambda r: (r.get("alpha") is None, r.get("alpha") or r.get("config/alpha") or 0))
     ok = [r for r in rows if r["status"] == "TERMINATED" and r.get("patching") is not None]
@@ -610,14 +607,14 @@ def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
         test += ray.get(task.remote(plan, todo, chosen))
     elif todo:  # embedded: this process (decoding without forking it: Ray's threads run here)
         test += test_rows(replace(plan, loader_workers=0), todo, chosen, worker=False,
-                          kept=prepared["tests"])  # fmt: skip
+                          kept=got.tests)  # fmt: skip
     for r in test:
         r.setdefault("source", "sweep")
     order = {(s[0], s[1]): i for i, s in enumerate(plan.sets)}
     test.sort(key=lambda r: (r["alpha"], order[(r["role"], r["path"])]))
     times["test_s"] = time.perf_counter() - t3
-    summary = _write(cfg, pcfg, out, run_dir, bundle, theta_zs, theta_ft, rows, val_rows, test,
-                     chosen, front, spec, grid.experiment_path, on_cluster)  # fmt: skip
+    summary = _write(cfg, pcfg, out, run_dir, bundle, got.theta_zs, got.theta_ft, rows, val_rows,
+                     test, chosen, front, spec, grid.experiment_path, on_cluster)  # fmt: skip
     times["total_s"] = time.perf_counter() - t0
     summary["timings"] = {k: round(v, 3) for k, v in times.items()}
     tuning.write_outputs(out, rows, summary_md=summary.pop("_md"), summary=summary, spec=spec,
