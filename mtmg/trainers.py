@@ -11,10 +11,12 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -173,6 +175,88 @@ def _trainer_class(lean: bool) -> type:
     return LeanTorchTrainer
 
 
+def _node_local_torch_config() -> Any:
+    """Ray Train's TorchConfig with a process group that listens on the node's address only.
+
+    For the embedded Ray (one node, 127.0.0.1): by default torch's rendezvous store listens on
+    every interface (its server binds "::" whatever the host) and gloo on the hostname's
+    address, neither with authentication. Here rank 0 binds the store's socket to the node's
+    address and hands it to `TCPStore(master_listen_fd=...)`, and gloo and NCCL use the
+    interface holding that address.
+    """
+    from ray.train.torch import TorchConfig
+
+    # private: TorchConfig takes neither a store nor an address for the store to listen on
+    class NodeLocalBackend(TorchConfig().backend_cls):  # Ray's torch backend, its shutdown kept
+        def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
+            import ray
+
+            n = len(worker_group)
+            addr, port = worker_group.execute_single(0, _bind_store_socket)
+            args = {"backend": backend_config.backend, "world": n, "addr": addr, "port": port,
+                    "timeout_s": backend_config.timeout_s}  # fmt: skip
+            ray.get([worker_group.execute_single_async(i, _join_group, world_rank=i, **args)
+                     for i in range(n)])  # fmt: skip
+
+    @dataclass
+    class NodeLocalTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self) -> type:
+            return NodeLocalBackend
+
+    return NodeLocalTorchConfig()
+
+
+_store_socket: list[socket.socket] = []  # rank 0's, between `_bind_store_socket` and `_join_group`
+
+
+def _bind_store_socket() -> tuple[str, int]:
+    """On rank 0: a socket bound to this node's address for the rendezvous store."""
+    import ray
+
+    addr = ray.util.get_node_ip_address()
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((addr, 0))
+    _store_socket[:] = [sock]
+    return addr, sock.getsockname()[1]
+
+
+def _join_group(
+    backend: str, world_rank: int, world: int, addr: str, port: int, timeout_s: int
+) -> None:
+    """Join the default process group through rank 0's store at `addr:port` (the worker side of
+    `_node_local_torch_config`); sets the environment torchrun would."""
+    import ray.train
+
+    iface = _interface_of(addr)
+    for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        if iface and var not in os.environ:
+            os.environ[var] = iface
+    ctx = ray.train.get_context()
+    os.environ.update(
+        RANK=str(world_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(ctx.get_local_rank()),
+        LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()), NODE_RANK=str(ctx.get_node_rank()),
+        MASTER_ADDR=addr, MASTER_PORT=str(port),
+    )  # fmt: skip
+    timeout = timedelta(seconds=timeout_s)
+    main = world_rank == 0
+    fd = _store_socket.pop().detach() if main else None  # the store's server owns it now
+    store = dist.TCPStore(addr, port, world, main, timeout, master_listen_fd=fd)
+    dist.init_process_group(
+        backend, store=store, rank=world_rank, world_size=world, timeout=timeout
+    )
+
+
+def _interface_of(addr: str) -> str | None:
+    """Name of the network interface holding `addr` (e.g. "lo" for 127.0.0.1)."""
+    import psutil  # Ray's own copy: `import ray` puts it on the path
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == addr for a in addrs):
+            return name
+    return None
+
+
 def fit(
     train_fn: Callable[[dict], None],
     config: dict[str, Any],
@@ -189,9 +273,10 @@ def fit(
 
     Re-running with the same `storage_path` and `name` resumes from the run's latest checkpoint
     (Train V2 resumes by identity); a worker failure restarts from it up to `max_failures` times.
-    On the embedded Ray the job runs lean: see `LEAN_ENV`, `_trainer_class`. `on_start()` is
-    called when the job is about to start, once the driver has nothing left to do but wait
-    (the alpha sweep starts its preparations there).
+    On the embedded Ray the job runs lean (see `LEAN_ENV`, `_trainer_class`) and its process
+    group listens on 127.0.0.1 only (`_node_local_torch_config`). `on_start()` is called when
+    the job is about to start, once the driver has nothing left to do but wait (the alpha sweep
+    starts its preparations there).
     """
     import ray.train
 
@@ -204,6 +289,7 @@ def fit(
     trainer = _trainer_class(lean)(
         train_fn,
         train_loop_config=config,
+        torch_config=_node_local_torch_config() if lean else None,
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
         ),

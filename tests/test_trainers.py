@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -68,3 +69,46 @@ def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):
     assert dict(os.environ) == before
     # Ray Train's Ctrl-C handler (it holds the finished controller) does not outlive the fit
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)  # "::ffff:127.0.0.1": a dual-stack socket
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_embedded_train_job_listens_on_loopback_only(ray_session, tmp_path):
+    """While a two-worker job runs (a real process group), no process of the embedded Ray (the
+    driver and all its descendants: GCS, raylet, agents, Train's actors and workers) listens
+    beyond loopback: not torch's rendezvous store (by default on every interface), not gloo,
+    not Ray's own servers."""
+    seen = tmp_path / "listening.json"
+
+    def probe(config: dict) -> None:
+        import socket
+        from pathlib import Path
+
+        import psutil  # Ray's own copy, on the path once ray is imported
+        import ray.train
+        import torch.distributed as dist
+
+        if ray.train.get_context().get_world_rank() == 0:
+            root, rows = psutil.Process(config["driver"]), []
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    rows += [[c.laddr.ip, c.laddr.port, Path(p.cmdline()[0]).name[:40]]
+                             for c in p.net_connections("inet")
+                             if c.status == psutil.CONN_LISTEN
+                             or (c.type == socket.SOCK_DGRAM and not c.raddr)]  # fmt: skip
+                except psutil.Error:  # ended meanwhile
+                    continue
+            store = int(os.environ["MASTER_PORT"])
+            Path(config["out"]).write_text(json.dumps({"rows": rows, "store": store}))
+        dist.barrier()  # rank 1 keeps its sockets until rank 0 has looked
+
+    trainers.fit(probe, {"out": str(seen), "driver": os.getpid()}, workers=2, use_gpu=False,
+                 storage_path=str(tmp_path), name="listen", max_failures=0)  # fmt: skip
+    m = json.loads(seen.read_text())
+    assert m["store"] in [port for _, port, _ in m["rows"]], m  # the check sees the store
+    assert any("raylet" in who for _, _, who in m["rows"]), m  # and Ray's daemons
+    assert [r for r in m["rows"] if not _is_loopback(r[0])] == []
