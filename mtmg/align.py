@@ -29,11 +29,13 @@ import yaml
 from mtmg import (
     config,
     data,
+    errors,
     evaluate,
     heads,
     metrics,
     models,
     results,
+    rundir,
     trainers,
     training,
     transforms,
@@ -99,6 +101,7 @@ class AlignConfig:
     max_failures: int = option(1, help="restarts from the last checkpoint after a worker failure")
     cache_dir: str | None = option(None, help="zero-shot head cache (default ~/.cache/mtmg)")
     cluster: bool = option(False, help="connect to a running Ray cluster (RAY_ADDRESS or auto)")
+    overwrite: bool = option(False, help="--out holds a run of other inputs: delete it first")
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -255,7 +258,7 @@ def _train(cfg: AlignConfig, ctx, m: Models, sets, fail_once=None) -> dict[str, 
                     t_emb = m.teacher(batch["rgb"])
                 s_emb = model(x)
             loss, parts = loss_parts(cfg, s_emb.float(), t_emb.float(), head, y, multi_label)
-            training.optimizer_step(loss, opt, sched, params, cfg.grad_clip)
+            training.optimizer_step(loss, opt, sched, params, cfg.grad_clip, state["step"])
             state["step"] += 1
             meter.step(len(y))
             training.inject_failure(fail_once, state["step"])
@@ -414,8 +417,14 @@ def build_student(cfg: AlignConfig, embed_dim: int) -> tuple[st.Student, st.Init
 def run(cfg: AlignConfig, *, fail_once: tuple[str, int] | None = None) -> dict[str, Any]:
     """The whole stage; returns the summary also written to OUT/summary.json."""
     t0 = time.perf_counter()
-    out = Path(cfg.out).resolve()
     sets = validate(cfg)
+    with rundir.claim("align", cfg, cfg.out, overwrite=cfg.overwrite):
+        return _align(cfg, sets, t0, fail_once)
+
+
+def _align(cfg: AlignConfig, sets, t0: float, fail_once) -> dict[str, Any]:
+    """`run` once OUT is this run's: teacher, heads, student, the Ray Train job, the outputs."""
+    out = Path(cfg.out).resolve()
     name, pretrained, model_config = resolve_teacher(cfg)
     torch.manual_seed(cfg.seed)
     tb = models.load_clip(name, pretrained, model_config=model_config)
@@ -512,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return errors.interrupted(errors.RESUME_RUN)
     before = {(r["dataset"], r["metric"]): r["value"] for r in summary["untrained_test"]}
     print(f"{'dataset':<15} {'split':<5} {'encoder':<8} {'metric':<16} {'value':>7} untrained")
     for r in summary["test"]:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file
 
-from mtmg import config, data, models, select, weights
+from mtmg import config, data, errors, models, select, weights
 from mtmg import tune as tuning
 from mtmg.alpha_trial import (
     Plan,
@@ -74,10 +74,6 @@ NAME = "alpha_sweep"  # the Tune experiment's name under --storage
 TRIAL_MODULES = ("mtmg.alpha_trial",)  # what trial processes import (preloaded when embedded)
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 RUN_FILES = ("config.yaml", "theta_zs.safetensors", "theta_ft.safetensors")
-# options a resumed sweep must share with the interrupted one (the rest may change)
-SEARCH_KEYS = ("search", "alphas", "alpha_range", "alpha_step", "multi_objective", "num_samples",
-               "seed", "selection", "tolerance", "run", "data", "joint_data",
-               "supported")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -226,23 +222,6 @@ def _run_dir(cfg: AlphaSweepConfig) -> Path:
 def _spec(cfg: AlphaSweepConfig) -> dict[str, Any]:
     """The resolved sweep spec saved as spec.yaml (with the patch run swept)."""
     return {**tuning.resolved_spec(cfg), "run": str(_run_dir(cfg))}
-
-
-def _check_resume(cfg: AlphaSweepConfig, found: bool) -> None:
-    """A resumed sweep must search what the interrupted one searched."""
-    spec = Path(cfg.out).resolve() / "spec.yaml"
-    if not (found and spec.is_file()):
-        return
-    import yaml
-
-    old = yaml.safe_load(spec.read_text()) or {}
-    new = _spec(cfg)
-    diff = [k for k in SEARCH_KEYS if k in old and old[k] != new.get(k)]
-    if diff:
-        raise ValueError(
-            f"--resume: {', '.join('--' + k.replace('_', '-') for k in diff)} differ from the "
-            f"interrupted sweep ({spec}); resume with the same search or use another --out"
-        )
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -505,17 +484,22 @@ def _tune_while_fine_tuning(
 
 
 def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
-    """The whole sweep; returns the summary also written to OUT/summary.json."""
+    """The whole sweep; returns the summary also written to OUT/summary.json. OUT is the
+    sweep's alone while it runs (`tune.claim`)."""
+    check(cfg)
+    with tuning.claim(cfg, NAME):
+        return _sweep(cfg)
+
+
+def _sweep(cfg: AlphaSweepConfig) -> dict[str, Any]:
     import ray
 
     from mtmg import patch, results
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    check(cfg)
     out = Path(cfg.out).resolve()
     found = tuning.can_resume(cfg, NAME)
-    _check_resume(cfg, found)
     pcfg = patch_config(cfg)
     if cfg.multi_objective and not pcfg.supported:
         raise ValueError("--multi-objective needs a supported set (--supported)")
@@ -728,8 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"interrupted: {e or 'Ctrl-C'}", file=sys.stderr)
-        return 130
+        return errors.interrupted(str(e) or errors.RESUME_SWEEP)
     print(f"chosen alpha = {summary['alpha']:g} ({cfg.selection} rule on validation; "
           f"{summary['trials']['finished']} trials finished, "
           f"{summary['trials']['failed']} failed)")  # fmt: skip

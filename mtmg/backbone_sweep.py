@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from mtmg import align, config, data, heads, models, patch, select
+from mtmg import align, config, data, errors, heads, models, patch, select
 from mtmg import tune as tuning
 from mtmg.trainers import WorkerContext
 
@@ -425,8 +425,14 @@ def _search(cfg: BackboneSweepConfig, space: dict[str, list[str]]) -> dict[str, 
 
 
 def run(cfg: BackboneSweepConfig) -> dict[str, Any]:
-    """The whole sweep; returns the summary also written to OUT/summary.json."""
+    """The whole sweep; returns the summary also written to OUT/summary.json. OUT is the
+    sweep's alone while it runs (`tune.claim`)."""
     check(cfg)
+    with tuning.claim(cfg, NAME):
+        return _sweep(cfg)
+
+
+def _sweep(cfg: BackboneSweepConfig) -> dict[str, Any]:
     paths = _unique(cfg.data)
     for p in paths:
         check_evaluable(p)
@@ -647,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return errors.interrupted(errors.RESUME_SWEEP)
     print((Path(cfg.out) / "summary.md").read_text())
     if summary["best"] is None:
         print("error: no trial finished", file=sys.stderr)

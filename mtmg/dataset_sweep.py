@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from mtmg import config, data, heads, models, patch, select
+from mtmg import config, data, errors, heads, models, patch, select
 from mtmg import tune as tuning
 from mtmg.backbone_sweep import (
     _abs,
@@ -212,8 +212,14 @@ def trial(params: dict[str, Any], plan: Plan) -> None:
 
 
 def run(cfg: DatasetSweepConfig) -> dict[str, Any]:
-    """The whole sweep; returns the summary also written to OUT/summary.json."""
+    """The whole sweep; returns the summary also written to OUT/summary.json. OUT is the
+    sweep's alone while it runs (`tune.claim`)."""
     check(cfg)
+    with tuning.claim(cfg, NAME):
+        return _sweep(cfg)
+
+
+def _sweep(cfg: DatasetSweepConfig) -> dict[str, Any]:
     mixes = entries(cfg.patching)
     patching, supported = _unique([p for m in mixes for p in m]), _unique(cfg.supported)
     paths = _unique([*patching, *supported, *cfg.eval_data])
@@ -378,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return errors.interrupted(errors.RESUME_SWEEP)
     print((Path(cfg.out) / "summary.md").read_text())
     if summary["best"] is None:
         print("error: no trial finished", file=sys.stderr)

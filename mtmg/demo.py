@@ -21,10 +21,11 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtmg import prep, shards, synth
+from mtmg import errors, prep, rundir, shards, synth
 
 MODEL = "mtmg-demo-vit"
 MIN_PATCHES = 120
@@ -46,8 +47,23 @@ def _step(name: str, done: Path, fresh: bool, fn: Callable[[], object], times: d
 
 
 def _ok(code: int, what: str) -> None:
+    if code == errors.INTERRUPTED:
+        raise KeyboardInterrupt
     if code != 0:
         raise SystemExit(f"demo: {what} failed (exit {code})")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What determines the demo's outputs (its run fingerprint, `mtmg.rundir`)."""
+
+    patches: int = 600
+    quick: bool = False
+
+
+def _resume(sweep: Path) -> list[str]:
+    """`--resume` for a sweep that an interrupted demo left behind."""
+    return ["--resume"] if (sweep / rundir.RUN_FILE).exists() else []
 
 
 def _shard(dataset: str, root: Path, out: Path, *extra: str) -> None:
@@ -59,17 +75,25 @@ def _patch_options(out: Path) -> Path:
     """Fine-tuning options beyond the sweep's flags: no weight decay (the paper's 0.5 is for
     lr 1e-5; at the small model's lr it would shrink the weights away from theta_zs) and no
     augmentation (a generated patch's classes are its colours: colour jitter would relabel it)."""
-    path = out / "patch-options.yaml"
-    path.write_text("weight_decay: 0.0\naugment: false\n")
+    path, text = out / "patch-options.yaml", "weight_decay: 0.0\naugment: false\n"
+    if not path.is_file() or path.read_text() != text:  # unchanged: the sweep's inputs are too
+        path.write_text(text)
     return path
 
 
 def run(out: Path, *, patches: int = 600, fresh: bool = False, quick: bool = False) -> dict:
     """Run the demo into `out`; returns the report summary. `quick`: fewer epochs (tests)."""
+    with rundir.claim("demo", DemoOptions(patches, quick), out, overwrite=fresh):
+        if fresh:  # a demo directory of an older mtmg has no run.json to say it is one
+            for p in out.iterdir():
+                if p.name not in (rundir.LOCK_FILE, rundir.RUN_FILE):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        return _steps(out, patches, fresh, quick)
+
+
+def _steps(out: Path, patches: int, fresh: bool, quick: bool) -> dict:
     from mtmg import align, alpha_sweep, loss_sweep, pretrain, report
 
-    if fresh and out.exists():
-        shutil.rmtree(out)
     raw, sh, times = out / "raw", out / "shards", {}
     ben_raw, ems_raw, img_raw = raw / "bigearthnet", raw / "eurosat-ms", raw / "shapes"
     ben, ems, img = sh / "bigearthnet", sh / "eurosat-ms", sh / "shapes"
@@ -104,8 +128,8 @@ def run(out: Path, *, patches: int = 600, fresh: bool = False, quick: bool = Fal
               "--model", MODEL, "--pretrained", str(clip / pretrain.CHECKPOINT),
               *(FINE_TUNE_QUICK if quick else FINE_TUNE), "--warmup-steps", "10",
               "--batch-size", "32", "--patch-config", str(_patch_options(out)),
-              "--selection", "constrained", "--tolerance", "5", "--out", str(sweep), "--resume",
-              *common]), "alpha sweep"),
+              "--selection", "constrained", "--tolerance", "5", "--out", str(sweep),
+              *_resume(sweep), *common]), "alpha sweep"),
           times)  # fmt: skip
     aligned = out / "align"
     student = ["--student-args", STUDENT_ARGS, "--student-size", "32", "--batch-size", "32",
@@ -121,7 +145,7 @@ def run(out: Path, *, patches: int = 600, fresh: bool = False, quick: bool = Fal
           lambda: _ok(loss_sweep.main([
               "--data", str(ben), "--teacher", str(sweep), "--out", str(losses),
               "--epochs", "2" if quick else "6", "--w-txt", "0", "0.05", "0.5",
-              "--align-config", str(aligned / "config.yaml"), "--resume", *common]),
+              "--align-config", str(aligned / "config.yaml"), *_resume(losses), *common]),
               "loss sweep"),
           times)  # fmt: skip
     rep = out / "report"
@@ -145,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--patches must be at least {MIN_PATCHES}, got {args.patches}")
     t0 = time.perf_counter()
     out = args.out.resolve()
-    summary: dict[str, Any] = run(out, patches=args.patches, fresh=args.fresh, quick=args.quick)
+    try:
+        summary: dict[str, Any] = run(out, patches=args.patches, fresh=args.fresh,
+                                      quick=args.quick)  # fmt: skip
+    except rundir.RunDirError as e:
+        print(f"error: {e} (for the demo: --fresh)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return errors.interrupted("run the demo again: finished steps are skipped")
     print("\n" + "\n".join(summary["table"]))
     for g in summary["gains"]:
         print(f"- {g}")

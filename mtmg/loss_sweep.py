@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from mtmg import align, config, data, heads, models
+from mtmg import align, config, data, errors, heads, models
 from mtmg import tune as tuning
 from mtmg.trainers import WorkerContext
 
@@ -211,8 +211,14 @@ def plot(rows: list[dict[str, Any]], path: Path, objective_name: str) -> None:
 
 
 def run(cfg: LossSweepConfig) -> dict[str, Any]:
-    """The whole sweep; returns the summary also written to OUT/summary.json."""
+    """The whole sweep; returns the summary also written to OUT/summary.json. OUT is the
+    sweep's alone while it runs (`tune.claim`)."""
     check(cfg)
+    with tuning.claim(cfg, NAME):
+        return _sweep(cfg)
+
+
+def _sweep(cfg: LossSweepConfig) -> dict[str, Any]:
     base = align_config(cfg)
     sets = align.validate(base)
     name, pretrained, model_config = align.resolve_teacher(base)
@@ -311,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return errors.interrupted(errors.RESUME_SWEEP)
     print((Path(cfg.out) / "summary.md").read_text())
     if summary["best"] is None:
         print("error: no trial finished", file=sys.stderr)

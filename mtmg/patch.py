@@ -46,10 +46,12 @@ from safetensors.torch import load_file, save_file
 from mtmg import (
     config,
     data,
+    errors,
     evaluate,
     heads,
     models,
     results,
+    rundir,
     select,
     trainers,
     training,
@@ -109,6 +111,7 @@ class PatchConfig:
     max_failures: int = option(1, help="restarts from the last checkpoint after a worker failure")
     cache_dir: str | None = option(None, help="zero-shot head cache (default ~/.cache/mtmg)")
     cluster: bool = option(False, help="connect to a running Ray cluster (RAY_ADDRESS or auto)")
+    overwrite: bool = option(False, help="--out holds a run of other inputs: delete it first")
 
     @property
     def patching(self) -> tuple[str, ...]:
@@ -273,7 +276,7 @@ def _epoch(cfg, ctx, clf, tasks, optim, epoch, step, losses, fail_once):
             pairs = zip(loss_fns, logits, ys, strict=True)
             per_set = torch.stack([f(lg.float(), y) for f, lg, y in pairs])
             loss = per_set.mean()
-        training.optimizer_step(loss, opt, sched, params, cfg.grad_clip)
+        training.optimizer_step(loss, opt, sched, params, cfg.grad_clip, step)
         step, n = step + 1, n + 1
         meter.step(len(x))
         training.inject_failure(fail_once, step)
@@ -408,9 +411,14 @@ def run(
     `on_train_start()` is called once the driver has handed the fine-tune to Ray Train and
     only waits for it (see `mtmg.trainers.fit`)."""
     t0 = time.perf_counter()
-    out = Path(cfg.out).resolve()
     bundle, sets = validate(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    with rundir.claim("patch", cfg, cfg.out, overwrite=cfg.overwrite):
+        return _fine_tune(cfg, bundle, sets, t0, fail_once, on_train_start)
+
+
+def _fine_tune(cfg, bundle, sets, t0, fail_once, on_train_start) -> dict[str, Any]:
+    """`run` once OUT is this run's: the heads, the Ray Train job, the outputs."""
+    out = Path(cfg.out).resolve()
     results.save_config(config.to_dict(cfg), out / "config.yaml")
     head_weights = build_heads(cfg, bundle, sets)
     theta_zs = weights.image_state(bundle.model)
@@ -504,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return errors.interrupted(errors.RESUME_RUN)
     print(f"chosen alpha = {summary['alpha']:g} ({cfg.selection} rule on validation)")
     for r in summary["test"]:
         mark = "*" if r["selected"] else " "

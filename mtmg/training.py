@@ -60,8 +60,33 @@ def ray_value(x: Any) -> Any:
         return x
 
 
-def optimizer_step(loss: torch.Tensor, opt, sched, params, grad_clip: float) -> None:
-    """Backward, gradient-norm clipping (when `grad_clip` > 0), optimiser and schedule step."""
+class NonFiniteError(ValueError):
+    """A loss or weights that are NaN or infinite: nothing of it may reach a checkpoint."""
+
+
+RECOVER = (
+    "no checkpoint holds it. Check the shard sets (`python -m mtmg.verify SHARDS` names a bad "
+    "shard; the loader names a non-finite sample), fix the data or lower --lr, and run the same "
+    "command again: it resumes from the last good epoch checkpoint"
+)
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Stop at the first non-finite loss, before it reaches the weights."""
+    if not torch.isfinite(loss).all():
+        raise NonFiniteError(f"training loss is {loss.item()} at step {step + 1}; " + RECOVER)
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], where: str) -> None:
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteError(f"{where}: non-finite values in {', '.join(bad[:5])}; " + RECOVER)
+
+
+def optimizer_step(loss: torch.Tensor, opt, sched, params, grad_clip: float, step: int = 0) -> None:
+    """Backward, gradient-norm clipping (when `grad_clip` > 0), optimiser and schedule step;
+    a non-finite loss stops the run (`NonFiniteError`) before the weights change."""
+    check_finite(loss, step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -114,6 +139,7 @@ def save_epoch(
 ) -> None:
     """Report `metrics` from every rank, with a checkpoint from rank 0: `<name>.safetensors`,
     `optim.pt` (optimiser and schedule) and `state.json` (the loop's progress)."""
+    _check_tensors(tensors, f"epoch checkpoint {state.get('epoch')}")
     if not ctx.is_main:
         ctx.report(metrics)
         return
@@ -136,6 +162,7 @@ def load_epoch(
         return None
     state = json.loads(Path(ckpt, "state.json").read_text())
     tensors = load_file(os.path.join(ckpt, f"{name}.safetensors"))
+    _check_tensors(tensors, f"checkpoint {ckpt} (written by an earlier mtmg; delete OUT/ray)")
     extra = Path(ckpt, "optim.pt")
     if opt is not None and extra.exists():
         saved = torch.load(extra, weights_only=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mtmg import config, storage
+from mtmg import config, rundir, storage
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -74,6 +74,9 @@ class SweepConfig:
         False, help="continue an interrupted sweep in the same storage; finished trials are kept"
     )
     retry_failed: bool = option(False, help="with --resume: run failed trials again")
+    overwrite: bool = option(
+        False, help="OUT holds a sweep of other settings: delete it and start afresh"
+    )
     search: str = option("grid", help="search algorithm", choices=list(SEARCHES))
     spec: str | None = option(
         None, help="sweep spec YAML: search space and fixed settings, keys as the long options "
@@ -130,6 +133,21 @@ def remove_experiment(cfg: SweepConfig, name: str) -> None:
         loc.fs.delete_dir(loc.path)
 
 
+@contextlib.contextmanager
+def claim(cfg: SweepConfig, name: str) -> Iterator[None]:
+    """Own OUT while the sweep runs (`mtmg.rundir.claim`: locked, fingerprinted); with
+    --overwrite the old sweep, its Tune experiment included, is deleted first."""
+    with rundir.claim(name, cfg, cfg.out, overwrite=cfg.overwrite) as same:
+        if cfg.overwrite:
+            remove_experiment(cfg, name)
+        if cfg.resume and not same:
+            raise ValueError(
+                f"--resume: no sweep to resume in {os.path.abspath(cfg.out)}; "
+                "run without --resume to start one"
+            )
+        yield
+
+
 def can_resume(cfg: SweepConfig, name: str) -> bool:
     """Whether a restorable experiment exists; one without --resume is an error (no mixing)."""
     from ray.tune import Tuner
@@ -142,7 +160,7 @@ def can_resume(cfg: SweepConfig, name: str) -> bool:
             "are kept), or choose another --out / --storage"
         )
     if cfg.resume and not found:
-        log.warning("--resume: no sweep to resume at %s; starting a new one", path)
+        log.info("--resume: the sweep had not started its trials; starting them")
     return found
 
 
@@ -436,6 +454,6 @@ def write_outputs(
 def resolved_spec(cfg: SweepConfig) -> dict[str, Any]:
     """The options as plain data, loadable again with --spec (spec/resume left out)."""
     d = config.to_dict(cfg)
-    for k in ("spec", "resume", "retry_failed"):
+    for k in ("spec", "resume", "retry_failed", "overwrite"):
         d.pop(k, None)
     return d

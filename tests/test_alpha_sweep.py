@@ -32,6 +32,7 @@ from mtmg import (
     models,
     patch,
     prep,
+    rundir,
     select,
     synth,
     weights,
@@ -147,10 +148,16 @@ def test_fine_tune_then_sweep(first, run_dir):
     assert len(TUNED_AT) == 1 and zs <= TUNED_AT[0] < ft
     assert all(r["wait_s"] >= 0 and r["eval_s"] > 0 for r in table)
     want = {(r["role"], r["alpha"]): r["value"] for r in brute_force(run_dir, (0.0, 0.5, 1.0))}
-    # the same command resumes it (spec.yaml names the run it made); another search does not
-    alpha_sweep._check_resume(replace(cfg, resume=True), True)
-    with pytest.raises(ValueError, match="--alphas differ"):
-        alpha_sweep._check_resume(replace(cfg, resume=True, alphas=(0.0, 1.0)), True)
+    # the same command resumes it (its fine-tune inside OUT counts as the same input); another
+    # search is refused, naming what differs, and OUT is left as it was
+    ident = rundir.identity(alpha_sweep.NAME, replace(cfg, resume=True), cfg.out)
+    assert rundir.fingerprint(ident) == json.loads((Path(cfg.out) / "run.json").read_text())[
+        "fingerprint"
+    ]
+    before = sorted(p.name for p in Path(cfg.out).iterdir())
+    with pytest.raises(rundir.RunDirError, match=r"--alphas \[0.0, 0.5, 1.0\] -> \[0.0, 1.0\]"):
+        alpha_sweep.run(replace(cfg, resume=True, alphas=(0.0, 1.0)))
+    assert sorted(p.name for p in Path(cfg.out).iterdir()) == before
     for r in table:
         assert r["patching"] == pytest.approx(want[("patching", r["alpha"])], abs=1e-6)
         assert r["supported"] == pytest.approx(want[("supported", r["alpha"])], abs=1e-6)

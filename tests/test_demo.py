@@ -61,6 +61,10 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     # a rerun skips every step
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 9
+    # ... and a rerun with other options is refused instead of skipping to the old results
+    r = subprocess.run([*cmd[:-2], "400", "--quick"], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "--patches 360 -> 400" in r.stderr and "--fresh" in r.stderr
 
 
 def test_demo_and_report_help_and_bad_input(cli):

@@ -1,0 +1,82 @@
+"""A non-finite loss or weights never reach a checkpoint, and a non-finite checkpoint is never
+resumed from: the run stops with an error that says how to recover."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mtmg import training
+from mtmg.trainers import WorkerContext
+
+
+class Recorder(WorkerContext):
+    """A plain-process context that keeps what a stage reports, and can hand a checkpoint
+    back as Ray Train would after a restart."""
+
+    def __init__(self, tmp: Path, resume_from: str | None = None) -> None:
+        super().__init__()
+        self.tmp, self.resume_from, self.reports = tmp, resume_from, []
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self):
+        d = self.tmp / f"ckpt-{len(self.reports)}"
+        d.mkdir()
+        yield str(d)
+
+    def report(self, metrics, checkpoint=None):
+        self.reports.append((metrics, checkpoint))
+
+    def load_checkpoint(self):
+        return self.resume_from
+
+
+def _model_and_opt():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, training.lr_lambda(1, 10))
+    return model, opt, sched
+
+
+def test_a_non_finite_loss_stops_before_the_weights_change():
+    model, opt, sched = _model_and_opt()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = model(torch.full((3, 4), float("nan"))).sum()
+    with pytest.raises(training.NonFiniteError, match=r"loss is nan at step 8.*resumes from"):
+        training.optimizer_step(loss, opt, sched, list(model.parameters()), 1.0, step=7)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # a finite loss steps as before
+    training.optimizer_step(
+        model(torch.ones(3, 4)).sum(), opt, sched, list(model.parameters()), 1.0
+    )
+    assert not torch.equal(model.weight, before["weight"])
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    ctx = Recorder(tmp_path)
+    model, opt, sched = _model_and_opt()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    training.save_epoch(ctx, "visual", state, {"epoch": 1}, {"epoch": 1}, opt, sched)
+    assert len(ctx.reports) == 1 and ctx.reports[0][1] is not None
+    state["weight"][0, 0] = float("inf")
+    with pytest.raises(training.NonFiniteError, match="weight"):
+        training.save_epoch(ctx, "visual", state, {"epoch": 2}, {"epoch": 2}, opt, sched)
+    assert len(ctx.reports) == 1  # nothing reported, no checkpoint written
+
+
+def test_a_non_finite_checkpoint_is_not_resumed_from(tmp_path):
+    """A run dir holding a NaN checkpoint (from an mtmg without these checks) is refused on
+    resume instead of failing again at evaluation."""
+    ckpt = tmp_path / "old"
+    ckpt.mkdir()
+    save_file({"weight": torch.tensor([[float("nan"), 1.0]])}, str(ckpt / "visual.safetensors"))
+    (ckpt / "state.json").write_text(json.dumps({"epoch": 1, "step": 3}))
+    with pytest.raises(training.NonFiniteError, match=rf"checkpoint {ckpt}.*weight"):
+        training.load_epoch(Recorder(tmp_path, str(ckpt)), "visual")
