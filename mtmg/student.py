@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -104,11 +105,19 @@ def default_img_size(arch: str) -> int:
 # ----------------------------------------------------------------------- SSL4EO initialisation
 
 
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; a truncated or corrupt one is a ValueError naming it."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"student init checkpoint {path} not found")
     if path.endswith(".safetensors"):
-        sd: Any = load_file(path)
+        sd: Any = _read_safetensors(path)
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -245,5 +254,5 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Aligne
             raise FileNotFoundError(f"{p} not found: not an mtmg.align output directory")
     meta = json.loads(meta_path.read_text())
     student = Student(StudentSpec.from_json(meta["spec"]))
-    student.load_state_dict(load_file(str(weights_path)), strict=True)
+    student.load_state_dict(_read_safetensors(str(weights_path)), strict=True)
     return AlignedEncoder(student.to(device), meta)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import time
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from mtmg import models
+from mtmg import models, student
 from mtmg.models import (
     ClipBundle,
     ModelLoadError,
@@ -31,6 +34,7 @@ from mtmg.weights import (
 )
 
 TINY = "mtmg-tiny-vit"
+TINY_STUDENT = {"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}
 HUB_TAG = (
     "ViT-B-32",
     "laion2b_s34b_b79k",
@@ -375,3 +379,49 @@ def test_quick_gelu_travels_with_the_weights(tmp_path):
     with torch.no_grad():
         assert torch.allclose(back.model.encode_image(x), want)
         assert not torch.allclose(plain.model.encode_image(x), want)
+
+
+# ---------------------------------------------------------------- the align student's checkpoints
+
+
+def _corrupt_checkpoints(tmp_path: Path) -> list[Path]:
+    """Truncated, empty and garbage files in each format `--student-init` takes."""
+    good_st = tmp_path / "good.safetensors"
+    save_file({"pos_embed": torch.zeros(1, 17, 64)}, good_st)
+    good_pt = tmp_path / "good.pth"
+    torch.save({"pos_embed": torch.zeros(1, 17, 64)}, good_pt)
+    files = {
+        "truncated.safetensors": good_st.read_bytes()[:-100],
+        "empty.safetensors": b"",
+        "garbage.safetensors": b"\x00not a checkpoint at all",
+        "truncated.pth": good_pt.read_bytes()[:-100],
+        "garbage.pth": b"\x00not a checkpoint at all",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return [tmp_path / name for name in files]
+
+
+def test_unreadable_student_init_names_the_file(tmp_path):
+    """A corrupt `--student-init` is a ValueError naming the file (the CLI's "error: ...", exit
+    2), not a safetensors or torch traceback."""
+    spec = student.StudentSpec("vit_small_patch16_224", "ms", 32, 16, TINY_STUDENT)
+    for path in _corrupt_checkpoints(tmp_path):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: not a .*readable"):
+            student.load_trunk(student.build_student(spec), str(path))
+
+
+def test_unreadable_student_weights_name_the_file(tmp_path):
+    spec = student.StudentSpec("vit_small_patch16_224", "ms", 32, 16, TINY_STUDENT)
+    student.save_student(student.build_student(spec), tmp_path, {"note": "test"})
+    weights = tmp_path / "student.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=f"^{re.escape(str(weights))}: not a readable"):
+        student.load_student(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["truncated.safetensors", "empty.safetensors", "garbage.pth"])
+def test_unreadable_clip_checkpoint_names_the_file(tmp_path, name):
+    path = {p.name: p for p in _corrupt_checkpoints(tmp_path)}[name]
+    with pytest.raises(ModelLoadError, match=f"could not read checkpoint {re.escape(str(path))}"):
+        load_clip(TINY, str(path))
