@@ -301,10 +301,35 @@ def fit(
         ),
     )
     env = {POLL_INTERVAL_ENV: str(POLL_INTERVAL_S), **(LEAN_ENV if lean else {})}
-    with _train_env(env), _own_sigint_handler():
+    with _train_env(env), _own_sigint_handler(), _job_errors():
         if on_start is not None:
             on_start()
         return trainer.fit()
+
+
+@contextlib.contextmanager
+def _job_errors() -> Iterator[None]:
+    """A job's end as the driver should see it: Ctrl-C as KeyboardInterrupt (Ray Train aborts the
+    run and its wait ends in SystemExit), and a worker's input error (a ValueError: bad sample,
+    non-finite loss) as that error, raised here, instead of Ray Train's wrapper."""
+    from ray.train import WorkerGroupError
+
+    try:
+        yield
+    except SystemExit as e:
+        raise KeyboardInterrupt("training interrupted") from e
+    except WorkerGroupError as e:
+        failures = list(e.worker_failures.values())
+        cause = next((f for f in failures if isinstance(f, ValueError)), None)
+        if cause is None:
+            raise
+        raise _plain(cause) from e
+
+
+def _plain(err: ValueError) -> ValueError:
+    """`err` without Ray's task-error wrapping, so its message is the worker's own line."""
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, ValueError) else err
 
 
 def gpu_available() -> bool:

@@ -151,9 +151,10 @@ def test_fine_tune_then_sweep(first, run_dir):
     # the same command resumes it (its fine-tune inside OUT counts as the same input); another
     # search is refused, naming what differs, and OUT is left as it was
     ident = rundir.identity(alpha_sweep.NAME, replace(cfg, resume=True), cfg.out)
-    assert rundir.fingerprint(ident) == json.loads((Path(cfg.out) / "run.json").read_text())[
-        "fingerprint"
-    ]
+    assert (
+        rundir.fingerprint(ident)
+        == json.loads((Path(cfg.out) / "run.json").read_text())["fingerprint"]
+    )
     before = sorted(p.name for p in Path(cfg.out).iterdir())
     with pytest.raises(rundir.RunDirError, match=r"--alphas \[0.0, 0.5, 1.0\] -> \[0.0, 1.0\]"):
         alpha_sweep.run(replace(cfg, resume=True, alphas=(0.0, 1.0)))

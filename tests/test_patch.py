@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import open_clip
@@ -12,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtmg import data, evaluate, heads, models, patch, prep, synth, training, weights
+from mtmg import data, evaluate, heads, models, patch, prep, rundir, synth, training, weights
 from mtmg.trainers import WorkerContext
+
+from conftest import REPO
 
 TINY = dict(model="mtmg-tiny-vit", pretrained=None, lr=3e-3, warmup_steps=3, batch_size=16,
             eval_batch_size=64, alphas=(0.0, 0.5, 1.0), loader_workers=1)  # fmt: skip
@@ -82,6 +88,13 @@ def test_patching_end_to_end(sets, tmp_path):
     for alpha, theta in ((0.0, zs), (1.0, ft)):
         value = _test_metric(cfg, out, sets[0], theta)
         assert value == pytest.approx(rows[("bigearthnet", "test", alpha)], abs=1e-9)
+
+    # a rerun into the same --out with other options is refused: the old metrics stay put
+    # and are never returned as the new run's
+    before = (out / "metrics.parquet").read_bytes()
+    with pytest.raises(rundir.RunDirError, match=r"--epochs 8 -> 2.*--lr 0.003 -> 0.001"):
+        patch.run(dataclasses.replace(cfg, epochs=2, lr=1e-3))
+    assert (out / "metrics.parquet").read_bytes() == before
 
     # the patched model is a full open_clip checkpoint that loads strictly
     model = open_clip.create_model(cfg.model, pretrained=str(out / "patched.safetensors"))
@@ -249,3 +262,22 @@ def test_help_lists_every_option(cli):
                 "--precision", "--alphas", "--selection", "--workers", "--cluster",
                 "--model-config"):  # fmt: skip
         assert opt in r.stdout
+
+
+def test_ctrl_c_ends_with_a_resume_hint(sets, tmp_path):
+    """Ctrl-C during the Ray Train job: exit 130 and how to continue, not a bare exit 1."""
+    out = tmp_path / "interrupted"
+    argv = [sys.executable, "-m", "mtmg.patch", "--data", sets[0], "--out", str(out),
+            "--model", TINY["model"], "--pretrained", "none", "--epochs", "50",
+            "--batch-size", "16", "--loader-workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "ray" / "patch").exists() and time.time() < deadline:  # the job started
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: run the same command again to resume" in err
+    assert "Traceback" not in err
