@@ -1,8 +1,8 @@
 """Data preparation: a raw dataset -> WebDataset shards + manifest, as one Ray task per shard.
 
-`shard(cfg)` is what `python data_prep/shard.py` runs. The driver plans (lists the tree, assigns
-splits, finds bad inputs it can see without reading pixels); tasks read GeoTIFFs and write tars;
-the driver writes `index.parquet` and, last, `manifest.json`.
+`shard(cfg)` is what `python data_prep/shard.py` runs. The driver checks that OUT is writable,
+plans (lists the tree, assigns splits, finds bad inputs it can see without reading pixels); tasks
+read GeoTIFFs and write tars; the driver writes `index.parquet` and, last, `manifest.json`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from mtmg.shards import (
     write_index,
     write_shard,
 )
-from mtmg.storage import Location
+from mtmg.storage import Location, StorageError
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -111,7 +111,8 @@ def _fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -> st
         "dataset": cfg.dataset,
         # not skip_bad: shards are the same either way, except those holding a bad sample
         "options": {k: getattr(cfg, k) for k in ("resample", "shard_size", "seed")},
-        "s1": bool(cfg.s1),
+        "root": storage.location(cfg.root).uri,
+        "s1": storage.location(cfg.s1).uri if cfg.s1 else None,
         "size": getattr(layout, "size", None),
         "shards": [[t.name, [i.key for i in t.items]] for t in tasks],
     }
@@ -143,9 +144,25 @@ def _prepare_out(out: Location, fingerprint: str, overwrite: bool) -> None:
     storage.write_json_atomic(fs, plan_path, {"fingerprint": fingerprint})
 
 
-@ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])
-def _shard_task(layout: Layout, task: ShardTask, out: Location, skip_bad: bool) -> ShardResult:
-    return write_shard(layout, task, out, skip_bad=skip_bad)
+def run_shard(layout: Layout, task: ShardTask, out: Location, skip_bad: bool) -> ShardResult:
+    """One shard task: `write_shard`, with a StorageError (full disk, read-only, refused: no
+    retry helps) returned as the shard's error; other OSErrors are raised, and retried."""
+    try:
+        return write_shard(layout, task, out, skip_bad=skip_bad)
+    except StorageError as e:
+        return ShardResult(task.name, error={"kind": "storage", "reason": str(e)})
+
+
+_shard_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(run_shard)
+
+
+def raise_error(res: ShardResult) -> None:
+    """The error a shard task returned, as the driver raises it."""
+    err = res.error or {}
+    if err.get("kind") == "storage":
+        raise StorageError(err["reason"])
+    if err:
+        raise SampleError(err["key"], err["reason"], err["file"])
 
 
 def run_tasks(
@@ -170,9 +187,14 @@ def run_tasks(
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 task = pending.pop(ref)
-                res: ShardResult = ray.get(ref)
-                if res.error:
-                    raise SampleError(res.error["key"], res.error["reason"], res.error["file"])
+                try:
+                    res: ShardResult = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    if not isinstance(e.cause, OSError):
+                        raise
+                    msg = f"shard {out.join(task.name)} failed after retries: {e.cause}"
+                    raise StorageError(msg) from e
+                raise_error(res)
                 results.append(res)
                 bar.update(len(task.items))
     finally:
@@ -188,6 +210,7 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     """Shard a raw dataset; returns the manifest (also written to OUT/manifest.json)."""
     t0 = time.perf_counter()
     out = storage.location(cfg.out)
+    storage.check_writable(out)
     layout, plan, tasks = make_plan(cfg)
     on_cluster = cluster.init_ray(cfg.cluster, num_cpus=cfg.workers)
     if on_cluster and out.is_local:
@@ -198,6 +221,9 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     write_index(out, results)
     storage.write_json_atomic(out.fs, out.child_path("manifest.json"), manifest)
     resumed = sum(r.resumed for r in results)
+    for r in results:
+        if r.note:
+            log.warning("%s: %s", r.name, r.note)
     log.info(
         "%d shards (%d kept from an earlier run) in %.1fs", len(results), resumed,
         time.perf_counter() - t0,
@@ -217,7 +243,9 @@ output (OUT):
 
 Runs as Ray tasks (one per shard) on an embedded local Ray, or on a running cluster with
 --cluster (RAY_ADDRESS or auto); there RAW and OUT must be storage every node sees (a shared
-mount or an object-store URI such as s3://bucket/path). Re-running keeps finished shards.
+mount or an object-store URI such as s3://bucket/path). Re-running keeps finished shards whose
+input files (size, mtime) and bytes (sha256) are unchanged, and rewrites the others.
+`python -m mtmg.verify OUT` checks every shard's size and sha256 against manifest.json.
 
 examples:
   python data_prep/shard.py bigearthnet --root BigEarthNet --out shards/ben --s1 BigEarthNet
@@ -246,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (DatasetError, cluster.ClusterError, FileNotFoundError, KeyError) as e:
+    except (DatasetError, StorageError, cluster.ClusterError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary_table(manifest))

@@ -25,7 +25,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import mtmg
 from mtmg import storage
-from mtmg.raw.common import SPLITS, Item, Layout, Plan, SampleError, gdal_env
+from mtmg.raw.common import SPLITS, Item, Layout, Plan, SampleError, gdal_env, input_fingerprint
 from mtmg.storage import Location
 
 FORMAT = "mtmg-shards"
@@ -62,8 +62,10 @@ class ShardResult:
     labels: list[list[str]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     error: dict[str, str] | None = None
+    inputs: str = ""  # input_fingerprint of its items when it was written
     resumed: bool = False
     seconds: float = 0.0  # time spent writing it (not part of the manifest)
+    note: str = ""  # why an earlier run's shard was rewritten (not persisted)
 
 
 def plan_tasks(items: dict[str, list[Item]], shard_size: int) -> list[ShardTask]:
@@ -87,21 +89,20 @@ def write_shard(
     skip_bad: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Read every item of `task` and write its tar; a finished shard is kept, not rewritten.
+    """Read every item of `task` and write its tar; a finished shard is kept, not rewritten,
+    while its inputs and bytes are still those it was written from and with (`_kept`).
 
     Without `skip_bad` the first bad sample aborts the shard (nothing is written) and is returned
     as `error`; with it, bad samples are left out and listed in `rejected`.
     """
     fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
-    if storage.exists(fs, final) and storage.exists(fs, state):
-        done = ShardResult(**storage.read_json(fs, state))
-        # a shard that left bad samples out is only kept when leaving them out is still wanted
-        if skip_bad or not done.rejected:
-            done.resumed = True
-            if on_progress:
-                on_progress(len(task.items))
-            return done
-    result = ShardResult(task.name)
+    inputs = input_fingerprint(layout, task.items)
+    done, note = _kept(out, task, inputs, skip_bad)
+    if done is not None:
+        if on_progress:
+            on_progress(len(task.items))
+        return done
+    result = ShardResult(task.name, inputs=inputs)
     pending, t0 = 0, time.perf_counter()
     with gdal_env():
         try:
@@ -130,7 +131,31 @@ def write_shard(
     result.count = len(result.keys)
     result.seconds = time.perf_counter() - t0
     storage.write_json_atomic(fs, state, asdict(result))
+    result.note = note
     return result
+
+
+def _kept(
+    out: Location, task: ShardTask, inputs: str, skip_bad: bool
+) -> tuple[ShardResult | None, str]:
+    """An earlier run's shard if it can be kept, else None and why it is rewritten ("" when it
+    was never finished)."""
+    fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
+    if not (storage.exists(fs, final) and storage.exists(fs, state)):
+        return None, ""
+    try:
+        done = ShardResult(**{**storage.read_json(fs, state), "note": ""})
+    except (OSError, ValueError, TypeError):
+        return None, "rewritten: its resume state was unreadable"
+    # a shard that left bad samples out is only kept when leaving them out is still wanted
+    if done.rejected and not skip_bad:
+        return None, ""
+    if done.inputs != inputs:
+        return None, "rewritten: its input files changed since it was written"
+    if storage.file_sha256(fs, final) != (done.sha256, done.bytes):
+        return None, "rewritten: its bytes no longer match the sha256 recorded when written"
+    done.resumed = True
+    return done, ""
 
 
 # ------------------------------------------------------------------------------ manifest
@@ -145,7 +170,9 @@ def build_manifest(
     for r in results:
         split = r.name.split("/", 1)[0]
         splits[split]["count"] += r.count
-        splits[split]["shards"].append({"name": r.name, "count": r.count, "sha256": r.sha256})
+        splits[split]["shards"].append(
+            {"name": r.name, "count": r.count, "bytes": r.bytes, "sha256": r.sha256}
+        )
         rejected.extend(r.rejected)
     written = sum(v["count"] for v in splits.values())
     header = layout.header()

@@ -8,6 +8,7 @@ goes through here, so the same code runs on a laptop and on cluster nodes that s
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -69,6 +70,42 @@ def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return _FS_CACHE[uri]
 
 
+# write errors that a retry does not fix: a Ray task stops at once and the run says why
+PERMANENT = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+class StorageError(Exception):
+    """A location cannot be written for a reason retrying does not fix (not an OSError, so Ray
+    does not retry it)."""
+
+
+def permanent(e: OSError, path: str) -> StorageError | None:
+    """A StorageError naming `path` if `e` is a full disk, a read-only file system or a refused
+    permission; None for errors a retry may fix."""
+    what = PERMANENT.get(e.errno)
+    return StorageError(f"{what} writing {path} ({e})") if what else None
+
+
+def check_writable(loc: Location, flag: str = "--out") -> None:
+    """Create `loc` and write and remove a probe file there: a clear StorageError up front
+    instead of a failure in every writer later."""
+    probe = loc.child_path(f".mtmg-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        loc.fs.create_dir(loc.path, recursive=True)
+        with loc.fs.open_output_stream(probe) as f:
+            f.write(b"probe")
+        loc.fs.delete_file(probe)
+    except OSError as e:
+        raise StorageError(f"{flag} {loc}: cannot write there ({e}); choose another {flag} or "
+                           "make it writable") from e  # fmt: skip
+
+
 def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -99,6 +136,28 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
     return json.loads(read_bytes(fs, path))
+
+
+def file_sha256(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
+    """sha256 (hex) and size of a file, read in pieces."""
+    h, size = hashlib.sha256(), 0
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def file_stats(fs: pafs.FileSystem, directory: str) -> dict[str, tuple[int, int]]:
+    """Base name -> (size, mtime_ns) of the entries of a directory, from one listing."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            with os.scandir(directory) as it:
+                return {e.name: (st.st_size, st.st_mtime_ns) for e in it for st in [e.stat()]}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    return {i.base_name: (i.size or 0, i.mtime_ns or 0) for i in infos}
 
 
 class _HashingWriter(io.RawIOBase):
@@ -145,12 +204,11 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[_Exposed]:
     """Write to a temporary name beside `path` and move it into place only on success.
 
     Readers never see a partial file under the final name; the writer exposes `.sha256` and
-    `.size` of what was written.
+    `.size` of what was written. A full disk or a refused write raises StorageError.
     """
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(tmp, buffer_size=None) as raw:
             hashing = _HashingWriter(raw)
             # tarfile writes in 512-byte pieces: gather them so hashing sees few large writes
@@ -158,9 +216,11 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[_Exposed]:
             yield _Exposed(buffered, hashing)
             buffered.flush()
         fs.move(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(Exception):
             fs.delete_file(tmp)
+        if isinstance(e, OSError) and (err := permanent(e, path)):
+            raise err from e
         raise
 
 

@@ -1,9 +1,14 @@
 """data_prep/shard.py on generated raw trees of every supported layout (real Ray, rasterio,
-webdataset): contents, determinism, resume, bad input, URIs, the CLI."""
+webdataset): contents, determinism, resume and what it keeps, bad input, unwritable or full
+OUT, URIs, the CLI."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 
-from mtmg import bands, labels, shards, synth
+from mtmg import bands, labels, prep, shards, storage, synth
 from mtmg.prep import main as shard_main
 from mtmg.raw import DatasetError, SampleError
+from mtmg.storage import StorageError
 
 from conftest import REPO
 
@@ -110,14 +116,13 @@ def test_rerun_keeps_finished_shards_and_redoes_missing(shard, tmp_path, ben_tre
     root, _ = ben_tree
     out = tmp_path / "o"
     m1 = shard("bigearthnet", root, out=out, shard_size=5)
-    first = out / "train" / "train-000000.tar"
     second = out / "train" / "train-000001.tar"
     before = second.read_bytes()
-    mtime = first.stat().st_mtime_ns
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar") if p != second}
     second.unlink()
     (out / "train" / "train-000002.tar.tmp-deadbeef").write_bytes(b"torn")
     m2 = shard("bigearthnet", root, out=out, shard_size=5)
-    assert first.stat().st_mtime_ns == mtime  # kept, not rewritten
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # kept, not rewritten
     assert second.read_bytes() == before  # rewritten identically
     assert not list(out.rglob("*.tmp-*"))
     assert m1 == m2
@@ -214,9 +219,15 @@ def _break_unknown_label(root, key):
     return path, "unknown label name(s) ['Lava fields']"
 
 
+def _break_labels_json_is_a_list(root, key):
+    path = root / "BigEarthNet-v1.0" / key / f"{key}_labels_metadata.json"
+    path.write_text(json.dumps([json.loads(path.read_text())]))
+    return path, "metadata JSON is not an object with a 'labels' list"
+
+
 BREAKERS = [
     _break_missing_band, _break_unreadable_band, _break_wrong_size, _break_wrong_patch_size,
-    _break_unknown_label,
+    _break_unknown_label, _break_labels_json_is_a_list,
 ]  # fmt: skip
 
 
@@ -318,3 +329,88 @@ def test_file_uri_for_raw_and_out(shard, tmp_path, small_tree):
     assert m["splits"]["train"]["count"] == 3 and (out / "manifest.json").exists()
     assert all(v["count"] <= 3 for v in m["splits"].values())
     assert sum(1 for _ in shards.iter_samples(out, "train")) == 3
+
+
+# ------------------------------------------------------------------ what a rerun keeps
+
+
+def _mtimes(out):
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
+
+
+def test_rerun_rewrites_the_shard_whose_labels_json_changed(shard, tmp_path, small_tree, caplog):
+    root, _ = small_tree
+    out = tmp_path / "o"
+    shard("bigearthnet", root, out=out, shard_size=3)
+    before = _mtimes(out)
+    row = pq.read_table(out / "index.parquet").to_pylist()[0]
+    meta_path = root / "BigEarthNet-v1.0" / row["key"] / f"{row['key']}_labels_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["labels"] = ["Vineyards"] if meta["labels"] != ["Vineyards"] else ["Rice fields"]
+    meta_path.write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="mtmg.prep"):
+        shard("bigearthnet", root, out=out, shard_size=3)
+    rewritten = out / row["shard"]
+    assert [p for p, t in _mtimes(out).items() if before[p] != t] == [rewritten]
+    labels = {r["key"]: r["labels"] for r in pq.read_table(out / "index.parquet").to_pylist()}
+    assert labels[row["key"]] == meta["labels"]
+    assert f"{row['shard']}: rewritten: its input files changed" in caplog.text
+
+
+def test_rerun_rewrites_a_kept_shard_whose_bytes_changed(shard, tmp_path, small_tree):
+    root, _ = small_tree
+    out = tmp_path / "o"
+    shard("bigearthnet", root, out=out, shard_size=3)
+    before, path = _mtimes(out), sorted(out.rglob("*.tar"))[0]
+    good = path.read_bytes()
+    path.write_bytes(good[:1000] + bytes([good[1000] ^ 1]) + good[1001:])
+    shard("bigearthnet", root, out=out, shard_size=3)
+    assert path.read_bytes() == good
+    assert all(before[p] == t for p, t in _mtimes(out).items() if p != path)
+
+
+def test_rerun_with_another_root_keeps_nothing(shard, tmp_path, small_tree):
+    root, _ = small_tree
+    out = tmp_path / "o"
+    shard("bigearthnet", root, out=out, shard_size=3)
+    other = tmp_path / "raw-copy"
+    shutil.copytree(root, other)
+    with pytest.raises(DatasetError, match="another input.*--overwrite"):
+        shard("bigearthnet", other, out=out, shard_size=3)
+
+
+# ------------------------------------------------------------------ OUT that cannot be written
+
+
+@pytest.mark.parametrize("how", ["under a file", "read-only"])
+def test_an_unwritable_out_is_an_error_before_any_work(ray_session, tmp_path, small_tree, capsys,
+                                                       how):  # fmt: skip
+    if how == "under a file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "out"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes to read-only directories")
+        out = tmp_path / "ro"
+        out.mkdir(mode=0o555)
+    rc = shard_main(["bigearthnet", "--root", str(small_tree[0]), "--out", str(out),
+                     "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: --out {out}: cannot write there")
+
+
+def test_a_full_disk_is_not_retried_and_names_the_shard(tmp_path, small_tree, monkeypatch):
+    cfg = prep.ShardConfig("bigearthnet", str(small_tree[0]), str(tmp_path / "o"), progress=False)
+    layout, _, tasks = prep.make_plan(cfg)
+    out = storage.location(cfg.out)
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage._HashingWriter, "write", full)
+    res = prep.run_shard(layout, tasks[0], out, False)
+    shard_path = out.child_path(tasks[0].name)
+    with pytest.raises(StorageError, match=f"no space left on device writing {shard_path}"):
+        prep.raise_error(res)
+    assert not issubclass(StorageError, OSError)  # Ray retries OSError only
+    assert not list((tmp_path / "o").rglob("*.tmp-*"))

@@ -1,8 +1,8 @@
 """BigEarthNet v1.0 (per-patch folders + JSON) and v2.0 / reBEN (product folders + parquet).
 
-Formats and traps: ../shared/DATASETS.md sections 1, 2 and 9. Both store S2 L2A as 12 uint16
-band files at 10/20/60 m; mtmg stores them as one 12 x H x W uint16 array on the 10 m grid, in
-the canonical order B01..B08, B8A, B09, B11, B12 (never a glob sort, which puts B8A last).
+Both store S2 L2A as 12 uint16 band files at 10/20/60 m; mtmg stores them as one 12 x H x W
+uint16 array on the 10 m grid, in the canonical order B01..B08, B8A, B09, B11, B12 (never a glob
+sort, which puts B8A last).
 """
 
 from __future__ import annotations
@@ -191,6 +191,14 @@ class _BigEarthNet(Layout):
         with open_raster(self.root, path, item.key, georef=False) as ds:
             return ds.height, ds.width
 
+    def sources(self, item: Item) -> list[tuple[Location, str]]:
+        key, (patch_dir, s1_dir) = item.key, item.ref
+        out = [(self.root, f"{patch_dir}/{key}_{b}.tif") for b in bands.S2_L2A]
+        if s1_dir:
+            s1_name = s1_dir.rsplit("/", 1)[1]
+            out += [(self.s1, f"{s1_dir}/{s1_name}_{pol}.tif") for pol in bands.S1]
+        return out
+
     def _read_patch(self, item: Item, with_georef: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """The sample's arrays (S2, and S1 when paired) and the georeferencing record."""
         key, (patch_dir, s1_dir) = item.key, item.ref
@@ -284,9 +292,10 @@ class BigEarthNetV1(_BigEarthNet):
         for s1_name in sorted(present - set(pairs.values())):
             path = f"{s1_dir}/{s1_name}/{s1_name}_labels_metadata.json"
             try:
-                s2_name = storage.read_json(fs, path).get("corresponding_s2_patch")
+                meta = storage.read_json(fs, path)
             except (OSError, ValueError):
                 continue
+            s2_name = meta.get("corresponding_s2_patch") if isinstance(meta, dict) else None
             if s2_name and s2_name not in pairs:
                 pairs[s2_name] = s1_name
         return {k: f"{s1_dir}/{v}" for k, v in pairs.items()}
@@ -298,8 +307,8 @@ class BigEarthNetV1(_BigEarthNet):
             meta = storage.read_json(self.root.fs, json_path)
         except (OSError, ValueError) as e:
             raise SampleError(key, f"missing or unreadable metadata JSON: {e}", json_path) from e
-        if not isinstance(meta.get("labels"), list):
-            raise SampleError(key, "metadata JSON has no 'labels' list", json_path)
+        if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
+            raise SampleError(key, "metadata JSON is not an object with a 'labels' list", json_path)
         names = check_labels(meta["labels"], labels.BEN43, key, json_path)
         # v1 patches carry their georeferencing in the JSON: skip parsing it from the GeoTIFF
         sample, geo = self._read_patch(item, with_georef=False)
@@ -307,11 +316,22 @@ class BigEarthNetV1(_BigEarthNet):
             s1_dir, s1_name = item.ref[1], geo["s1"]["patch"]
             s1_json = f"{s1_dir}/{s1_name}_labels_metadata.json"
             try:
-                geo["s1"].update(normalise_s1_json(storage.read_json(self.s1.fs, s1_json)))
+                s1_meta = storage.read_json(self.s1.fs, s1_json)
             except (OSError, ValueError) as e:
                 raise SampleError(key, f"unreadable S1 metadata JSON: {e}", s1_json) from e
+            if not isinstance(s1_meta, dict):
+                raise SampleError(key, "S1 metadata JSON is not an object", s1_json)
+            geo["s1"].update(normalise_s1_json(s1_meta))
         sample["json"] = {"labels": names, "source": meta, **geo}
         return sample
+
+    def sources(self, item: Item) -> list[tuple[Location, str]]:
+        out = super().sources(item)
+        out.append((self.root, f"{item.ref[0]}/{item.key}_labels_metadata.json"))
+        if item.ref[1]:
+            s1_name = item.ref[1].rsplit("/", 1)[1]
+            out.append((self.s1, f"{item.ref[1]}/{s1_name}_labels_metadata.json"))
+        return out
 
     def header(self) -> dict[str, Any]:
         return _s2_header("ben43", labels.ben_nomenclatures(), self.s1 is not None)

@@ -88,6 +88,24 @@ class Layout:
         """Height and width of an item's 10 m grid, read cheaply; None where sizes may vary."""
         return None
 
+    def sources(self, item: Item) -> list[tuple[Location, str]]:
+        """The files `read(item)` reads: what a finished shard's resume state fingerprints."""
+        raise NotImplementedError
+
+
+def input_fingerprint(layout: Layout, items: Sequence[Item]) -> str:
+    """A digest of what a shard is made of: each item, and (path, size, mtime_ns) of every file
+    it is read from. Cheap: one directory listing per folder, no file is opened."""
+    h, listings = hashlib.sha256(), {}
+    for item in items:
+        h.update(repr((item.key, item.split, item.ref, item.extra)).encode())
+        for loc, path in layout.sources(item):
+            folder, name = path.rsplit("/", 1)
+            if (loc.uri, folder) not in listings:
+                listings[(loc.uri, folder)] = storage.file_stats(loc.fs, folder)
+            h.update(repr((path, listings[(loc.uri, folder)].get(name))).encode())
+    return h.hexdigest()
+
 
 # ----------------------------------------------------------------------------- GeoTIFF reads
 

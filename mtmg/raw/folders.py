@@ -113,10 +113,16 @@ class ClassFolders(Layout):
     def _prompt_names(self, classes: tuple[str, ...]) -> list[str]:
         if self.class_names_file:
             mapping = storage.read_json(self.class_names_file.fs, self.class_names_file.path)
+            if not isinstance(mapping, dict):
+                raise DatasetError(f"--class-names {self.class_names_file}: not a JSON object "
+                                   "{folder: class name}")  # fmt: skip
             return [mapping.get(c, c) for c in classes]
         if self.prompt_names:
             return list(self.prompt_names)
         return [c.replace("_", " ") for c in classes]
+
+    def sources(self, item: Item) -> list[tuple[Location, str]]:
+        return [(self.root, item.ref[0])]
 
     def read(self, item: Item) -> dict[str, Any]:
         path, cls = item.ref[0], item.get("class")

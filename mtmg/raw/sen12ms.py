@@ -34,6 +34,10 @@ def _scene(key: str) -> str:
     return key.rsplit("_p", 1)[0]
 
 
+def _lc_path(s2_path: str) -> str:
+    return s2_path.replace("/s2_", "/lc_").replace("_s2_", "_lc_")
+
+
 @dataclass(frozen=True)
 class SEN12MS(Layout):
     root: Location
@@ -106,6 +110,9 @@ class SEN12MS(Layout):
         with open_raster(self.root, item.ref[0], item.key, georef=False) as ds:
             return ds.height, ds.width
 
+    def sources(self, item: Item) -> list[tuple[Location, str]]:
+        return [(self.root, item.ref[0]), (self.root, _lc_path(item.ref[0]))]
+
     def read(self, item: Item) -> dict[str, Any]:
         path = item.ref[0]
         with open_raster(self.root, path, item.key, georef=True) as ds:
@@ -115,7 +122,7 @@ class SEN12MS(Layout):
             raise SampleError(item.key, f"expected 13 S2 bands, found {arr.shape[0]}", path)
         if self.size is not None and arr.shape[1:] != tuple(self.size):
             raise SampleError(item.key, f"is {arr.shape[1]}x{arr.shape[2]}, expected {self.size}")
-        lc_path = path.replace("/s2_", "/lc_").replace("_s2_", "_lc_")
+        lc_path = _lc_path(path)
         with open_raster(self.root, lc_path, item.key, georef=False) as ds:
             igbp = ds.read(1)
         if igbp.shape != arr.shape[1:]:
