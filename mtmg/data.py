@@ -12,9 +12,7 @@ decode -> batch in workers -> re-batch in the main process). Distributed contrac
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
-import json
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from mtmg import bands as bnd
 from mtmg import labels as lbl
-from mtmg import shards, storage, transforms
+from mtmg import shards, storage, transforms, verify
 
 VIEWS = ("rgb", "ms", "s1", "rgb+ms", "rgb+s1", "both")  # "both" = "rgb+ms"
 STUDENT_INPUTS = ("ms", "s1")  # multi-channel inputs a student encoder can take
@@ -48,8 +46,11 @@ class ShardSet:
 
     @classmethod
     def open(cls, path: str) -> ShardSet:
+        """The set at `path`; ShardError naming any shard file its manifest lists but is gone."""
         loc = storage.location(path)
-        return cls(loc.uri, shards.load_manifest(loc))
+        manifest = shards.load_manifest(loc)
+        verify.check_files(loc, manifest)
+        return cls(loc.uri, manifest)
 
     @property
     def name(self) -> str:
@@ -81,9 +82,7 @@ class ShardSet:
 
     def shards(self, split: str) -> list[tuple[str, int]]:
         """(path, sample count) of a split's shards; KeyError naming the split if it is empty."""
-        paths = shards.shard_paths(self.root, split, self.manifest)  # paths or URIs
-        counts = [s["count"] for s in self.manifest["splits"][split]["shards"]]
-        return list(zip(paths, counts, strict=True))
+        return shards.shard_list(self.root, split, self.manifest)  # paths or URIs
 
     def count(self, split: str) -> int:
         return self.manifest["splits"].get(split, {}).get("count", 0)
@@ -129,6 +128,8 @@ class Decoder:
     """Raw WebDataset sample -> {"__key__", "rgb" / "ms" / "s1" per view, "target"} (picklable).
 
     Every input of a sample comes from the same 10 m grid and gets the same crop and flips.
+    Members outside the shard format, arrays of another dtype or shape and non-finite S1 values
+    raise ShardError naming the sample and its shard.
     """
 
     bands: tuple[str, ...]
@@ -145,17 +146,15 @@ class Decoder:
     defer_augment: bool = False  # leave crop/resize/jitter to `device_batch` on the GPU
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        key = sample["__key__"]
-        meta = json.loads(sample["json"])
+        key = verify.check_members(sample)["__key__"]
+        meta = verify.load_json(sample)
         out: dict[str, Any] = {"__key__": key, "target": self.targets(meta["labels"])}
-        ms = np.load(io.BytesIO(sample["ms.npy"])) if "ms.npy" in sample else None
+        has_ms = "ms.npy" in sample
+        ms = verify.load_array(sample, "ms.npy", len(self.bands)) if has_ms else None
         if ms is not None:
             rgb = transforms.rgb_from_ms(ms, list(self.bands), self.modality)
         else:
-            rgb_key = next((k for k in sample if k.startswith("rgb.")), None)
-            if rgb_key is None:
-                raise KeyError(f"sample {key}: neither ms.npy nor an rgb image")
-            rgb = transforms.decode_rgb(sample[rgb_key])
+            rgb = _decode_rgb(sample)
         wanted = view_inputs(self.view)
         views = {"rgb": rgb}
         if "ms" in wanted:
@@ -165,7 +164,7 @@ class Decoder:
         if "s1" in wanted:
             if "s1.npy" not in sample:
                 raise ValueError(f"sample {key}: the S1 view needs s1.npy (shard with --s1)")
-            views["s1"] = transforms.s1_input(np.load(io.BytesIO(sample["s1.npy"])))
+            views["s1"] = transforms.s1_input(verify.load_array(sample, "s1.npy", len(bnd.S1)))
         if self.augment is not None:
             # per-sample randomness from (seed, epoch, key): independent of worker assignment
             digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
@@ -192,6 +191,18 @@ class Decoder:
             out["rgb"] = transforms.normalize(views["rgb"], self.mean, self.std)
         out.update({k: views[k] for k in STUDENT_INPUTS if k in views})
         return out
+
+
+def _decode_rgb(sample: dict[str, Any]) -> torch.Tensor:
+    where = f"{sample.get('__url__')}: sample {sample['__key__']}"
+    rgb_key = next((k for k in sample if k.startswith("rgb.")), None)
+    if rgb_key is None:
+        raise verify.ShardError(f"{where}: neither ms.npy nor an rgb image; {verify.RECOVER}")
+    try:
+        return transforms.decode_rgb(sample[rgb_key])
+    except (OSError, ValueError) as e:  # PIL's errors for data that is not an image
+        msg = f"{where}: {rgb_key} is not an image ({e}); {verify.RECOVER}"
+        raise verify.ShardError(msg) from e
 
 
 def device_batch(
@@ -330,9 +341,7 @@ def make_loader(
     stages: list[Any] = [
         wds.SimpleShardList(list(part.urls)),
         wds.split_by_worker,
-        shards.open_shards,
-        tar_file_expander,
-        group_by_keys,
+        verify.ShardReader(ds.root, split, ds.manifest),  # size, members and count checked
     ]
     if part.by_sample:
         stages.append(_EveryNth(part))

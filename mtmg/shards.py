@@ -7,6 +7,9 @@ Layout of OUT (format version 1; README "Shard format"):
     .mtmg/plan.json, .mtmg/shards/<split>-NNNNNN.json   resume state of the writer
 Writing is deterministic (fixed mtime, owner and member order) and atomic (temporary name, then
 a rename), so re-running gives byte-identical shards and a crash never leaves a torn tar.
+Reading trusts nothing on disk: members outside the format are refused before anything decodes
+them, arrays load without pickles and with the format's dtype and shape, and every shard must
+hold the samples the manifest counts (`mtmg.verify`, whose command also checks sha256).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import mtmg
 from mtmg import storage
 from mtmg.raw.common import SPLITS, Item, Layout, Plan, SampleError, gdal_env, input_fingerprint
 from mtmg.storage import Location
+from mtmg.verify import ShardError, ShardReader, decode_sample
 
 FORMAT = "mtmg-shards"
 FORMAT_VERSION = 1
@@ -233,36 +236,45 @@ def load_manifest(out: str | Location) -> dict[str, Any]:
             f"{path} not found: {loc} is not a finished shard set "
             "(run `python data_prep/shard.py DATASET --root RAW --out OUT` first)"
         )
-    manifest = storage.read_json(loc.fs, path)
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not an mtmg shard manifest of version {FORMAT_VERSION}")
+    try:
+        manifest = storage.read_json(loc.fs, path)
+    except ValueError as e:
+        raise ShardError(f"{path}: unreadable ({e}); re-run data_prep/shard.py for {loc}") from e
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION or manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: not an mtmg shard manifest of version {FORMAT_VERSION}")
     return manifest
 
 
-def shard_paths(out: str | Location, split: str, manifest: dict | None = None) -> list[str]:
-    """Paths (or, for an object-store shard set, URIs) of a split's shards, in order."""
+def shard_list(
+    out: str | Location, split: str, manifest: dict | None = None
+) -> list[tuple[str, int]]:
+    """(path or, for an object-store shard set, URI; sample count) of a split's shards, in order."""
     loc = out if isinstance(out, Location) else storage.location(out)
     manifest = manifest or load_manifest(loc)
     if split not in manifest["splits"] or not manifest["splits"][split]["shards"]:
         have = [s for s, v in manifest["splits"].items() if v["count"]]
         raise KeyError(f"{loc}: no {split!r} split in this shard set (it has {have})")
-    return [loc.join(s["name"]).uri for s in manifest["splits"][split]["shards"]]
+    return [(loc.join(s["name"]).uri, s["count"]) for s in manifest["splits"][split]["shards"]]
 
 
-def open_shards(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """WebDataset stage: open each shard URL through pyarrow (local paths and object stores)."""
-    for sample in src:
-        loc = storage.location(sample["url"])
-        yield {**sample, "stream": loc.fs.open_input_stream(loc.path)}
+def shard_paths(out: str | Location, split: str, manifest: dict | None = None) -> list[str]:
+    """Paths (or URIs) of a split's shards, in order."""
+    return [url for url, _ in shard_list(out, split, manifest)]
 
 
 def iter_samples(out: str | Location, split: str, *, decode: bool = True) -> Iterator[dict]:
-    """Every sample of a split in shard order, decoded (`ms.npy` -> array, `json` -> dict...)."""
-    stages = [wds.SimpleShardList(shard_paths(out, split)), open_shards, tar_file_expander,
-              group_by_keys]  # fmt: skip
-    if decode:
-        stages.append(wds.decode())
-    yield from wds.DataPipeline(*stages)
+    """Every sample of a split in shard order, decoded (`ms.npy` -> array, `json` -> dict,
+    `cls` -> int; image bytes stay bytes), or with `decode=False` as raw bytes.
+
+    Either way only members the format defines are read (others raise ShardError before any is
+    decoded) and each shard must hold the samples the manifest counts.
+    """
+    loc = out if isinstance(out, Location) else storage.location(out)
+    manifest = load_manifest(loc)
+    urls = shard_paths(loc, split, manifest)
+    for sample in ShardReader(loc, split, manifest)({"url": url} for url in urls):
+        yield decode_sample(sample, len(manifest["bands"])) if decode else sample
 
 
 def summary_table(manifest: dict[str, Any]) -> str:
