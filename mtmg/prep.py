@@ -210,8 +210,14 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     """Shard a raw dataset; returns the manifest (also written to OUT/manifest.json)."""
     t0 = time.perf_counter()
     out = storage.location(cfg.out)
+    existed = storage.exists(out.fs, out.path)
     storage.check_writable(out)
-    layout, plan, tasks = make_plan(cfg)
+    try:
+        layout, plan, tasks = make_plan(cfg)
+    except Exception:
+        if not existed:  # bad input leaves no OUT behind
+            out.fs.delete_dir(out.path)
+        raise
     on_cluster = cluster.init_ray(cfg.cluster, num_cpus=cfg.workers)
     if on_cluster and out.is_local:
         cluster.check_paths_visible([storage.location(cfg.root).path], out.path)
