@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from mtmg import cluster, config, storage
+from mtmg import cluster, config, errors, storage
 from mtmg.raw import DATASETS, DatasetError, Layout, Plan, SampleError, make_layout
 from mtmg.raw.common import SPLITS, majority_size
 from mtmg.shards import (
@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, StorageError, cluster.ClusterError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return errors.interrupted("run the same command again: finished shards are kept")
     print(summary_table(manifest))
     for r in manifest["rejected"]:
         print(f"rejected {r['key']}: {r['reason']} ({r['file']})")

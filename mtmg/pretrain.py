@@ -47,7 +47,7 @@ from open_clip.model import text_global_pool
 from torch import nn
 from tqdm import tqdm
 
-from mtmg import config, heads, labels, metrics, synth, weights
+from mtmg import config, errors, heads, labels, metrics, synth, weights
 from mtmg.models import load_clip
 
 log = logging.getLogger(__name__)
@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return errors.interrupted("run the same command again to train from the start")
     res = read_result(cfg.out) or {}
     print(
         f"zero-shot top-1 {res.get('zeroshot_top1', float('nan')):.1f}% on "

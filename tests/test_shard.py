@@ -145,7 +145,8 @@ def test_resume_after_the_cli_is_interrupted(shard, tmp_path):
     while time.time() < deadline and len(list(out.rglob("*.tar"))) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    said, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"interrupted: run the same command again" in said
     print(f"interrupted after {time.time() - t0:.1f}s")
     done_before = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
     assert 3 <= len(done_before) < 40, "interrupt came too late to test resuming"
