@@ -13,7 +13,19 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mtmg import align, data, heads, models, patch, prep, pretrain, shards, synth, training
+from mtmg import (
+    align,
+    data,
+    heads,
+    models,
+    patch,
+    prep,
+    pretrain,
+    rundir,
+    shards,
+    synth,
+    training,
+)
 from mtmg import student as st
 
 from conftest import REPO
@@ -97,6 +109,9 @@ def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path):
         assert got == want, ds
     # validation every 6 epochs (and the untrained student at epoch 0)
     assert {r["epoch"] for r in rows if r["split"] == "val"} == {0, 6, 12}
+    # a rerun into this --out without the evaluation set is another run: refused, not resumed
+    with pytest.raises(rundir.RunDirError, match="--eval-data"):
+        align.run(dataclasses.replace(cfg, eval_data=()))
 
     # the saved student loads back and reproduces the embeddings behind the metrics
     enc = st.load_student(out)
