@@ -32,8 +32,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import wait_quiet  # noqa: E402
 from patch_step import make_shards  # noqa: E402
 
-from mtmg import align, data, heads, models, student, transforms  # noqa: E402
-from mtmg.training import ThroughputMeter  # noqa: E402
+from mtmg.data import loader as data
+from mtmg.data import transforms
+from mtmg.engine.loop import ThroughputMeter  # noqa: E402
+from mtmg.models import clip as models
+from mtmg.models import heads, student
+from mtmg.stages.align import driver as align  # noqa: E402
 
 SMALL_STUDENT = '{"depth": 4, "embed_dim": 192, "num_heads": 3, "patch_size": 8}'
 
@@ -128,7 +132,7 @@ def main() -> None:
                 continue
             import ray
 
-            from mtmg.cluster import init_ray
+            from mtmg.runtime.cluster import init_ray
 
             init_ray(num_cpus=os.cpu_count())
             waited.append(wait_quiet())  # Ray's start-up is over, as in any long job

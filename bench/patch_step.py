@@ -27,15 +27,19 @@ from pathlib import Path
 import torch
 from common import cpu_busy_percent, wait_quiet
 
-from mtmg import data, heads, models, storage, synth, transforms
-from mtmg.raw import make_layout
+from mtmg import synth
+from mtmg.data import loader as data
+from mtmg.data import storage, transforms
+from mtmg.data.raw import make_layout
+from mtmg.models import clip as models
+from mtmg.models import heads
 
 
 def make_shards(work: Path, n: int, size: int) -> data.ShardSet:
     """Generated BigEarthNet patches, sharded without Ray (the loader benchmark needs none)."""
     import dataclasses
 
-    from mtmg.shards import build_manifest, plan_tasks, write_index, write_shard
+    from mtmg.data.shards import build_manifest, plan_tasks, write_index, write_shard
 
     raw, out = work / "raw", work / "shards"
     synth.make_bigearthnet(raw, n_patches=n, s1=False, seed=1, size=size)
@@ -72,8 +76,8 @@ def loader_rate(ds, dec, args) -> float:
 
 def plain_rate(ds, dec, bundle, args) -> float:
     """The loop a researcher would write by hand, timed like the job's ThroughputMeter."""
-    from mtmg.patch import ImageClassifier
-    from mtmg.training import ThroughputMeter
+    from mtmg.engine.loop import ThroughputMeter
+    from mtmg.stages.patch.driver import ImageClassifier
 
     device = torch.device(args.device)
     w = heads.build_zeroshot_weights(bundle.model, bundle.tokenizer, ds.prompt_names(),
@@ -100,7 +104,7 @@ def plain_rate(ds, dec, bundle, args) -> float:
 
 
 def ray_train_rate(ds, args, work: Path) -> dict:
-    from mtmg import patch
+    from mtmg.stages.patch import driver as patch
 
     cfg = patch.PatchConfig(
         data=ds.root, out=str(work / "job"), model=args.model, pretrained=None,
@@ -173,7 +177,7 @@ def main() -> None:
                 continue
             import ray
 
-            from mtmg.cluster import init_ray
+            from mtmg.runtime.cluster import init_ray
 
             init_ray(num_cpus=os.cpu_count())
             waited.append(wait_quiet())  # Ray's start-up is over, as in any long job

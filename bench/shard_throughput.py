@@ -26,9 +26,10 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from mtmg import shards, synth
-from mtmg.cluster import init_ray
-from mtmg.prep import ShardConfig, shard
+from mtmg import synth
+from mtmg.data import shards
+from mtmg.data.prep import ShardConfig, shard
+from mtmg.runtime.cluster import init_ray
 
 
 def _sort_sentinel2_bands(path: str) -> str:

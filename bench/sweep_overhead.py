@@ -3,7 +3,7 @@
 On generated BigEarthNet (patching) and image-folder (supported) shard sets, with Ray already up:
   baseline   one fine-tune (`mtmg.patch.run`) + K plain evaluations in a loop (theta(alpha) on
              both validation splits, batches decoded once, no Ray), as a researcher would write
-  sweep      `mtmg.alpha_sweep.run` with --data: the same fine-tune, the K-alpha grid as
+  sweep      `mtmg.sweeps.alpha.driver.run` with --data: the same fine-tune, the K-alpha grid as
              Ray Tune trials (started during the fine-tune, waiting for its weights), test
              metrics at alpha {0, chosen, 1} (those the patch run already computed are taken
              over), and all outputs
@@ -33,9 +33,16 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from mtmg import alpha_sweep, data, evaluate, models, patch, prep, synth, weights
-from mtmg.heads import ZeroShotHead
-from mtmg.trainers import WorkerContext
+from mtmg import synth
+from mtmg.data import loader as data
+from mtmg.data import prep
+from mtmg.engine import evaluate
+from mtmg.models import clip as models
+from mtmg.models import weights
+from mtmg.models.heads import ZeroShotHead
+from mtmg.runtime.train import WorkerContext
+from mtmg.stages.patch import driver as patch
+from mtmg.sweeps.alpha import driver as alpha_sweep
 
 
 def make_sets(work: Path, n: int, per_class: int) -> tuple[str, str]:
@@ -99,7 +106,7 @@ def main() -> None:
     try:
         import ray
 
-        from mtmg.cluster import init_ray
+        from mtmg.runtime.cluster import init_ray
 
         t0 = time.perf_counter()
         init_ray(num_cpus=os.cpu_count())

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtmg import errors, prep, rundir, shards, synth
+from mtmg import errors, rundir, synth
+from mtmg.data import prep, shards
 
 MODEL = "mtmg-demo-vit"
 MIN_PATCHES = 120
@@ -92,7 +93,11 @@ def run(out: Path, *, patches: int = 600, fresh: bool = False, quick: bool = Fal
 
 
 def _steps(out: Path, patches: int, fresh: bool, quick: bool) -> dict:
-    from mtmg import align, alpha_sweep, loss_sweep, pretrain, report
+    from mtmg.report import build as report
+    from mtmg.stages.align import driver as align
+    from mtmg.stages.pretrain import driver as pretrain
+    from mtmg.sweeps import loss as loss_sweep
+    from mtmg.sweeps.alpha import driver as alpha_sweep
 
     raw, sh, times = out / "raw", out / "shards", {}
     ben_raw, ems_raw, img_raw = raw / "bigearthnet", raw / "eurosat-ms", raw / "shapes"
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")
     print(f"  report:        {out / 'report' / 'summary.md'} (+ summary.json, plots)")
     print(f"  patched CLIP:  {out / 'alpha-sweep' / 'patched.safetensors'}")
-    print(f"  MS encoder:    {out / 'align'} (mtmg.student.load_student)")
+    print(f"  MS encoder:    {out / 'align'} (mtmg.models.student.load_student)")
     print(f"  loss sweep:    {out / 'loss-sweep' / 'summary.md'}")
     return 0
 

@@ -38,8 +38,8 @@ from PIL import Image, ImageDraw
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from mtmg import bands
-from mtmg import labels as lbl
+from mtmg.data import bands
+from mtmg.data import labels as lbl
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Alpha sweep of PAINT patching with Ray Tune (see --help and mtmg/alpha_sweep.py)."""
+"""Alpha sweep of PAINT patching with Ray Tune (see --help and mtmg/sweeps/alpha/driver.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout, installed or not
 
-from mtmg.alpha_sweep import main  # noqa: E402
+from mtmg.sweeps.alpha.driver import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,20 +13,16 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mtmg import (
-    align,
-    data,
-    heads,
-    models,
-    patch,
-    prep,
-    pretrain,
-    rundir,
-    shards,
-    synth,
-    training,
-)
-from mtmg import student as st
+from mtmg import rundir, synth
+from mtmg.data import loader as data
+from mtmg.data import prep, shards
+from mtmg.engine import loop as training
+from mtmg.models import clip as models
+from mtmg.models import heads
+from mtmg.models import student as st
+from mtmg.stages.align import driver as align
+from mtmg.stages.patch import driver as patch
+from mtmg.stages.pretrain import driver as pretrain
 
 from conftest import REPO
 

@@ -22,23 +22,17 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mtmg import (
-    alpha_sweep,
-    alpha_trial,
-    config,
-    data,
-    evaluate,
-    heads,
-    models,
-    patch,
-    prep,
-    rundir,
-    select,
-    synth,
-    weights,
-)
-from mtmg import tune as tuning
-from mtmg.trainers import WorkerContext
+from mtmg import config, rundir, synth
+from mtmg.data import loader as data
+from mtmg.data import prep
+from mtmg.engine import evaluate, select
+from mtmg.models import clip as models
+from mtmg.models import heads, weights
+from mtmg.runtime import tuner as tuning
+from mtmg.runtime.train import WorkerContext
+from mtmg.stages.patch import driver as patch
+from mtmg.sweeps.alpha import driver as alpha_sweep
+from mtmg.sweeps.alpha import trial as alpha_trial
 
 from conftest import REPO
 
@@ -97,7 +91,7 @@ def _cfg(run_dir, out, **kw) -> alpha_sweep.AlphaSweepConfig:
 
 
 def brute_force(run_dir: Path, alphas, split: str = "val") -> list[dict]:
-    """Every alpha evaluated in a plain loop, no Ray: rows as `mtmg.select` takes them."""
+    """Every alpha evaluated in a plain loop, no Ray: rows as `mtmg.engine.select` takes them."""
     pcfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     model = open_clip.create_model(MODEL, pretrained=str(run_dir / "patched.safetensors")).eval()
     tokenizer = open_clip.get_tokenizer(MODEL)
@@ -167,8 +161,8 @@ def test_fine_tune_then_sweep(first, run_dir):
 def test_early_trials_hold_trial_slots_and_start_at_the_lowest_priority(ray_session):
     import ray
 
-    from mtmg.cluster import TRIAL_SLOT
-    from mtmg.handoff import LOW_PRIORITY_ENV, NICE
+    from mtmg.runtime.cluster import TRIAL_SLOT
+    from mtmg.runtime.handoff import LOW_PRIORITY_ENV, NICE
 
     assert ray.cluster_resources()[TRIAL_SLOT] == ray.cluster_resources()["CPU"] == 2
 
@@ -446,10 +440,10 @@ def test_help(cli):
 
 
 def test_trial_processes_import_neither_open_clip_nor_torchvision():
-    """What a trial process imports (`mtmg.alpha_trial`, via `mtmg.tune`): torch, not the
-    1.8 s of open_clip + torchvision that a cold trial process paid on 2 cores."""
+    """What a trial process imports (`mtmg.sweeps.alpha.trial`, via `mtmg.runtime.tuner`):
+    torch, not open_clip and torchvision."""
     code = (
-        "import sys, mtmg.tune, mtmg.alpha_trial; "
+        "import sys, mtmg.runtime.tuner, mtmg.sweeps.alpha.trial; "
         "print([m for m in ('open_clip', 'torchvision') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,8 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtmg import align, backbone_sweep, config, models, patch, prep, synth, weights
-from mtmg import student as st
+from mtmg import config, synth
+from mtmg.data import prep
+from mtmg.models import clip as models
+from mtmg.models import student as st
+from mtmg.models import weights
+from mtmg.stages.align import driver as align
+from mtmg.stages.patch import driver as patch
+from mtmg.sweeps.backbone import driver as backbone_sweep
 
 from conftest import REPO
 

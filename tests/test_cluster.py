@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtmg import synth
-from mtmg.cluster import ClusterError, check_paths_visible
+from mtmg.runtime.cluster import ClusterError, check_paths_visible
 
 from conftest import REPO
 

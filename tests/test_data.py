@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtmg import bands, labels, prep, synth, transforms
-from mtmg.data import Decoder, ShardSet, Targets, make_loader, partition
+from mtmg import synth
+from mtmg.data import bands, labels, prep, transforms
+from mtmg.data.loader import Decoder, ShardSet, Targets, make_loader, partition
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def _decoder(ds, view="rgb", size=120, **kw):
 
 
 def _raw(ds, split="train"):
-    from mtmg import shards
+    from mtmg.data import shards
 
     return list(shards.iter_samples(ds.root, split, decode=False))
 
@@ -144,7 +145,7 @@ def test_a_batch_larger_than_a_rank_part_is_refused(ben_shards):
 def test_deferred_augmentation_on_the_device_matches_the_worker_path(ben_shards):
     """GPU path (workers decode only; crop/resize/flip/jitter batched): same crops, flips and
     colour changes as the per-sample path, up to bilinear vs bicubic resampling."""
-    from mtmg.data import collate, device_batch
+    from mtmg.data.loader import collate, device_batch
 
     aug = transforms.Augment(scale=(0.5, 0.8))
     kw = dict(view="both", size=96, augment=aug, seed=7)

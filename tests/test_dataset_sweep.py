@@ -13,8 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mtmg import config, dataset_sweep, patch, prep, synth
-from mtmg import tune as tuning
+from mtmg import config, synth
+from mtmg.data import prep
+from mtmg.runtime import tuner as tuning
+from mtmg.stages.patch import driver as patch
+from mtmg.sweeps import dataset as dataset_sweep
 
 from conftest import REPO
 

@@ -1,4 +1,4 @@
-"""mtmg.heads with the real tiny open_clip model on CPU: head weights, head logits, the
+"""mtmg.models.heads with the real tiny open_clip model on CPU: head weights, head logits, the
 safetensors cache and template files."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from mtmg.heads import (
+from mtmg.models.clip import ClipBundle, load_clip
+from mtmg.models.heads import (
     ZeroShotHead,
     build_zeroshot_weights,
     cached_zeroshot_weights,
     head_cache_key,
     load_templates,
 )
-from mtmg.models import ClipBundle, load_clip
-from mtmg.weights import text_state, weights_fingerprint
+from mtmg.models.weights import text_state, weights_fingerprint
 
 CLASSES = ["forest", "sea and ocean", "urban fabric"]
 TEMPLATES = ["a satellite image of {c}.", "an aerial view of {c}.", "{c} seen from above."]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mtmg import labels
+from mtmg.data import labels
 
 
 def test_ben_class_counts():

@@ -13,7 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mtmg import align, config, loss_sweep, prep, synth
+from mtmg import config, synth
+from mtmg.data import prep
+from mtmg.stages.align import driver as align
+from mtmg.sweeps import loss as loss_sweep
 
 from conftest import REPO
 

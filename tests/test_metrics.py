@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mtmg.metrics import (
+from mtmg.engine.metrics import (
     MAIN_METRIC,
     ScoreAccumulator,
     average_precision,

@@ -1,5 +1,5 @@
-"""mtmg.models with real open_clip on CPU: configs, offline pretrained resolution, strict loads,
-PAINT's weight-space operations. No downloads, no mocks (only the probed host/port is pointed
+"""mtmg.models.clip with real open_clip on CPU: configs, offline pretrained resolution, strict
+loads, PAINT's weight-space operations. No downloads, no mocks (only the probed host/port is pointed
 at a closed local port)."""
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mtmg import models, student
-from mtmg.models import (
+from mtmg.models import clip as models
+from mtmg.models import student
+from mtmg.models.clip import (
     ClipBundle,
     ModelLoadError,
     load_clip,
     register_model_config,
     resolve_pretrained,
 )
-from mtmg.weights import (
+from mtmg.models.weights import (
     image_state,
     interpolate,
     load_image_state,
@@ -358,7 +359,7 @@ def test_quick_gelu_travels_with_the_weights(tmp_path):
     features from the same weights."""
     from open_clip.transformer import QuickGELU
 
-    from mtmg import weights
+    from mtmg.models import weights
 
     def quick(model) -> bool:
         return any(isinstance(m, QuickGELU) for m in model.modules())

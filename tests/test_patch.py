@@ -16,8 +16,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtmg import data, evaluate, heads, models, patch, prep, rundir, synth, training, weights
-from mtmg.trainers import WorkerContext
+from mtmg import rundir, synth
+from mtmg.data import loader as data
+from mtmg.data import prep
+from mtmg.engine import evaluate
+from mtmg.engine import loop as training
+from mtmg.models import clip as models
+from mtmg.models import heads, weights
+from mtmg.runtime.train import WorkerContext
+from mtmg.stages.patch import driver as patch
 
 from conftest import REPO
 

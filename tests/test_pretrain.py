@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtmg import labels
-from mtmg.heads import build_zeroshot_weights
-from mtmg.models import load_clip
-from mtmg.pretrain import (
+from mtmg.data import labels
+from mtmg.models.clip import load_clip
+from mtmg.models.heads import build_zeroshot_weights
+from mtmg.models.weights import weights_fingerprint
+from mtmg.stages.pretrain.driver import (
     CHECKPOINT,
     DEFAULT_TEMPLATES,
     DEFAULT_WORDS,
@@ -24,8 +25,7 @@ from mtmg.pretrain import (
     main,
     pretrain,
 )
-from mtmg.pretrain import zeroshot_accuracy as zs_acc
-from mtmg.weights import weights_fingerprint
+from mtmg.stages.pretrain.driver import zeroshot_accuracy as zs_acc
 
 # Measured: 150 steps x 64 pairs, 48 images per class gives 85-94 % (seeds 0-2) against 16.7 %
 # chance in 6-15 s; the margin leaves room for seeds and BLAS differences.

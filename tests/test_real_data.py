@@ -18,8 +18,8 @@ from bigearthnet_common.constants import (
 from PIL import Image
 from rasterio.enums import Compression, Interleaving
 
-from mtmg import bands
-from mtmg import labels as lbl
+from mtmg.data import bands
+from mtmg.data import labels as lbl
 
 REAL = Path(__file__).parent / "data" / "real"
 V1_S2 = REAL / "bigearthnet_v1" / "BigEarthNet-v1.0"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mtmg import alpha_sweep, rundir
+from mtmg import rundir
+from mtmg.sweeps.alpha import driver as alpha_sweep
 
 from conftest import REPO
 
@@ -110,7 +111,7 @@ def test_sweep_resume_needs_a_sweep_and_a_free_directory(tmp_path, capsys):
     # a second sweep into the OUT of a live one: refused before it touches anything
     holder = subprocess.Popen(
         [sys.executable, "-c", (
-            "import time; from mtmg import alpha_sweep, rundir\n"
+            "import time; from mtmg import rundir; from mtmg.sweeps.alpha import driver as alpha_sweep\n"
             f"cfg = alpha_sweep.AlphaSweepConfig(run={argv[1]!r}, out={str(out)!r})\n"
             "with rundir.claim(alpha_sweep.NAME, cfg, cfg.out):\n"
             "    print('held', flush=True); time.sleep(60)"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mtmg.select import curves, select_alpha
+from mtmg.engine.select import curves, select_alpha
 
 
 def rows(patching, supported, split="val"):

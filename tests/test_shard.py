@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 
-from mtmg import bands, labels, prep, shards, storage, synth
-from mtmg.prep import main as shard_main
-from mtmg.raw import DatasetError, SampleError
-from mtmg.storage import StorageError
+from mtmg import synth
+from mtmg.data import bands, labels, prep, shards, storage
+from mtmg.data.prep import main as shard_main
+from mtmg.data.raw import DatasetError, SampleError
+from mtmg.data.storage import StorageError
 
 from conftest import REPO
 
@@ -350,7 +351,7 @@ def test_rerun_rewrites_the_shard_whose_labels_json_changed(shard, tmp_path, sma
     meta = json.loads(meta_path.read_text())
     meta["labels"] = ["Vineyards"] if meta["labels"] != ["Vineyards"] else ["Rice fields"]
     meta_path.write_text(json.dumps(meta))
-    with caplog.at_level(logging.WARNING, logger="mtmg.prep"):
+    with caplog.at_level(logging.WARNING, logger="mtmg.data.prep"):
         shard("bigearthnet", root, out=out, shard_size=3)
     rewritten = out / row["shard"]
     assert [p for p, t in _mtimes(out).items() if before[p] != t] == [rewritten]

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 
-from mtmg import bands, labels, shards
-from mtmg.raw import SampleError
+from mtmg.data import bands, labels, shards
+from mtmg.data.raw import SampleError
 
 from conftest import REAL
 

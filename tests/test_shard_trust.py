@@ -16,9 +16,11 @@ import tarfile
 import numpy as np
 import pytest
 
-from mtmg import alpha_trial, prep, shards, synth, transforms, verify
-from mtmg.data import Decoder, ShardSet, Targets, make_loader
-from mtmg.shards import ShardError
+from mtmg import synth
+from mtmg.data import prep, shards, transforms, verify
+from mtmg.data.loader import Decoder, ShardSet, Targets, make_loader
+from mtmg.data.shards import ShardError
+from mtmg.sweeps.alpha import trial as alpha_trial
 
 from conftest import REPO
 

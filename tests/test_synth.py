@@ -22,8 +22,9 @@ from bigearthnet_common.constants import (
 from PIL import Image
 from rasterio.enums import Compression, Interleaving
 
-from mtmg import bands, synth
-from mtmg import labels as lbl
+from mtmg import synth
+from mtmg.data import bands
+from mtmg.data import labels as lbl
 
 REAL = Path(__file__).parent / "data" / "real"
 BAND_PX = {b: 120 // (bands.S2_GSD[b] // 10) for b in bands.S2_L2A}  # 120 / 60 / 20

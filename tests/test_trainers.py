@@ -1,4 +1,4 @@
-"""The Ray Train glue (`mtmg.trainers`) on the session's embedded Ray."""
+"""The Ray Train glue (`mtmg.runtime.train`) on the session's embedded Ray."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import os
 import signal
 
-from mtmg import cluster, trainers
+from mtmg.runtime import cluster
+from mtmg.runtime import train as trainers
 
 
 def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mtmg import training
-from mtmg.trainers import WorkerContext
+from mtmg.engine import loop as training
+from mtmg.runtime.train import WorkerContext
 
 
 class Recorder(WorkerContext):
@@ -85,7 +85,7 @@ def test_a_non_finite_checkpoint_is_not_resumed_from(tmp_path):
 def test_a_worker_s_non_finite_loss_reaches_the_driver_as_itself(ray_session, tmp_path):
     """Under Ray Train the worker's error comes back as the NonFiniteError it raised (a
     ValueError: commands print it as `error: ...`), not as Ray Train's wrapper."""
-    from mtmg import trainers
+    from mtmg.runtime import train as trainers
 
     def diverges(config: dict) -> None:  # a closure: pickled by value for the worker
         training.check_finite(torch.tensor(float("nan")), step=4)

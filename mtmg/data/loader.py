@@ -1,0 +1,379 @@
+"""Model-ready batches from a shard set: a WebDataset pipeline over `manifest.json`.
+
+Stage order as in open_clip (shard split by rank -> split by loader worker -> shuffle ->
+decode -> batch in workers -> re-batch in the main process). Distributed contract:
+- every rank reads a disjoint part (whole shards when there are at least as many shards as
+  ranks, else every `world`-th sample), and every loader worker a disjoint part of that;
+- training: shard order and sample order shuffled from (seed, epoch); every rank runs exactly
+  `steps` full batches, the same number on all ranks (DDP collectives never wait);
+- evaluation: every sample exactly once across ranks, in a fixed order, last batch partial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from mtmg.data import bands as bnd
+from mtmg.data import labels as lbl
+from mtmg.data import shards, storage, transforms, verify
+
+VIEWS = ("rgb", "ms", "s1", "rgb+ms", "rgb+s1", "both")  # "both" = "rgb+ms"
+STUDENT_INPUTS = ("ms", "s1")  # multi-channel inputs a student encoder can take
+
+
+def view_inputs(view: str) -> tuple[str, ...]:
+    """The inputs a view yields, e.g. "both" -> ("rgb", "ms")."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r} (choose from {', '.join(VIEWS)})")
+    return ("rgb", "ms") if view == "both" else tuple(view.split("+"))
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A finished shard set (OUT of `data_prep/shard.py`) and what its manifest says."""
+
+    root: str
+    manifest: dict = field(repr=False, compare=False)
+
+    @classmethod
+    def open(cls, path: str) -> ShardSet:
+        """The set at `path`; ShardError naming any shard file its manifest lists but is gone."""
+        loc = storage.location(path)
+        manifest = shards.load_manifest(loc)
+        verify.check_files(loc, manifest)
+        return cls(loc.uri, manifest)
+
+    @property
+    def name(self) -> str:
+        return self.manifest["dataset"]
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def has_ms(self) -> bool:
+        return self.manifest["modality"].startswith("S2")
+
+    def nomenclature(self, name: str | None = None) -> str:
+        """The nomenclature to use: `name`, else BigEarthNet-19 where offered, else the stored."""
+        options = self.manifest["nomenclatures"]
+        if name is None:
+            name = "ben19" if "ben19" in options else self.manifest["label_nomenclature"]
+        if name not in options:
+            raise KeyError(f"{self.root}: no nomenclature {name!r} (it has {sorted(options)})")
+        return name
+
+    def classes(self, nomenclature: str | None = None) -> list[str]:
+        return list(self.manifest["nomenclatures"][self.nomenclature(nomenclature)]["classes"])
+
+    def prompt_names(self, nomenclature: str | None = None) -> list[str]:
+        entry = self.manifest["nomenclatures"][self.nomenclature(nomenclature)]
+        return list(entry.get("prompt_names") or entry["classes"])
+
+    def shards(self, split: str) -> list[tuple[str, int]]:
+        """(path, sample count) of a split's shards; KeyError naming the split if it is empty."""
+        return shards.shard_list(self.root, split, self.manifest)  # paths or URIs
+
+    def count(self, split: str) -> int:
+        return self.manifest["splits"].get(split, {}).get("count", 0)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Label names in the stored nomenclature -> a training target in the requested one."""
+
+    source: tuple[str, ...]
+    mapping: tuple[int, ...] | None  # stored index -> target index (-1: dropped); None = same
+    n_classes: int
+    multi_label: bool
+
+    @classmethod
+    def of(cls, ds: ShardSet, nomenclature: str | None = None) -> Targets:
+        want = ds.nomenclature(nomenclature)
+        stored = ds.manifest["label_nomenclature"]
+        noms = ds.manifest["nomenclatures"]
+        mapping = None
+        if want != stored:
+            entry = noms[want]
+            if entry.get("from") != stored:
+                raise KeyError(f"{ds.root}: no map from {stored} to {want}")
+            mapping = tuple(-1 if j is None else j for j in entry["map"])
+        return cls(
+            tuple(noms[stored]["classes"]), mapping, len(noms[want]["classes"]),
+            ds.task == "multi-label",
+        )  # fmt: skip
+
+    def __call__(self, names: list[str]) -> torch.Tensor:
+        if not self.multi_label:
+            idx = self.source.index(names[0])
+            return torch.tensor(self.mapping[idx] if self.mapping else idx, dtype=torch.long)
+        vec = lbl.multi_hot(names, self.source)
+        if self.mapping is not None:
+            vec = lbl.convert_multi_hot(vec, self.mapping, self.n_classes)
+        return torch.from_numpy(vec.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Raw WebDataset sample -> {"__key__", "rgb" / "ms" / "s1" per view, "target"} (picklable).
+
+    Every input of a sample comes from the same 10 m grid and gets the same crop and flips.
+    Members outside the shard format, arrays of another dtype or shape and non-finite S1 values
+    raise ShardError naming the sample and its shard.
+    """
+
+    bands: tuple[str, ...]
+    modality: str
+    view: str
+    targets: Targets
+    image_size: int
+    ms_size: int
+    mean: tuple[float, ...] = transforms.CLIP_MEAN
+    std: tuple[float, ...] = transforms.CLIP_STD
+    augment: transforms.Augment | None = None
+    seed: int = 0
+    epoch: int = 0
+    defer_augment: bool = False  # leave crop/resize/jitter to `device_batch` on the GPU
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        key = verify.check_members(sample)["__key__"]
+        meta = verify.load_json(sample)
+        out: dict[str, Any] = {"__key__": key, "target": self.targets(meta["labels"])}
+        has_ms = "ms.npy" in sample
+        ms = verify.load_array(sample, "ms.npy", len(self.bands)) if has_ms else None
+        if ms is not None:
+            rgb = transforms.rgb_from_ms(ms, list(self.bands), self.modality)
+        else:
+            rgb = _decode_rgb(sample)
+        wanted = view_inputs(self.view)
+        views = {"rgb": rgb}
+        if "ms" in wanted:
+            if ms is None:
+                raise ValueError(f"sample {key}: the multispectral view needs ms.npy")
+            views["ms"] = transforms.ms_input(ms, list(self.bands))
+        if "s1" in wanted:
+            if "s1.npy" not in sample:
+                raise ValueError(f"sample {key}: the S1 view needs s1.npy (shard with --s1)")
+            views["s1"] = transforms.s1_input(verify.load_array(sample, "s1.npy", len(bnd.S1)))
+        if self.augment is not None:
+            # per-sample randomness from (seed, epoch, key): independent of worker assignment
+            digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+            p = self.augment.params(*rgb.shape[-2:], gen)
+            if self.defer_augment:  # native size, half precision: cheap to decode and to move
+                out["aug"] = transforms.params_tensor(p)
+                out.update({k: v.half() for k, v in views.items() if k in wanted})
+                return out
+            if "rgb" in wanted:
+                views["rgb"] = self.augment.photometric(
+                    self.augment.geometry(views["rgb"], p, self.image_size, bicubic=True), p
+                )
+            for k in STUDENT_INPUTS:
+                if k in views:
+                    views[k] = self.augment.geometry(views[k], p, self.ms_size)
+        else:
+            if "rgb" in wanted:
+                views["rgb"] = transforms.resize(views["rgb"], self.image_size, bicubic=True)
+            for k in STUDENT_INPUTS:
+                if k in views:
+                    views[k] = transforms.resize(views[k], self.ms_size)
+        if "rgb" in wanted:
+            out["rgb"] = transforms.normalize(views["rgb"], self.mean, self.std)
+        out.update({k: views[k] for k in STUDENT_INPUTS if k in views})
+        return out
+
+
+def _decode_rgb(sample: dict[str, Any]) -> torch.Tensor:
+    where = f"{sample.get('__url__')}: sample {sample['__key__']}"
+    rgb_key = next((k for k in sample if k.startswith("rgb.")), None)
+    if rgb_key is None:
+        raise verify.ShardError(f"{where}: neither ms.npy nor an rgb image; {verify.RECOVER}")
+    try:
+        return transforms.decode_rgb(sample[rgb_key])
+    except (OSError, ValueError) as e:  # PIL's errors for data that is not an image
+        msg = f"{where}: {rgb_key} is not an image ({e}); {verify.RECOVER}"
+        raise verify.ShardError(msg) from e
+
+
+def device_batch(
+    batch: dict[str, Any], decoder: Decoder, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Move a batch to `device`, finishing deferred augmentation there; RGB is normalised."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    if "aug" in out:
+        aug = decoder.augment
+        if "rgb" in out:
+            rgb = transforms.batch_augment(out["rgb"], out["aug"], decoder.image_size, aug.color)
+            out["rgb"] = transforms.normalize(rgb, decoder.mean, decoder.std)
+        for k in STUDENT_INPUTS:
+            if k in out:
+                out[k] = transforms.batch_augment(out[k], out["aug"], decoder.ms_size, False)
+    return out
+
+
+def _unbatch(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for batch in batches:
+        for i in range(len(batch["__key__"])):
+            yield {k: v[i] for k, v in batch.items()}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors; other fields (the `__key__` of each sample) become lists."""
+    return {
+        k: torch.stack([s[k] for s in samples])
+        if isinstance(v, torch.Tensor)
+        else [s[k] for s in samples]
+        for k, v in samples[0].items()
+    }
+
+
+# ------------------------------------------------------------------------------ partitioning
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one rank reads: shard paths, and (sample mode) which global sample indices."""
+
+    urls: tuple[str, ...]
+    offsets: tuple[int, ...]  # global index of each url's first sample
+    rank: int
+    world: int
+    by_sample: bool
+    count: int  # samples this rank yields
+
+
+def partition(
+    shard_list: list[tuple[str, int]],
+    rank: int,
+    world: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+) -> list[Part]:
+    """Every rank's part, computed identically on all ranks (so step counts agree)."""
+    order = list(range(len(shard_list)))
+    if shuffle:
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+    urls = [shard_list[i][0] for i in order]
+    counts = [shard_list[i][1] for i in order]
+    offsets = list(itertools.accumulate([0, *counts[:-1]]))
+    if len(urls) >= world:
+        return [
+            Part(
+                tuple(urls[r::world]),
+                tuple(offsets[r::world]),
+                r,
+                world,
+                False,
+                sum(counts[r::world]),
+            )  # fmt: skip
+            for r in range(world)
+        ]
+    total = sum(counts)
+    return [
+        Part(tuple(urls), tuple(offsets), r, world, True, len(range(r, total, world)))
+        for r in range(world)
+    ]
+
+
+class _EveryNth:
+    """Keep the samples whose global index (url offset + position in its shard) is ours."""
+
+    def __init__(self, part: Part) -> None:
+        self.start = dict(zip(part.urls, part.offsets, strict=True))
+        self.rank, self.world = part.rank, part.world
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        pos: dict[str, int] = {}
+        for sample in src:
+            url = sample["__url__"]
+            i = self.start[url] + pos.get(url, 0)
+            pos[url] = pos.get(url, 0) + 1
+            if i % self.world == self.rank:
+                yield sample
+
+
+@dataclass
+class Loader:
+    """An iterable of batches for one rank, with its length when known."""
+
+    loader: Any
+    steps: int | None  # training: exact batches per epoch on every rank
+    samples: int  # samples this rank sees
+    batch_size: int
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        it = iter(self.loader)
+        return itertools.islice(it, self.steps) if self.steps is not None else it
+
+    def __len__(self) -> int:
+        return self.steps if self.steps is not None else -(-self.samples // self.batch_size)
+
+
+def make_loader(
+    ds: ShardSet,
+    split: str,
+    decoder: Decoder,
+    *,
+    batch_size: int,
+    train: bool,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 2,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int = 1000,
+) -> Loader:
+    """Batches of `split` for this rank (see the module docstring for the guarantees)."""
+    parts = partition(ds.shards(split), rank, world, shuffle=train, seed=seed, epoch=epoch)
+    part = parts[rank]
+    stages: list[Any] = [
+        wds.SimpleShardList(list(part.urls)),
+        wds.split_by_worker,
+        verify.ShardReader(ds.root, split, ds.manifest),  # size, members and count checked
+    ]
+    if part.by_sample:
+        stages.append(_EveryNth(part))
+    if train:
+        stages.append(wds.shuffle(shuffle_buffer, seed=hash((seed, epoch, rank)) & 0xFFFFFFFF))
+    stages += [wds.map(decoder), wds.batched(batch_size, collation_fn=collate, partial=True)]
+    pipe = wds.DataPipeline(*stages)
+    local = part.urls
+    loader = wds.WebLoader(pipe, batch_size=None, num_workers=min(num_workers, len(local)))
+    # re-batch in the main process: full batches whatever the per-worker leftovers
+    loader = loader.compose(_unbatch).batched(batch_size, collation_fn=collate, partial=not train)
+    steps = min(p.count for p in parts) // batch_size if train else None
+    if train and steps == 0:
+        raise ValueError(
+            f"{ds.root} {split}: {min(p.count for p in parts)} samples per rank is less than "
+            f"one batch of {batch_size}; lower --batch-size"
+        )
+    return Loader(loader, steps, part.count, batch_size)
+
+
+def cycle(make: Callable[[int], Iterable[Any]], steps: int) -> Iterator[Any]:
+    """Exactly `steps` batches from the training loaders `make(0)`, `make(1)`, ...: a set whose
+    epoch is shorter than `steps` starts over with a new pass (reshuffled by its number), as in
+    joint patching, where an epoch is the longest set's."""
+    done, p = 0, 0
+    while done < steps:
+        got = 0
+        for batch in make(p):
+            yield batch
+            done, got = done + 1, got + 1
+            if done == steps:
+                return
+        if not got:
+            raise ValueError(f"pass {p} of a training loader gave no batch")
+        p += 1

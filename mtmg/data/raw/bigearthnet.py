@@ -1,0 +1,422 @@
+"""BigEarthNet v1.0 (per-patch folders + JSON) and v2.0 / reBEN (product folders + parquet).
+
+Both store S2 L2A as 12 uint16 band files at 10/20/60 m; mtmg stores them as one 12 x H x W
+uint16 array on the 10 m grid, in the canonical order B01..B08, B8A, B09, B11, B12 (never a glob
+sort, which puts B8A last).
+"""
+
+from __future__ import annotations
+
+import bz2
+import importlib.metadata
+import importlib.resources
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from mtmg.data import bands, labels, storage
+from mtmg.data.raw.common import (
+    SPLITS,
+    DatasetError,
+    Item,
+    Layout,
+    Plan,
+    SampleError,
+    as_uint16,
+    assign_from_lists,
+    find_split_files,
+    georef,
+    open_raster,
+    upsample,
+)
+from mtmg.data.storage import Location
+
+S2_V1_DIR = "BigEarthNet-v1.0"
+S1_V1_DIR = "BigEarthNet-S1-v1.0"
+S2_V2_DIR = "BigEarthNet-S2"
+S1_V2_DIR = "BigEarthNet-S1"
+OFFICIAL_COUNTS = {"train": 269_695, "val": 123_723, "test": 125_866}
+V2_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+
+
+# ----------------------------------------------------------------- official lists (offline)
+
+
+def _resource_lines(name: str) -> list[str]:
+    data = importlib.resources.files("bigearthnet_common").joinpath(name).read_bytes()
+    return [ln.strip() for ln in bz2.decompress(data).decode().splitlines() if ln.strip()]
+
+
+@lru_cache(maxsize=1)
+def official_splits() -> dict[str, frozenset[str]]:
+    """The official v1 19-class splits, shipped in the `bigearthnet-common` package."""
+    return {s: frozenset(_resource_lines(f"{s}.csv.bz2")) for s in SPLITS}
+
+
+@lru_cache(maxsize=1)
+def official_exclusions() -> dict[str, frozenset[str]]:
+    """Official v1 exclusion lists (the shipped files have CRLF line ends)."""
+    return {
+        "seasonal snow": frozenset(_resource_lines("patches_with_seasonal_snow.csv.bz2")),
+        "cloud or shadow": frozenset(_resource_lines("patches_with_cloud_and_shadow.csv.bz2")),
+    }
+
+
+@lru_cache(maxsize=1)
+def official_s2_to_s1() -> dict[str, str]:
+    """Official S2 -> S1 patch-name mapping (`s1_s2_name_country_season.csv`)."""
+    rows = _resource_lines("s1_s2_name_country_season.csv.bz2")
+    header = rows[0].split(",")
+    i1, i2 = header.index("s1_name"), header.index("s2_name")
+    return {r.split(",")[i2]: r.split(",")[i1] for r in rows[1:]}
+
+
+def _official_version() -> str:
+    return f"bigearthnet-common {importlib.metadata.version('bigearthnet-common')}"
+
+
+# --------------------------------------------------------------------- shared patch reading
+
+
+def read_s2(
+    loc: Location,
+    band_paths: dict[str, str],
+    key: str,
+    size: tuple[int, int] | None,
+    resample: str,
+    with_georef: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read the 12 L2A band files of a patch into one 12 x H x W uint16 array (10 m grid).
+
+    `with_georef` adds the CRS and transform of the 10 m grid (parsing a CRS costs as much as
+    reading three bands; v1 patches carry theirs in the metadata JSON already).
+    """
+    ref_band = "B02"
+    with open_raster(loc, band_paths[ref_band], key, georef=with_georef) as ds:
+        ref = ds.read(1)
+        geo = georef(ds) if with_georef else {}
+    h, w = ref.shape
+    if size is not None and (h, w) != tuple(size):
+        raise SampleError(
+            key, f"10 m band {ref_band} is {h}x{w}, dataset patches are {size[0]}x{size[1]}",
+            band_paths[ref_band],
+        )  # fmt: skip
+    out = np.empty((len(bands.S2_L2A), h, w), dtype=np.uint16)
+    for i, band in enumerate(bands.S2_L2A):
+        path = band_paths[band]
+        factor = bands.S2_GSD[band] // 10
+        if band == ref_band:
+            out[i] = as_uint16(ref, key, path)
+            continue
+        with open_raster(loc, path, key, georef=False) as ds:
+            arr = ds.read(1)
+            if arr.shape != (h // factor, w // factor) or h % factor or w % factor:
+                want = f"{h // factor}x{w // factor}"
+                raise SampleError(
+                    key, f"band {band} is {arr.shape[0]}x{arr.shape[1]}, expected {want}", path
+                )
+            out[i] = as_uint16(upsample(arr, factor, resample, ds), key, path)
+    return out, geo
+
+
+def read_s1(loc: Location, s1_dir: str, s1_name: str, key: str, hw: tuple[int, int]) -> np.ndarray:
+    """VV and VH backscatter (dB, float32) of the paired S1 patch, in that order."""
+    out = np.empty((len(bands.S1), *hw), dtype=np.float32)
+    for i, pol in enumerate(bands.S1):
+        path = f"{s1_dir}/{s1_name}_{pol}.tif"
+        with open_raster(loc, path, key, georef=False) as ds:
+            arr = ds.read(1)
+        if arr.shape != hw:
+            raise SampleError(key, f"S1 {pol} is {arr.shape}, expected {hw}", path)
+        out[i] = arr
+    return out
+
+
+def check_labels(names: list[str], classes: tuple[str, ...], key: str, path: str) -> list[str]:
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise SampleError(key, f"unknown label name(s) {unknown}", path)
+    return list(names)
+
+
+def normalise_s1_json(meta: dict[str, Any]) -> dict[str, Any]:
+    """S1 JSONs spell `lry` as `lly` and the date as ISO `acquisition_time`; use S2 spellings."""
+    meta = dict(meta)
+    coords = dict(meta.get("coordinates", {}))
+    if "lly" in coords:
+        coords["lry"] = coords.pop("lly")
+    meta["coordinates"] = coords
+    if "acquisition_time" in meta:
+        meta["acquisition_date"] = meta.pop("acquisition_time").replace("T", " ")
+    return meta
+
+
+def _s2_header(nomenclature: str, nomenclatures: dict, has_s1: bool) -> dict[str, Any]:
+    head = {
+        "task": "multi-label",
+        "metric": "macro mAP",
+        "modality": "S2 L2A",
+        "bands": list(bands.S2_L2A),
+        "gsd_m": 10,
+        "label_nomenclature": nomenclature,
+        "nomenclatures": nomenclatures,
+        "templates": list(labels.SATELLITE_TEMPLATES),
+        "fields": {
+            "ms.npy": "uint16 C x H x W reflectance x 10000, bands as listed, 10 m grid",
+            "json": "source labels (names) and metadata",
+        },
+    }
+    if has_s1:
+        head["s1_bands"] = list(bands.S1)
+        head["fields"]["s1.npy"] = "float32 2 x H x W backscatter in dB (VV, VH)"
+    return head
+
+
+@dataclass(frozen=True)
+class _BigEarthNet(Layout):
+    """What v1 and v2 share: items are (S2 patch folder, S1 patch folder or "")."""
+
+    root: Location
+    s1: Location | None = None
+    splits: Location | None = None
+    skip_bad: bool = False
+    resample: str = "nearest"
+    size: tuple[int, int] | None = None
+
+    def sample_size(self, item: Item) -> tuple[int, int]:
+        path = f"{item.ref[0]}/{item.key}_B02.tif"
+        with open_raster(self.root, path, item.key, georef=False) as ds:
+            return ds.height, ds.width
+
+    def sources(self, item: Item) -> list[tuple[Location, str]]:
+        key, (patch_dir, s1_dir) = item.key, item.ref
+        out = [(self.root, f"{patch_dir}/{key}_{b}.tif") for b in bands.S2_L2A]
+        if s1_dir:
+            s1_name = s1_dir.rsplit("/", 1)[1]
+            out += [(self.s1, f"{s1_dir}/{s1_name}_{pol}.tif") for pol in bands.S1]
+        return out
+
+    def _read_patch(self, item: Item, with_georef: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The sample's arrays (S2, and S1 when paired) and the georeferencing record."""
+        key, (patch_dir, s1_dir) = item.key, item.ref
+        paths = {b: f"{patch_dir}/{key}_{b}.tif" for b in bands.S2_L2A}
+        ms, geo = read_s2(self.root, paths, key, self.size, self.resample, with_georef)
+        sample: dict[str, Any] = {"ms.npy": ms}
+        if s1_dir:
+            s1_name = s1_dir.rsplit("/", 1)[1]
+            sample["s1.npy"] = read_s1(self.s1, s1_dir, s1_name, key, ms.shape[1:])
+            geo["s1"] = {"patch": s1_name}
+        return sample, geo
+
+
+# ---------------------------------------------------------------------------------- v1.0
+
+
+@dataclass(frozen=True)
+class BigEarthNetV1(_BigEarthNet):
+    """`BigEarthNet-v1.0/<patch>/<patch>_<band>.tif` + `<patch>_labels_metadata.json`."""
+
+    name: str = "bigearthnet"
+
+    def s2_dir(self) -> str:
+        root = self.root.path
+        if storage.is_dir(self.root.fs, f"{root}/{S2_V1_DIR}"):
+            return f"{root}/{S2_V1_DIR}"
+        return root
+
+    def plan(self) -> Plan:
+        fs, s2 = self.root.fs, self.s2_dir()
+        tree = {n: None for n in storage.list_dir(fs, s2, dirs_only=True)}
+        if not tree:
+            raise DatasetError(f"no BigEarthNet-S2 patch folders found in {s2}")
+        user = find_split_files(
+            self.splits or self.root,
+            [(self.splits or self.root).path, s2],
+            ["{split}.csv", "bigearthnet-{split}.csv"],
+        )
+        if user:
+            by_split, excluded, rejected = assign_from_lists(
+                tree, user, self.splits or self.root, self.skip_bad
+            )
+            info = {"split_source": {s: p for s, p in user.items()}}
+        else:
+            by_split, excluded, rejected = self._official(tree)
+            info = {
+                "split_source": f"official 19-class splits ({_official_version()})",
+                "found_of_official": {s: [len(by_split[s]), OFFICIAL_COUNTS[s]] for s in SPLITS},
+            }
+        s1_names = self._pair_s1(sorted(tree)) if self.s1 else {}
+        items: dict[str, list[Item]] = {s: [] for s in SPLITS}
+        for split, keys in by_split.items():
+            for key in keys:
+                s1_name = s1_names.get(key, "")
+                if self.s1 and not s1_name:
+                    err = SampleError(key, f"no S1 patch in {self.s1} pairs with it")
+                    if not self.skip_bad:
+                        raise err
+                    rejected.append({**err.to_dict(), "split": split})
+                    continue
+                items[split].append(Item(key, split, (f"{s2}/{key}", s1_name)))
+        return Plan(items, excluded, rejected, info)
+
+    def _official(self, tree: dict) -> tuple[dict, list, list]:
+        sets, excl = official_splits(), official_exclusions()
+        by_split = {s: sorted(k for k in tree if k in sets[s]) for s in SPLITS}
+        assigned = set().union(*map(set, by_split.values()))
+        excluded = []
+        for key in sorted(set(tree) - assigned):
+            reason = next((r for r, names in excl.items() if key in names), None)
+            excluded.append(
+                {"key": key, "reason": reason or "not in the official splits (no 19-class label)"}
+            )
+        if not assigned:
+            raise DatasetError(
+                f"none of the {len(tree)} patches in {self.s2_dir()} is in the official splits; "
+                "give your own split files with --splits DIR (train.csv, val.csv, test.csv)"
+            )
+        return by_split, excluded, []
+
+    def _pair_s1(self, s2_keys: list[str]) -> dict[str, str]:
+        """S2 name -> S1 folder: the official mapping, else the S1 JSON's corresponding_s2_patch."""
+        fs, s1_dir = self.s1.fs, self.s1.path
+        if storage.is_dir(fs, f"{s1_dir}/{S1_V1_DIR}"):
+            s1_dir = f"{s1_dir}/{S1_V1_DIR}"
+        present = set(storage.list_dir(fs, s1_dir, dirs_only=True))
+        if not present:
+            raise DatasetError(f"no BigEarthNet-S1 patch folders found in {s1_dir}")
+        official = official_s2_to_s1()
+        pairs = {k: official[k] for k in s2_keys if official.get(k) in present}
+        for s1_name in sorted(present - set(pairs.values())):
+            path = f"{s1_dir}/{s1_name}/{s1_name}_labels_metadata.json"
+            try:
+                meta = storage.read_json(fs, path)
+            except (OSError, ValueError):
+                continue
+            s2_name = meta.get("corresponding_s2_patch") if isinstance(meta, dict) else None
+            if s2_name and s2_name not in pairs:
+                pairs[s2_name] = s1_name
+        return {k: f"{s1_dir}/{v}" for k, v in pairs.items()}
+
+    def read(self, item: Item) -> dict[str, Any]:
+        key, patch_dir = item.key, item.ref[0]
+        json_path = f"{patch_dir}/{key}_labels_metadata.json"
+        try:
+            meta = storage.read_json(self.root.fs, json_path)
+        except (OSError, ValueError) as e:
+            raise SampleError(key, f"missing or unreadable metadata JSON: {e}", json_path) from e
+        if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
+            raise SampleError(key, "metadata JSON is not an object with a 'labels' list", json_path)
+        names = check_labels(meta["labels"], labels.BEN43, key, json_path)
+        # v1 patches carry their georeferencing in the JSON: skip parsing it from the GeoTIFF
+        sample, geo = self._read_patch(item, with_georef=False)
+        if "s1" in geo:
+            s1_dir, s1_name = item.ref[1], geo["s1"]["patch"]
+            s1_json = f"{s1_dir}/{s1_name}_labels_metadata.json"
+            try:
+                s1_meta = storage.read_json(self.s1.fs, s1_json)
+            except (OSError, ValueError) as e:
+                raise SampleError(key, f"unreadable S1 metadata JSON: {e}", s1_json) from e
+            if not isinstance(s1_meta, dict):
+                raise SampleError(key, "S1 metadata JSON is not an object", s1_json)
+            geo["s1"].update(normalise_s1_json(s1_meta))
+        sample["json"] = {"labels": names, "source": meta, **geo}
+        return sample
+
+    def sources(self, item: Item) -> list[tuple[Location, str]]:
+        out = super().sources(item)
+        out.append((self.root, f"{item.ref[0]}/{item.key}_labels_metadata.json"))
+        if item.ref[1]:
+            s1_name = item.ref[1].rsplit("/", 1)[1]
+            out.append((self.s1, f"{item.ref[1]}/{s1_name}_labels_metadata.json"))
+        return out
+
+    def header(self) -> dict[str, Any]:
+        return _s2_header("ben43", labels.ben_nomenclatures(), self.s1 is not None)
+
+
+# ---------------------------------------------------------------------------------- v2.0
+
+
+@dataclass(frozen=True)
+class BigEarthNetV2(_BigEarthNet):
+    """reBEN: `metadata.parquet` + `BigEarthNet-S2/<product>/<patch>/<patch>_<band>.tif`."""
+
+    name: str = "bigearthnet-v2"
+
+    def _table(self) -> dict[str, dict[str, Any]]:
+        path = self.root.child_path("metadata.parquet")
+        if not storage.exists(self.root.fs, path):
+            raise DatasetError(f"{path} not found: a BigEarthNet v2 root holds metadata.parquet")
+        cols = ["patch_id", "labels", "split", "s1_name"]
+        table = pq.read_table(path, filesystem=self.root.fs)
+        missing = [c for c in cols[:3] if c not in table.column_names]
+        if missing:
+            raise DatasetError(f"{path} lacks the column(s) {missing}")
+        rows = table.select([c for c in cols if c in table.column_names]).to_pylist()
+        return {r["patch_id"]: r for r in rows}
+
+    def plan(self) -> Plan:
+        fs = self.root.fs
+        s2 = self.root.child_path(S2_V2_DIR)
+        tree = {
+            patch: f"{s2}/{product}/{patch}"
+            for product in storage.list_dir(fs, s2, dirs_only=True)
+            for patch in storage.list_dir(fs, f"{s2}/{product}", dirs_only=True)
+        }
+        if not tree:
+            raise DatasetError(f"no patch folders found under {s2}/<product>/")
+        table = self._table()
+        lists = find_split_files(self.splits, [self.splits.path], ["{split}.csv"]) if (
+            self.splits
+        ) else None  # fmt: skip
+        if lists:
+            by_split, excluded, rejected = assign_from_lists(
+                tree, lists, self.splits, self.skip_bad
+            )
+        else:
+            by_split = {s: [] for s in SPLITS}
+            excluded, rejected = [], []
+            for key in sorted(tree):
+                row = table.get(key)
+                if row is None:
+                    excluded.append({"key": key, "reason": "not in metadata.parquet"})
+                    continue
+                split = V2_SPLIT_NAMES.get(row["split"])
+                if split is None:
+                    raise DatasetError(f"metadata.parquet: unknown split {row['split']!r} ({key})")
+                by_split[split].append(key)
+        in_table = [V2_SPLIT_NAMES.get(r["split"]) for r in table.values()]
+        counts = {s: in_table.count(s) for s in SPLITS}
+        info = {
+            "split_source": lists or "metadata.parquet",
+            "found_of_metadata": {s: [len(by_split[s]), counts[s]] for s in SPLITS},
+        }
+        items: dict[str, list[Item]] = {s: [] for s in SPLITS}
+        for split, keys in by_split.items():
+            for key in keys:
+                row = table.get(key)
+                if row is None:
+                    raise DatasetError(f"patch {key} is listed but not in metadata.parquet")
+                s1_dir = ""
+                if self.s1:
+                    s1_name = row.get("s1_name") or ""
+                    s1_dir = f"{self.s1.path}/{'_'.join(s1_name.split('_')[:-3])}/{s1_name}"
+                extra = (("labels", tuple(row["labels"])),)
+                items[split].append(Item(key, split, (tree[key], s1_dir), extra))
+        return Plan(items, excluded, rejected, info)
+
+    def read(self, item: Item) -> dict[str, Any]:
+        names = check_labels(list(item.get("labels")), labels.BEN19, item.key, "metadata.parquet")
+        sample, geo = self._read_patch(item, with_georef=True)
+        sample["json"] = {"labels": names, **geo}
+        return sample
+
+    def header(self) -> dict[str, Any]:
+        nomen = {
+            "ben19": {"classes": list(labels.BEN19)},
+            "ben5": {"classes": list(labels.BEN5), "from": "ben19", "map": list(labels.BEN19_TO_5)},
+        }
+        return _s2_header("ben19", nomen, self.s1 is not None)

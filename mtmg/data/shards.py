@@ -1,0 +1,302 @@
+"""The shard set on disk: WebDataset tars, `manifest.json`, `index.parquet`, and their reading.
+
+Layout of OUT (format version 1; README "Shard format"):
+    manifest.json                 what the set holds; written last, so its presence = complete
+    index.parquet                 one row per sample: key, split, shard, labels
+    <split>/<split>-NNNNNN.tar    one sample per source patch, `__key__` = the source id
+    .mtmg/plan.json, .mtmg/shards/<split>-NNNNNN.json   resume state of the writer
+Writing is deterministic (fixed mtime, owner and member order) and atomic (temporary name, then
+a rename), so re-running gives byte-identical shards and a crash never leaves a torn tar.
+Reading trusts nothing on disk: members outside the format are refused before anything decodes
+them, arrays load without pickles and with the format's dtype and shape, and every shard must
+hold the samples the manifest counts (`mtmg.verify`, whose command also checks sha256).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+import mtmg
+from mtmg.data import storage
+from mtmg.data.raw.common import (
+    SPLITS,
+    Item,
+    Layout,
+    Plan,
+    SampleError,
+    gdal_env,
+    input_fingerprint,
+)
+from mtmg.data.storage import Location
+from mtmg.data.verify import ShardError, ShardReader, decode_sample
+
+FORMAT = "mtmg-shards"
+FORMAT_VERSION = 1
+STATE_DIR = ".mtmg"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """The samples that go into one output tar."""
+
+    split: str
+    index: int
+    items: tuple[Item, ...]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.split}-{self.index:06d}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}/{self.stem}.tar"
+
+
+@dataclass
+class ShardResult:
+    """What a finished shard holds; persisted beside the shards so a rerun can skip it."""
+
+    name: str
+    count: int = 0
+    sha256: str = ""
+    bytes: int = 0
+    keys: list[str] = field(default_factory=list)
+    labels: list[list[str]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    inputs: str = ""  # input_fingerprint of its items when it was written
+    resumed: bool = False
+    seconds: float = 0.0  # time spent writing it (not part of the manifest)
+    note: str = ""  # why an earlier run's shard was rewritten (not persisted)
+
+
+def plan_tasks(items: dict[str, list[Item]], shard_size: int) -> list[ShardTask]:
+    """Cut each split's (sorted) items into consecutive shards of `shard_size` samples."""
+    tasks = []
+    for split, its in items.items():
+        for i in range(0, len(its), shard_size):
+            tasks.append(ShardTask(split, i // shard_size, tuple(its[i : i + shard_size])))
+    return tasks
+
+
+def _state_path(out: Location, task: ShardTask) -> str:
+    return out.child_path(STATE_DIR, "shards", f"{task.stem}.json")
+
+
+def write_shard(
+    layout: Layout,
+    task: ShardTask,
+    out: Location,
+    *,
+    skip_bad: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> ShardResult:
+    """Read every item of `task` and write its tar; a finished shard is kept, not rewritten,
+    while its inputs and bytes are still those it was written from and with (`_kept`).
+
+    Without `skip_bad` the first bad sample aborts the shard (nothing is written) and is returned
+    as `error`; with it, bad samples are left out and listed in `rejected`.
+    """
+    fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
+    inputs = input_fingerprint(layout, task.items)
+    done, note = _kept(out, task, inputs, skip_bad)
+    if done is not None:
+        if on_progress:
+            on_progress(len(task.items))
+        return done
+    result = ShardResult(task.name, inputs=inputs)
+    pending, t0 = 0, time.perf_counter()
+    with gdal_env():
+        try:
+            with storage.atomic_output(fs, final) as f:
+                with wds.TarWriter(f, user="mtmg", group="mtmg", mtime=0) as tar:
+                    for item in task.items:
+                        try:
+                            sample = layout.read(item)
+                        except SampleError as e:
+                            if not skip_bad:
+                                raise
+                            result.rejected.append({**e.to_dict(), "split": task.split})
+                            continue
+                        tar.write({"__key__": item.key, **sample})
+                        result.keys.append(item.key)
+                        result.labels.append(list(sample["json"].get("labels", [])))
+                        pending += 1
+                        if on_progress and pending >= 16:
+                            on_progress(pending)
+                            pending = 0
+                result.sha256, result.bytes = f.sha256.hexdigest(), f.size
+        except SampleError as e:
+            return ShardResult(task.name, error={**e.to_dict(), "split": task.split})
+    if on_progress and pending:
+        on_progress(pending + len(result.rejected))
+    result.count = len(result.keys)
+    result.seconds = time.perf_counter() - t0
+    storage.write_json_atomic(fs, state, asdict(result))
+    result.note = note
+    return result
+
+
+def _kept(
+    out: Location, task: ShardTask, inputs: str, skip_bad: bool
+) -> tuple[ShardResult | None, str]:
+    """An earlier run's shard if it can be kept, else None and why it is rewritten ("" when it
+    was never finished)."""
+    fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
+    if not (storage.exists(fs, final) and storage.exists(fs, state)):
+        return None, ""
+    try:
+        done = ShardResult(**{**storage.read_json(fs, state), "note": ""})
+    except (OSError, ValueError, TypeError):
+        return None, "rewritten: its resume state was unreadable"
+    # a shard that left bad samples out is only kept when leaving them out is still wanted
+    if done.rejected and not skip_bad:
+        return None, ""
+    if done.inputs != inputs:
+        return None, "rewritten: its input files changed since it was written"
+    if storage.file_sha256(fs, final) != (done.sha256, done.bytes):
+        return None, "rewritten: its bytes no longer match the sha256 recorded when written"
+    done.resumed = True
+    return done, ""
+
+
+# ------------------------------------------------------------------------------ manifest
+
+
+def build_manifest(
+    cfg: dict[str, Any], layout: Layout, plan: Plan, results: list[ShardResult]
+) -> dict[str, Any]:
+    """The manifest of a finished run: the layout's header, shards, exclusions, the config."""
+    splits: dict[str, Any] = {s: {"count": 0, "shards": []} for s in SPLITS}
+    rejected = list(plan.rejected)
+    for r in results:
+        split = r.name.split("/", 1)[0]
+        splits[split]["count"] += r.count
+        splits[split]["shards"].append(
+            {"name": r.name, "count": r.count, "bytes": r.bytes, "sha256": r.sha256}
+        )
+        rejected.extend(r.rejected)
+    written = sum(v["count"] for v in splits.values())
+    header = layout.header()
+    size = getattr(layout, "size", None)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg["dataset"],
+        **header,
+        "native_size": list(size) if size else None,
+        "splits": splits,
+        "excluded": plan.excluded,
+        "rejected": sorted(rejected, key=lambda r: r["key"]),
+        "summary": {
+            "inputs": written + len(plan.excluded) + len(rejected),
+            "written": written,
+            "excluded": len(plan.excluded),
+            "rejected": len(rejected),
+        },
+        "source": plan.info,
+        "config": cfg,
+        "created_by": f"mtmg {mtmg.__version__}",
+    }
+    if "bands" in header and header.get("modality", "").startswith("S2"):
+        manifest["resampling"] = {
+            "method": cfg["resample"],
+            "note": "20 m bands x2 and 60 m bands x6 onto the 10 m grid; 10 m bands unchanged"
+            + ("; a source band is exactly x[::f, ::f]" if cfg["resample"] == "nearest" else ""),
+        }
+    return manifest
+
+
+def write_index(out: Location, results: list[ShardResult]) -> None:
+    """`index.parquet`: key, split, shard, labels: one row per written sample."""
+    rows: dict[str, list] = {"key": [], "split": [], "shard": [], "labels": []}
+    for r in results:
+        split = r.name.split("/", 1)[0]
+        for key, labs in zip(r.keys, r.labels, strict=True):
+            rows["key"].append(key)
+            rows["split"].append(split)
+            rows["shard"].append(r.name)
+            rows["labels"].append(labs)
+    schema = pa.schema(
+        [("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
+         ("labels", pa.list_(pa.string()))]
+    )  # fmt: skip
+    buf = io.BytesIO()
+    pq.write_table(pa.table(rows, schema=schema), buf, compression="zstd")
+    storage.write_bytes_atomic(out.fs, out.child_path("index.parquet"), buf.getvalue())
+
+
+def load_manifest(out: str | Location) -> dict[str, Any]:
+    """Read OUT/manifest.json; a clear error when OUT is not a finished shard set."""
+    loc = out if isinstance(out, Location) else storage.location(out)
+    path = loc.child_path("manifest.json")
+    if not storage.exists(loc.fs, path):
+        raise FileNotFoundError(
+            f"{path} not found: {loc} is not a finished shard set "
+            "(run `python data_prep/shard.py DATASET --root RAW --out OUT` first)"
+        )
+    try:
+        manifest = storage.read_json(loc.fs, path)
+    except ValueError as e:
+        raise ShardError(f"{path}: unreadable ({e}); re-run data_prep/shard.py for {loc}") from e
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION or manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: not an mtmg shard manifest of version {FORMAT_VERSION}")
+    return manifest
+
+
+def shard_list(
+    out: str | Location, split: str, manifest: dict | None = None
+) -> list[tuple[str, int]]:
+    """(path or, for an object-store shard set, URI; sample count) of a split's shards, in order."""
+    loc = out if isinstance(out, Location) else storage.location(out)
+    manifest = manifest or load_manifest(loc)
+    if split not in manifest["splits"] or not manifest["splits"][split]["shards"]:
+        have = [s for s, v in manifest["splits"].items() if v["count"]]
+        raise KeyError(f"{loc}: no {split!r} split in this shard set (it has {have})")
+    return [(loc.join(s["name"]).uri, s["count"]) for s in manifest["splits"][split]["shards"]]
+
+
+def shard_paths(out: str | Location, split: str, manifest: dict | None = None) -> list[str]:
+    """Paths (or URIs) of a split's shards, in order."""
+    return [url for url, _ in shard_list(out, split, manifest)]
+
+
+def iter_samples(out: str | Location, split: str, *, decode: bool = True) -> Iterator[dict]:
+    """Every sample of a split in shard order, decoded (`ms.npy` -> array, `json` -> dict,
+    `cls` -> int; image bytes stay bytes), or with `decode=False` as raw bytes.
+
+    Either way only members the format defines are read (others raise ShardError before any is
+    decoded) and each shard must hold the samples the manifest counts.
+    """
+    loc = out if isinstance(out, Location) else storage.location(out)
+    manifest = load_manifest(loc)
+    urls = shard_paths(loc, split, manifest)
+    for sample in ShardReader(loc, split, manifest)({"url": url} for url in urls):
+        yield decode_sample(sample, len(manifest["bands"])) if decode else sample
+
+
+def summary_table(manifest: dict[str, Any]) -> str:
+    """A small text table of a manifest: split, shards, samples; then the totals."""
+    lines = [f"{'split':<6} {'shards':>6} {'samples':>9}"]
+    for split, v in manifest["splits"].items():
+        lines.append(f"{split:<6} {len(v['shards']):>6} {v['count']:>9}")
+    s = manifest["summary"]
+    lines.append(
+        f"inputs {s['inputs']} = written {s['written']} + excluded {s['excluded']} "
+        f"+ rejected {s['rejected']}"
+    )
+    return "\n".join(lines)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)

@@ -1,0 +1,106 @@
+"""Result tables and plots: parquet + CSV tables, the alpha curve PNG, resolved configs."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.csv as pacsv  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import yaml  # noqa: E402
+
+from mtmg.data import storage  # noqa: E402
+
+
+def write_table(rows: Sequence[dict[str, Any]], path_stem: str | Path) -> pa.Table:
+    """`<stem>.parquet` and `<stem>.csv` from a list of flat dicts (atomic writes)."""
+    table = pa.Table.from_pylist(list(rows))
+    fs, stem = storage.location(path_stem).fs, storage.location(path_stem).path
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes_atomic(fs, stem + ".parquet", buf.getvalue())
+    out = pa.BufferOutputStream()
+    pacsv.write_csv(table, out)
+    storage.write_bytes_atomic(fs, stem + ".csv", out.getvalue().to_pybytes())
+    return table
+
+
+def save_config(cfg: dict[str, Any], path: str | Path) -> None:
+    """The resolved config as YAML (loadable again with --config)."""
+    loc = storage.location(path)
+    text = yaml.safe_dump(json.loads(json.dumps(cfg)), sort_keys=False)
+    storage.write_bytes_atomic(loc.fs, loc.path, text.encode())
+
+
+def plot_alpha_curve(
+    curves: dict[str, dict[float, float]],
+    chosen: float | None,
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str = "metric (%)",
+    pareto: Sequence[float] = (),
+) -> None:
+    """Patching vs supported metric against alpha, the chosen alpha marked."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    styles = {"patching": ("tab:blue", "o"), "supported": ("tab:orange", "s")}
+    for role, curve in curves.items():
+        color, marker = styles.get(role, ("tab:gray", "^"))
+        alphas = sorted(curve)
+        ax.plot(alphas, [curve[a] for a in alphas], marker=marker, color=color, label=role)
+        for a in pareto:
+            if a in curve:
+                ax.plot([a], [curve[a]], marker="*", color="gold", markersize=12, zorder=3)
+    if chosen is not None:
+        ax.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen alpha = {chosen:g}")
+    ax.set_xlabel("alpha (0 = zero-shot, 1 = fine-tuned)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """A matplotlib figure as PNG, written atomically; the figure is closed."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    loc = storage.location(path)
+    storage.write_bytes_atomic(loc.fs, loc.path, buf.getvalue())
+
+
+def plot_loss_curves(
+    steps: Sequence[int],
+    parts: dict[str, Sequence[float | None]],
+    path: str | Path,
+    title: str = "",
+) -> None:
+    """Training-loss parts against the step (a running mean over ~2 % of the run), log scale."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    window = max(1, len(steps) // 50)
+    for name, values in parts.items():
+        pts = [(s, v) for s, v in zip(steps, values, strict=True) if v is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        smooth = [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
+                  for i in range(len(ys))]  # fmt: skip
+        ax.plot(xs, smooth, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if all(v is None or v > 0 for vals in parts.values() for v in vals):
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)

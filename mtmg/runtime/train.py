@@ -1,0 +1,339 @@
+"""Ray Train glue: run a stage's per-worker loop as a TorchTrainer (DDP) job.
+
+Stages (`mtmg.patch`, `mtmg.align`) stay plain PyTorch: they receive rank, world size and device
+through `WorkerContext` and call the small hooks here for reporting and checkpoints, so the same
+loop runs under Ray Train, in a Tune trial, or in a plain test process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class WorkerContext:
+    """Where a stage's worker runs: rank, world size, device, and Ray Train if present."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    ray: bool = False
+    # where metrics go outside Ray Train, e.g. `tune.report` in a Tune trial: f(metrics, ckpt)
+    reporter: Callable[[dict[str, Any], str | None], None] | None = None
+
+    @classmethod
+    def current(cls) -> WorkerContext:
+        """The context of this process: a Ray Train worker, or a plain single process."""
+        try:
+            import ray.train
+
+            ctx = ray.train.get_context()
+            rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        except (RuntimeError, AttributeError, ValueError, ImportError):
+            return cls()
+        import ray.train.torch
+
+        return cls(rank, world, ray.train.torch.get_device(), True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def load_checkpoint(self) -> str | None:
+        """Directory of the latest checkpoint of this run (after a restart), if any."""
+        if not self.ray:
+            return None
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        return ckpt.to_directory()
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self) -> Iterator[str]:
+        """A temporary directory for rank 0 to fill before `report(..., checkpoint=dir)`."""
+        with tempfile.TemporaryDirectory(prefix="mtmg-ckpt-") as d:
+            yield d
+
+    def report(self, metrics: dict[str, Any], checkpoint: str | None = None) -> None:
+        """Metrics (every rank calls this) and, from rank 0, a checkpoint directory."""
+        if self.reporter is not None:
+            self.reporter(metrics, checkpoint)
+            return
+        if not self.ray:
+            return
+        import ray.train
+
+        ck = ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        ray.train.report(metrics, checkpoint=ck)
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device; DDP-wrap when running with more than one worker."""
+        module = module.to(self.device)
+        if self.world > 1 and dist.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if self.world == 1 or not dist.is_initialized():
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world == 1 or not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+# Ray Train V2's controller takes each worker's report when it polls the workers, every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and a worker's next report waits until the
+# previous one was taken: every epoch shorter than the interval would last the whole interval
+# (measured: 16 short epochs took 1.9 s each under Ray Train, 0.5 s in a plain process).
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+POLL_INTERVAL_S = 0.2
+# On the embedded Ray (`mtmg.runtime.cluster.init_ray`, no dashboard modules): no metrics export
+# (nothing shows them) and no preemption watcher (one node, nothing to preempt): each is a
+# process or thread that takes CPU from the training on a small machine.
+LEAN_ENV = {"RAY_TRAIN_METRICS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+@contextlib.contextmanager
+def _train_env(values: dict[str, str]) -> Iterator[None]:
+    """Set Ray Train's environment knobs for one `fit` (the driver's values travel to the
+    controller and workers); a value the user set is kept."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextlib.contextmanager
+def _own_sigint_handler() -> Iterator[None]:
+    """Put back the driver's Ctrl-C handler after `fit`.
+
+    Ray Train installs one that aborts the run, and leaves it installed: it holds the finished
+    controller actor, so the controller and its DatasetManager lived on after every job (two
+    processes, ~1 % of a CPU each) and Ctrl-C later went to a finished run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Ray Train installs none outside the main thread (a Tune trial)
+        return
+    saved = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+        gc.collect()  # the handler's closure is in a cycle: free the controller's handle now
+
+
+def _trainer_class(lean: bool) -> type:
+    """TorchTrainer, without the placement-group cleaner when `lean` (the embedded Ray).
+
+    The cleaner is a detached actor that asks the state API (a dashboard module) every second
+    whether the controller still lives, to free its placement group if it died. The embedded
+    Ray has no state API, so every ask would fail with a warning, forever; and there is nothing
+    to clean: the placement group ends with the driver's Ray.
+    """
+    from ray.train.torch import TorchTrainer
+
+    if not lean or not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:  # another Ray: leave its defaults
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return LeanTorchTrainer
+
+
+def _node_local_torch_config() -> Any:
+    """Ray Train's TorchConfig with a process group that listens on the node's address only.
+
+    For the embedded Ray (one node, 127.0.0.1): by default torch's rendezvous store listens on
+    every interface (its server binds "::" whatever the host) and gloo on the hostname's
+    address, neither with authentication. Here rank 0 binds the store's socket to the node's
+    address and hands it to `TCPStore(master_listen_fd=...)`, and gloo and NCCL use the
+    interface holding that address.
+    """
+    from ray.train.torch import TorchConfig
+
+    # private: TorchConfig takes neither a store nor an address for the store to listen on
+    class NodeLocalBackend(TorchConfig().backend_cls):  # Ray's torch backend, its shutdown kept
+        def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
+            import ray
+
+            n = len(worker_group)
+            addr, port = worker_group.execute_single(0, _bind_store_socket)
+            args = {"backend": backend_config.backend, "world": n, "addr": addr, "port": port,
+                    "timeout_s": backend_config.timeout_s}  # fmt: skip
+            ray.get([worker_group.execute_single_async(i, _join_group, world_rank=i, **args)
+                     for i in range(n)])  # fmt: skip
+
+    @dataclass
+    class NodeLocalTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self) -> type:
+            return NodeLocalBackend
+
+    return NodeLocalTorchConfig()
+
+
+_store_socket: list[socket.socket] = []  # rank 0's, between `_bind_store_socket` and `_join_group`
+
+
+def _bind_store_socket() -> tuple[str, int]:
+    """On rank 0: a socket bound to this node's address for the rendezvous store."""
+    import ray
+
+    addr = ray.util.get_node_ip_address()
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((addr, 0))
+    _store_socket[:] = [sock]
+    return addr, sock.getsockname()[1]
+
+
+def _join_group(
+    backend: str, world_rank: int, world: int, addr: str, port: int, timeout_s: int
+) -> None:
+    """Join the default process group through rank 0's store at `addr:port` (the worker side of
+    `_node_local_torch_config`); sets the environment torchrun would."""
+    import ray.train
+
+    iface = _interface_of(addr)
+    for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        if iface and var not in os.environ:
+            os.environ[var] = iface
+    ctx = ray.train.get_context()
+    os.environ.update(
+        RANK=str(world_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(ctx.get_local_rank()),
+        LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()), NODE_RANK=str(ctx.get_node_rank()),
+        MASTER_ADDR=addr, MASTER_PORT=str(port),
+    )  # fmt: skip
+    timeout = timedelta(seconds=timeout_s)
+    main = world_rank == 0
+    fd = _store_socket.pop().detach() if main else None  # the store's server owns it now
+    store = dist.TCPStore(addr, port, world, main, timeout, master_listen_fd=fd)
+    dist.init_process_group(
+        backend, store=store, rank=world_rank, world_size=world, timeout=timeout
+    )
+
+
+def _interface_of(addr: str) -> str | None:
+    """Name of the network interface holding `addr` (e.g. "lo" for 127.0.0.1)."""
+    import psutil  # Ray's own copy: `import ray` puts it on the path
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == addr for a in addrs):
+            return name
+    return None
+
+
+def fit(
+    train_fn: Callable[[dict], None],
+    config: dict[str, Any],
+    *,
+    workers: int,
+    use_gpu: bool,
+    storage_path: str,
+    name: str,
+    max_failures: int = 1,
+    cpus_per_worker: float = 1.0,
+    on_start: Callable[[], None] | None = None,
+) -> Any:
+    """Run `train_fn(config)` on `workers` DDP workers; returns Ray Train's Result.
+
+    Re-running with the same `storage_path` and `name` resumes from the run's latest checkpoint
+    (Train V2 resumes by identity); a worker failure restarts from it up to `max_failures` times.
+    On the embedded Ray the job runs lean (see `LEAN_ENV`, `_trainer_class`) and its process
+    group listens on 127.0.0.1 only (`_node_local_torch_config`). `on_start()` is called when
+    the job is about to start, once the driver has nothing left to do but wait (the alpha sweep
+    starts its preparations there).
+    """
+    import ray.train
+
+    from mtmg.runtime.cluster import is_embedded
+
+    lean = is_embedded()
+    resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)  # workers change their cwd
+    trainer = _trainer_class(lean)(
+        train_fn,
+        train_loop_config=config,
+        torch_config=_node_local_torch_config() if lean else None,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    env = {POLL_INTERVAL_ENV: str(POLL_INTERVAL_S), **(LEAN_ENV if lean else {})}
+    with _train_env(env), _own_sigint_handler(), _job_errors():
+        if on_start is not None:
+            on_start()
+        return trainer.fit()
+
+
+@contextlib.contextmanager
+def _job_errors() -> Iterator[None]:
+    """A job's end as the driver should see it: Ctrl-C as KeyboardInterrupt (Ray Train aborts the
+    run and its wait ends in SystemExit), and a worker's input error (a ValueError: bad sample,
+    non-finite loss) as that error, raised here, instead of Ray Train's wrapper."""
+    from ray.train import WorkerGroupError
+
+    try:
+        yield
+    except SystemExit as e:
+        raise KeyboardInterrupt("training interrupted") from e
+    except WorkerGroupError as e:
+        failures = list(e.worker_failures.values())
+        cause = next((f for f in failures if isinstance(f, ValueError)), None)
+        if cause is None:
+            raise
+        raise _plain(cause) from e
+
+
+def _plain(err: ValueError) -> ValueError:
+    """`err` without Ray's task-error wrapping, so its message is the worker's own line."""
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, ValueError) else err
+
+
+def gpu_available() -> bool:
+    """Whether the connected Ray has GPUs to give to workers."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0

@@ -1,0 +1,4 @@
+"""Stage 1, PAINT patching (`driver`).
+
+Empty on purpose: a trial process imports only the modules it needs (torch, not open_clip).
+"""

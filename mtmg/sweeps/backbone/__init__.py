@@ -1,0 +1,4 @@
+"""The backbone sweep (`driver`).
+
+Empty on purpose: a trial process imports only the modules it needs (torch, not open_clip).
+"""
