@@ -111,9 +111,9 @@ def test_sweep_resume_needs_a_sweep_and_a_free_directory(tmp_path, capsys):
     # a second sweep into the OUT of a live one: refused before it touches anything
     holder = subprocess.Popen(
         [sys.executable, "-c", (
-            "import time; from mtmg import rundir; from mtmg.sweeps.alpha import driver as alpha_sweep\n"
-            f"cfg = alpha_sweep.AlphaSweepConfig(run={argv[1]!r}, out={str(out)!r})\n"
-            "with rundir.claim(alpha_sweep.NAME, cfg, cfg.out):\n"
+            "import time; from mtmg import rundir; from mtmg.sweeps.alpha import driver\n"
+            f"cfg = driver.AlphaSweepConfig(run={argv[1]!r}, out={str(out)!r})\n"
+            "with rundir.claim(driver.NAME, cfg, cfg.out):\n"
             "    print('held', flush=True); time.sleep(60)"
         )],
         stdout=subprocess.PIPE, text=True,
