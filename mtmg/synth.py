@@ -1,8 +1,8 @@
 """Synthetic raw remote-sensing datasets written in their REAL on-disk layouts.
 
 Every generator writes real GeoTIFFs (rasterio) or JPEG/PNG files (PIL) laid out exactly as the
-original archives are (../shared/DATASETS.md sections 1-5), so that the data-preparation code can be
-tested end to end without the real datasets. Pixel values are label dependent, so models can learn:
+original archives are (docs/datasets.md), so that the data-preparation code can be tested end to
+end without the real datasets. Pixel values are label dependent, so models can learn:
 
 - each class index has a characteristic 13-band Sentinel-2 signature (:func:`spectral_signature`)
   whose RGB composite (B04, B03, B02) is a well-spread colour, and a Sentinel-1 signature
@@ -313,7 +313,7 @@ _TILES: tuple[_Tile, ...] = (
           "2016-09-25T04:32:56", "Finland"),
 )  # fmt: skip
 
-# CORINE level-3 code of each BigEarthNet-43 class (official order; SPEC "Datasets").
+# CORINE level-3 code of each BigEarthNet-43 class (official order; docs/datasets.md).
 CLC_CODES: tuple[int, ...] = (
     111, 112, 121, 122, 123, 124, 131, 132, 133, 141, 142, 211, 212, 213, 221, 222, 223, 231, 241,
     242, 243, 244, 311, 312, 313, 321, 322, 323, 324, 331, 332, 333, 334, 411, 412, 421, 422, 423,

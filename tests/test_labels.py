@@ -32,7 +32,7 @@ def test_ben43_to_19_examples():
 
 
 def test_ben5_is_clc_level_one_and_consistent_with_19():
-    # CLC codes 1xx -> 0 ... 5xx -> 4 (SPEC: indices 0-10, 11-21, 22-32, 33-37, 38-42)
+    # CLC codes 1xx -> 0 ... 5xx -> 4 (docs/datasets.md: indices 0-10, 11-21, 22-32, 33-37, 38-42)
     assert [labels.BEN43_TO_5.count(k) for k in range(5)] == [11, 11, 11, 5, 5]
     for i43, i19 in enumerate(labels.BEN43_TO_19):
         if i19 is not None:

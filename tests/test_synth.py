@@ -1,4 +1,4 @@
-"""mtmg.synth writes the real on-disk layouts of ../shared/DATASETS.md sections 1-5 (real reads)."""
+"""mtmg.synth writes the real on-disk layouts of docs/datasets.md (real reads)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Sentinel band registry: band names, resolutions, stored orders and the RGB composite.
 
 Bands are handled by name everywhere in mtmg; the orders below say how each source stores them.
-Sources: ../shared/DATASETS.md sections 1.3 (BigEarthNet), 3 (EuroSAT), 4 (SEN12MS) and the SPEC.
+Sources: docs/datasets.md, 'Sentinel-2 band orders', and docs/method.md (RGB composite).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ S2_GSD: dict[str, int] = {
 # Sentinel-1 polarisations, in the order mtmg stores them (torchgeo's alphabetical VH,VV is a bug).
 S1: tuple[str, ...] = ("VV", "VH")
 
-# RGB composite for CLIP (SPEC, Stage 2 teacher input): bands and the value mapped to 255.
+# RGB composite for CLIP (docs/method.md, 'Stage 1'): bands and the value mapped to 255.
 RGB_BANDS: tuple[str, ...] = ("B04", "B03", "B02")
 RGB_SCALE: dict[str, float] = {"S2 L2A": 2000.0, "S2 L1C": 3558.0}
 # Stored reflectances are reflectance x 10000 as uint16.

@@ -1,7 +1,7 @@
 """Class nomenclatures, label maps and default prompt templates of every supported dataset.
 
 BigEarthNet lists are in the official order (label_indices.json, torchgeo), never alphabetical
-(bigearthnet_common's multi-hot helpers sort by default; ../shared/DATASETS.md 1.7).
+(bigearthnet_common's multi-hot helpers sort by default; docs/datasets.md, 'Label nomenclatures').
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ BEN43_TO_19: tuple[int | None, ...] = tuple(
     next((j for j, (_, src) in enumerate(_BEN19_FROM_43) if i in src), None) for i in range(43)
 )
 
-# BigEarthNet-5: CORINE level 1, i.e. the first digit of each class's CLC code (SPEC "Datasets").
+# BigEarthNet-5: CORINE level 1, the first digit of each class's CLC code (docs/datasets.md).
 BEN5: tuple[str, ...] = (
     "Artificial surfaces",
     "Agricultural areas",

@@ -2,7 +2,7 @@
 
 Small picklable classes (no lambdas), so they travel to DataLoader workers and Ray actors.
 Both views of a patch come from the same stored 10 m grid, so one crop box serves both: the
-teacher and the student see the same crop (SPEC, defect 6).
+teacher and the student see the same crop (docs/reference-differences.md, defect 6c).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def rgb_from_ms(ms: np.ndarray, stored: list[str], modality: str) -> torch.Tensor:
-    """RGB composite (B04, B03, B02) in [0, 1]: `x / scale * 255` clamped to 0-255 (SPEC)."""
+    """RGB composite (B04, B03, B02) in [0, 1]: `x / scale * 255` clamped to 0-255
+    (docs/method.md, 'Stage 1')."""
     if modality not in bands.RGB_SCALE:
         raise ValueError(f"no RGB composite scale for modality {modality!r}")
     idx = bands.reorder_indices(tuple(stored), bands.RGB_BANDS)
@@ -59,8 +60,9 @@ def decode_rgb(data: bytes) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Augment:
-    """CLIP-style training augmentation (SPEC: random-resized crop 0.9-1.0, h/v flips; colour
-    jitter, greyscale and blur on RGB inputs only), drawn once per sample for every view."""
+    """CLIP-style training augmentation (random-resized crop 0.9-1.0, h/v flips; colour jitter,
+    greyscale and blur on RGB inputs only; docs/reference-differences.md compares it with the
+    reference code's), drawn once per sample for every view."""
 
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
