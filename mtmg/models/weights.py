@@ -118,8 +118,8 @@ def load_image_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
 def weights_fingerprint(state_or_model: nn.Module | Mapping[str, torch.Tensor]) -> str:
     """A 16-hex-digit SHA-256 digest of tensor names, dtypes, shapes and values, in key order.
 
-    Cost: reads every byte once (about 0.3-0.6 s per GB on one core, plus a device-to-host
-    copy for GPU tensors); fingerprint a state once and reuse the string.
+    Cost: reads every byte once (plus a device-to-host copy for GPU tensors, figures in
+    bench/results/NOTES.md); fingerprint a state once and reuse the string.
     """
     if isinstance(state_or_model, nn.Module):
         state: Mapping[str, torch.Tensor] = state_or_model.state_dict()

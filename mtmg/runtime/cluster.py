@@ -62,10 +62,8 @@ def init_ray(
         num_cpus=num_cpus,
         resources={TRIAL_SLOT: slots, **(resources or {})},
         # An embedded Ray runs lean: no dashboard modules (about ten processes that wake up
-        # every second) and no metrics export, which nobody could look at without them. With
-        # `mtmg.runtime.train` leaving out Ray Train's helpers that would poll the state API (a
-        # dashboard module), a patch job trained 10 % faster on 2 cores
-        # (bench/patch_step.py). For Ray's dashboard, run on a cluster (--cluster).
+        # every second) and no metrics export, which nobody could look at without them; they
+        # take CPU from training (bench/results/NOTES.md). Ray's dashboard: run with --cluster.
         include_dashboard=False,
         object_store_memory=min(2 * 1024**3, _default_object_store()),
         logging_level=logging.WARNING,

@@ -175,8 +175,7 @@ def preload(cfg: SweepConfig, modules: Sequence[str]) -> None:
 
     Only for trials that follow Ray's start: every worker Ray starts imports the modules, and
     a Ray Train job makes Ray start (and discard) a worker for each of its helper actors. Before
-    the alpha sweep's own fine-tune it cost more than it saved (2 cores: fine-tune 37-39 s with
-    it, 22-24 s without; the first trial 1.4 s sooner).
+    the alpha sweep's own fine-tune it costs more than it saves (bench/results/NOTES.md).
     """
     import ray
 
@@ -227,7 +226,7 @@ def bind(fn: Callable[..., None], **inputs: Any) -> Callable[[dict], None]:
 
     Why not `tune.with_parameters`: a trial actor made from it never starts in one of the idle
     workers that `preload` warmed up, always in a new interpreter that imports torch and
-    open_clip first (measured: first trial after 4.7 s instead of 1.0 s on 2 cores).
+    open_clip first (bench/results/NOTES.md).
     """
     import ray
 
@@ -250,8 +249,8 @@ def _trial_actors_in_warm_workers(env: dict[str, str] | None = None) -> Iterator
     Ray Tune gives every trial actor a runtime environment of its own (`{"env_vars":
     {"PL_DISABLE_FORK": "1"}}`, for PyTorch Lightning, in `ray.tune.execution.class_cache`),
     and Ray does not give an actor an idle worker of another runtime environment: each sweep
-    waited for a new interpreter to import torch and open_clip (4-5 s on 2 cores). mtmg's trials
-    do not use Lightning. Variables that Tune propagates because the user set them are kept;
+    waited for a new interpreter to import torch and open_clip. mtmg's trials do not use
+    Lightning. Variables that Tune propagates because the user set them are kept;
     `env` is added (the trial actors then start in workers of their own).
     """
     try:

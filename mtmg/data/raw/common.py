@@ -110,7 +110,8 @@ def input_fingerprint(layout: Layout, items: Sequence[Item]) -> str:
 # ----------------------------------------------------------------------------- GeoTIFF reads
 
 # Only the bands' pixels are needed from most files: skipping the georeferencing lookup (CRS
-# parsing through PROJ) makes an open about 3x cheaper. Georeferencing is read from one band.
+# parsing through PROJ) makes an open much cheaper (bench/results/NOTES.md). Georeferencing is
+# read from one band.
 _FAST_OPEN = {"GEOREF_SOURCES": "NONE"}
 
 
@@ -135,7 +136,7 @@ def open_raster(
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             if loc.is_local:
                 # DatasetReader is what rasterio.open returns; constructed directly it skips
-                # rasterio.open's per-call Env/session set-up (a third of an open's cost here).
+                # rasterio.open's per-call Env/session set-up (bench/results/NOTES.md).
                 with DatasetReader(path, **opts) as ds:
                     yield ds
             else:

@@ -11,11 +11,9 @@ It is then evaluated zero-shot, as CLIP is: a head built from the text tower
 (`heads.build_zeroshot_weights` over `labels.PHOTO_TEMPLATES`) classifies held-out images of the
 evaluation classes, which are exactly `make_imagefolder(seed=SEED)`'s.
 
-Both parts matter for PAINT's trade-off to show (measured on the demo's data, lr 3e-4): without
-the words the class names embed almost identically (mean cosine 0.9) and fine-tuning gains little
-that interpolation can keep; with `mtmg-tiny-vit` (32-d) supported accuracy falls from the first
-interpolation step. With both, alpha 0.5 keeps about two thirds of the patching gain within about
-2 points of zero-shot supported accuracy, while alpha 1 loses about 20 points.
+Both parts matter for PAINT's trade-off to show (bench/results/NOTES.md): without the words the
+class names embed almost identically and fine-tuning gains little that interpolation can keep;
+with `mtmg-tiny-vit` (32-d) supported accuracy falls from the first interpolation step.
 
 Output (OUT):
   clip.safetensors   the full open_clip checkpoint (`weights.save_checkpoint`); load it with
@@ -271,7 +269,7 @@ def encode_captions(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
     CLIP's text tower is causal and pools at the end-of-text token, so the padding columns after
     the longest caption cannot change the result: dropping them gives the same embeddings up to
-    float rounding (tested), 3-4x faster (captions here fill at most ~20 of 77 positions).
+    float rounding (tested), and faster: captions here fill at most ~20 of 77 positions.
     Other text towers run as they are.
     """
     if not (isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax"
