@@ -429,6 +429,15 @@ def test_joint_patching_sets_reach_the_fine_tune(tmp_path, monkeypatch):
     assert alpha_trial.role_mean(rows, "patching") == 50.0
 
 
+def test_trial_objective_is_the_selection_score():
+    """Optuna maximises what `select.select_alpha` maximises: its best trial is the chosen alpha."""
+    for rule in sorted(select.RULES):
+        for p, s in ((50.0, 68.5), (70.0, 60.0), (62.0, None)):
+            got = alpha_trial.objective(p, s, rule, 1.0, 70.0)
+            assert got == select.score(rule, p, s, 70.0, 1.0), (rule, p, s)
+    assert alpha_trial.objective(70.0, 60.0, "constrained", 1.0, 70.0) == -109.0
+
+
 def test_help(cli):
     r = cli["alpha_sweep --help"]
     assert r.returncode == 0

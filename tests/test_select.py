@@ -2,7 +2,7 @@
 
 import pytest
 
-from mtmg.engine.select import curves, select_alpha
+from mtmg.engine.select import curves, score, select_alpha
 
 
 def rows(patching, supported, split="val"):
@@ -52,3 +52,40 @@ def test_several_patching_sets_are_averaged_first():
     assert select_alpha([x for x in r if x["dataset"] != "p2"]) == 1.0
     assert select_alpha(r, "patching") == 1.0
     assert select_alpha(r, "constrained", tolerance=5) == 0.5  # supported 40 < 62 - 5 at 1.0
+
+
+def test_constrained_base_is_alpha_0_not_the_smallest_alpha_searched():
+    """An Optuna range above 0: the bound is the zero-shot supported metric (given as `base`),
+    the same one the trials' objective used, so both pick the same alpha."""
+    trials = {0.4: (50, 68.5), 0.5: (55, 68.0), 0.7: (62, 66.0), 1.0: (70, 60.0)}
+    r = [
+        {"alpha": a, "role": role, "split": "val", "value": v}
+        for a, (p, s) in trials.items()
+        for role, v in (("patching", p), ("supported", s))
+    ]
+    # no alpha keeps supported within 1 point of 70: the least drop (68.5 at 0.4) wins
+    assert select_alpha(r, "constrained", tolerance=1, base=70) == 0.4
+    objectives = {a: score("constrained", p, s, 70, 1) for a, (p, s) in trials.items()}
+    assert max(objectives, key=objectives.get) == 0.4
+    assert select_alpha(r, "constrained", tolerance=2, base=70) == 0.5  # 68 >= 70 - 2
+    assert select_alpha(r, "constrained", tolerance=1, base=68.5) == 0.5  # 68 >= 68.5 - 1
+    with pytest.raises(ValueError, match="needs the supported metric at alpha 0"):
+        select_alpha(r, "constrained", tolerance=1)
+    assert select_alpha(r, "patching") == 1.0  # other rules need no base
+
+
+def test_score_orders_feasible_above_infeasible_and_the_least_drop_first():
+    assert score("patching", 40, 10, 70, 1) == 40
+    assert score("patching", 40, None, None, 1) == 40
+    assert score("mean", 40, 60, None, 1) == 50
+    assert score("constrained", 40, None, None, 1) == 40  # no supported set: patching alone
+    feasible = [score("constrained", p, 69, 70, 1) for p in (0, 40, 100)]
+    assert feasible == [0, 40, 100]
+    infeasible = [score("constrained", 100, s, 70, 1) for s in (68.9, 60, 0)]
+    assert max(infeasible) < min(feasible)
+    assert infeasible == sorted(infeasible, reverse=True)  # a smaller drop scores higher
+    assert score("constrained", 100, 60, 70, 1) == score("constrained", 0, 60, 70, 1)
+    with pytest.raises(ValueError, match="needs the supported metric at alpha 0"):
+        score("constrained", 40, 60, None, 1)
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        score("best", 40, 60, 70, 1)

@@ -12,15 +12,17 @@ Pareto front); with one patching and one supported set it is PAINT's rule as wri
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 
 RULES = {
     "mean": "max of the mean of patching and supported metrics (PAINT; each a mean over its sets)",
     "patching": "max of the patching metric alone",
-    "constrained": "max patching metric with supported within --tolerance points of alpha=0",
+    "constrained": "max patching metric with supported within --tolerance points of alpha 0 "
+    "(zero-shot); if no alpha keeps it, the least supported drop",
 }
+
+INFEASIBLE = -100.0  # constrained rule: every infeasible score lies at or below this
 
 
 def curves(rows: Iterable[dict], split: str = "val") -> dict[str, dict[float, float]]:
@@ -33,8 +35,42 @@ def curves(rows: Iterable[dict], split: str = "val") -> dict[str, dict[float, fl
     return {role: {a: sum(v) / len(v) for a, v in sorted(d.items())} for role, d in acc.items()}
 
 
-def select_alpha(rows: Iterable[dict], rule: str = "mean", tolerance: float = 1.0) -> float:
-    """The alpha that `rule` prefers on the validation rows (ties: the smaller alpha)."""
+def score(
+    rule: str, patching: float, supported: float | None, base: float | None, tolerance: float
+) -> float:
+    """How much `rule` prefers an alpha with these validation metrics: the one rule that both the
+    sweep's objective (what Optuna maximises) and `select_alpha` (the chosen alpha) apply.
+
+    `base` is the supported metric at alpha 0 (the zero-shot weights); only `constrained` uses
+    it. A metric is a percentage, so a feasible alpha (supported within `tolerance` of `base`)
+    scores its patching metric, at least 0, and beats every infeasible one, which scores
+    INFEASIBLE less its drop below `base - tolerance`: the least drop wins among them.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; choose one of {sorted(RULES)}")
+    if rule == "patching" or supported is None:
+        return patching
+    if rule == "mean":
+        return (patching + supported) / 2
+    if base is None:
+        raise ValueError("the constrained rule needs the supported metric at alpha 0")
+    floor = base - tolerance
+    return patching if supported >= floor else INFEASIBLE - (floor - supported)
+
+
+def feasible(supported: float | None, base: float | None, tolerance: float) -> bool:
+    """Whether the constrained rule's bound holds: supported within `tolerance` of `base`."""
+    return supported is None or base is None or supported >= base - tolerance
+
+
+def select_alpha(
+    rows: Iterable[dict], rule: str = "mean", tolerance: float = 1.0, base: float | None = None
+) -> float:
+    """The alpha that `rule` prefers on the validation rows (`score`; ties: the smaller alpha).
+
+    `base`: the supported metric at alpha 0, for the constrained rule when the rows have no
+    alpha 0 (a sweep over a range above 0, a failed alpha-0 trial); otherwise the rows' own.
+    """
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; choose one of {sorted(RULES)}")
     c = curves(rows)
@@ -42,15 +78,14 @@ def select_alpha(rows: Iterable[dict], rule: str = "mean", tolerance: float = 1.
     if not patching:
         raise ValueError("no validation metrics of the patching task to select alpha from")
     supported = c.get("supported", {})
-    alphas = sorted(patching)
-
-    def score(a: float) -> float:
-        if rule == "patching" or not supported:
-            return patching[a]
-        if rule == "mean":
-            return (patching[a] + supported[a]) / 2
-        base = supported[min(alphas)]
-        return patching[a] if supported[a] >= base - tolerance else -math.inf
-
-    best = max(alphas, key=lambda a: (score(a), -a))
-    return best
+    if base is None:
+        base = supported.get(0.0)
+    if rule == "constrained" and supported and base is None:
+        raise ValueError(
+            "the constrained rule needs the supported metric at alpha 0: evaluate alpha 0 too "
+            "(or give it as base)"
+        )
+    return max(
+        sorted(patching),
+        key=lambda a: (score(rule, patching[a], supported.get(a), base, tolerance), -a),
+    )

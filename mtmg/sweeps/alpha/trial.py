@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtmg.engine import evaluate
+from mtmg.engine import evaluate, select
 from mtmg.models import weights
 from mtmg.models.heads import ZeroShotHead
 
@@ -194,12 +194,9 @@ def _evaluator(plan: Plan, refs: dict[str, Any]) -> Evaluator:
 
 
 def objective(p: float, s: float | None, rule: str, tolerance: float, base: float | None) -> float:
-    """A trial's single objective for the search, following the selection rule."""
-    if s is None or rule == "patching":
-        return p
-    if rule == "mean":
-        return (p + s) / 2
-    return p if base is None or s >= base - tolerance else p - 100.0
+    """A trial's single objective for the search: `select.score`, the rule that also picks the
+    sweep's alpha, so that Optuna's best trial is the alpha the sweep chooses."""
+    return select.score(rule, p, s, base, tolerance)
 
 
 def trial(config: dict[str, Any], plan: Plan) -> None:
@@ -226,6 +223,8 @@ def trial(config: dict[str, Any], plan: Plan) -> None:
                "objective": objective(p, s, plan.selection, plan.tolerance, base)}  # fmt: skip
     if s is not None:
         metrics["supported"] = s
+    if base is not None:  # the same in every trial: the driver's base for `select.select_alpha`
+        metrics["supported_base"] = base
     metrics.update({f"val/{r['label']}": r["value"] for r in rows})
     metrics.update(eval_s=time.perf_counter() - t0 - waited, wait_s=waited, started=started)
     tune.report(metrics)
