@@ -28,7 +28,7 @@ from rasterio.enums import Resampling
 
 from mtmg import synth
 from mtmg.data import shards
-from mtmg.data.prep import ShardConfig, shard
+from mtmg.prep import ShardConfig, shard
 from mtmg.runtime.cluster import init_ray
 
 

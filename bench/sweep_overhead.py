@@ -33,14 +33,13 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from mtmg import synth
+from mtmg import prep, synth
 from mtmg.data import loader as data
-from mtmg.data import prep
 from mtmg.engine import evaluate
+from mtmg.engine.context import WorkerContext
 from mtmg.models import clip as models
 from mtmg.models import weights
 from mtmg.models.heads import ZeroShotHead
-from mtmg.runtime.train import WorkerContext
 from mtmg.stages.patch import driver as patch
 from mtmg.sweeps.alpha import driver as alpha_sweep
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout, installed or not
 
-from mtmg.data.prep import main  # noqa: E402
+from mtmg.prep import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

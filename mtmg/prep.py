@@ -1,6 +1,7 @@
-"""`python -m mtmg.prep`: the command-line face of `mtmg.data.prep`."""
+"""`python data_prep/shard.py` from Python: `shard(ShardConfig(...))` and the command line."""
 
-from mtmg.data.prep import ShardConfig, main, shard
+from mtmg.data.prep import ShardConfig
+from mtmg.runtime.shard_job import main, shard
 
 __all__ = ["ShardConfig", "main", "shard"]
 

@@ -33,8 +33,8 @@ def ray_session():
 @pytest.fixture
 def shard(ray_session, tmp_path):
     """Run the sharding job in-process: shard(dataset, root, **options) -> manifest."""
-    from mtmg.data.prep import ShardConfig
-    from mtmg.data.prep import shard as run
+    from mtmg.prep import ShardConfig
+    from mtmg.prep import shard as run
 
     def _shard(dataset: str, root, out=None, **kw):
         out = out or tmp_path / f"out-{dataset}"

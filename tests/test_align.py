@@ -13,9 +13,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mtmg import rundir, synth
+from mtmg import prep, rundir, synth
 from mtmg.data import loader as data
-from mtmg.data import prep, shards
+from mtmg.data import shards
 from mtmg.engine import loop as training
 from mtmg.models import clip as models
 from mtmg.models import heads
@@ -141,8 +141,7 @@ def _plain_run(sets, tmp_path, **kw) -> dict:
     conf = {"cfg": dataclasses.asdict(cfg), "teacher": {"model": name, "config": mc},
             "teacher_visual": tb.model.visual.state_dict(), "spec": student.spec.to_json(),
             "student_init": student.state_dict(), "heads": hw, "sets": datasets}  # fmt: skip
-    align.worker(conf)
-    return conf["result"]
+    return align.worker(conf)
 
 
 def test_student_lands_in_clip_space(sets, tmp_path):

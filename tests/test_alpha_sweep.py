@@ -1,4 +1,4 @@
-"""The alpha sweep (issue 5) end to end: real Ray Tune, a tiny open_clip, generated shards.
+"""The alpha sweep end to end: real Ray Tune, a tiny open_clip, generated shards.
 
 One module fixture fine-tunes once through the sweep's own `--data` mode; the other tests sweep
 that patch run. Reference numbers come from a plain loop without Ray (`brute_force`).
@@ -22,14 +22,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mtmg import config, rundir, synth
+from mtmg import config, prep, rundir, synth
 from mtmg.data import loader as data
-from mtmg.data import prep
 from mtmg.engine import evaluate, select
+from mtmg.engine.context import WorkerContext
 from mtmg.models import clip as models
 from mtmg.models import heads, weights
 from mtmg.runtime import tuner as tuning
-from mtmg.runtime.train import WorkerContext
 from mtmg.stages.patch import driver as patch
 from mtmg.sweeps.alpha import driver as alpha_sweep
 from mtmg.sweeps.alpha import trial as alpha_trial

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtmg import config, synth
-from mtmg.data import prep
+from mtmg import config, prep, synth
 from mtmg.models import clip as models
 from mtmg.models import student as st
 from mtmg.models import weights
@@ -119,10 +118,9 @@ def test_patch_stage_grid_with_a_failing_teacher(sets, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial
     try:
-        patch.worker(conf)
+        res = patch.worker(conf)
     finally:
         torch.set_num_threads(threads)
-    res = conf["result"]
     assert res["alpha"] == best["alpha"]
     test = backbone_sweep.eval_values(res["rows"], res["alpha"])[cfg.data]
     assert test["patched"] == pytest.approx(best["test_patched"], abs=1e-3)

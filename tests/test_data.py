@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtmg import synth
-from mtmg.data import bands, labels, prep, transforms
+from mtmg import prep, synth
+from mtmg.data import bands, labels, transforms
 from mtmg.data.loader import Decoder, ShardSet, Targets, make_loader, partition
 
 

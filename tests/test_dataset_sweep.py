@@ -13,8 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mtmg import config, synth
-from mtmg.data import prep
+from mtmg import config, prep, synth
 from mtmg.runtime import tuner as tuning
 from mtmg.stages.patch import driver as patch
 from mtmg.sweeps import dataset as dataset_sweep

@@ -13,8 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mtmg import config, synth
-from mtmg.data import prep
+from mtmg import config, prep, synth
 from mtmg.stages.align import driver as align
 from mtmg.sweeps import loss as loss_sweep
 

@@ -16,14 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtmg import rundir, synth
+from mtmg import prep, rundir, synth
 from mtmg.data import loader as data
-from mtmg.data import prep
 from mtmg.engine import evaluate
 from mtmg.engine import loop as training
+from mtmg.engine.context import WorkerContext
 from mtmg.models import clip as models
 from mtmg.models import heads, weights
-from mtmg.runtime.train import WorkerContext
 from mtmg.stages.patch import driver as patch
 
 from conftest import REPO
@@ -236,8 +235,7 @@ def test_vit_b_32_smoke_without_ray(sets, tmp_path):
     zs = weights.image_state(bundle.model)
     conf = {"cfg": dataclasses.asdict(cfg), "zeroshot": bundle.model.state_dict(),
             "heads": patch.build_heads(cfg, bundle, sets_), "sets": sets_}  # fmt: skip
-    patch.worker(conf)
-    res = conf["result"]
+    res = patch.worker(conf)
     assert res["step"] == 2 and len(res["losses"]) == 2
     assert any(not torch.equal(v, zs[k]) for k, v in res["theta_ft"].items())  # it trained
     assert {r["alpha"] for r in res["rows"]} == {0.0, 1.0} and res["alpha"] in (0.0, 1.0)

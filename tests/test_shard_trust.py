@@ -16,8 +16,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from mtmg import synth
-from mtmg.data import prep, shards, transforms, verify
+from mtmg import prep, synth
+from mtmg.data import shards, transforms, verify
 from mtmg.data.loader import Decoder, ShardSet, Targets, make_loader
 from mtmg.data.shards import ShardError
 from mtmg.sweeps.alpha import trial as alpha_trial

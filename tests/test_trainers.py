@@ -47,7 +47,7 @@ def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):
 
     started = tmp_path / "started"
 
-    def probe(config: dict) -> None:  # what runs while the job's helper actors are up
+    def probe(config: dict, ctx) -> None:  # what runs while the job's helper actors are up
         env = {k: os.environ.get(k, "") for k in knobs}
         seen.write_text(json.dumps({"titles": process_titles(os.getppid()),
                                     "on_start_before": started.exists(), **env}))  # fmt: skip
@@ -85,7 +85,7 @@ def test_embedded_train_job_listens_on_loopback_only(ray_session, tmp_path):
     not Ray's own servers."""
     seen = tmp_path / "listening.json"
 
-    def probe(config: dict) -> None:
+    def probe(config: dict, ctx) -> None:
         import socket
         from pathlib import Path
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from mtmg.engine import loop as training
-from mtmg.runtime.train import WorkerContext
+from mtmg.engine.context import WorkerContext
 
 
 class Recorder(WorkerContext):
@@ -87,7 +87,7 @@ def test_a_worker_s_non_finite_loss_reaches_the_driver_as_itself(ray_session, tm
     ValueError: commands print it as `error: ...`), not as Ray Train's wrapper."""
     from mtmg.runtime import train as trainers
 
-    def diverges(config: dict) -> None:  # a closure: pickled by value for the worker
+    def diverges(config: dict, ctx) -> None:  # a closure: pickled by value for the worker
         training.check_finite(torch.tensor(float("nan")), step=4)
 
     with pytest.raises(training.NonFiniteError, match="loss is nan at step 5") as info:

@@ -1,8 +1,6 @@
-"""Data preparation: a raw dataset -> WebDataset shards + manifest, as one Ray task per shard.
-
-`shard(cfg)` is what `python data_prep/shard.py` runs. The driver checks that OUT is writable,
-plans (lists the tree, assigns splits, finds bad inputs it can see without reading pixels); tasks
-read GeoTIFFs and write tars; the driver writes `index.parquet` and, last, `manifest.json`.
+"""Data preparation without Ray: the sharding options, the plan (the tree listed, splits
+assigned, bad inputs found without reading pixels), OUT made ready for it, and the work of one
+shard. `mtmg.runtime.shard_job` runs the shards as Ray tasks (`python data_prep/shard.py`).
 """
 
 from __future__ import annotations
@@ -11,15 +9,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sys
-import time
 from dataclasses import dataclass
-from typing import Any
 
-import ray
-from tqdm import tqdm
-
-from mtmg import config, errors
+from mtmg import config
 from mtmg.data import storage
 from mtmg.data.raw import DATASETS, DatasetError, Layout, Plan, SampleError, make_layout
 from mtmg.data.raw.common import SPLITS, majority_size
@@ -28,14 +20,10 @@ from mtmg.data.shards import (
     STATE_DIR,
     ShardResult,
     ShardTask,
-    build_manifest,
     plan_tasks,
-    summary_table,
-    write_index,
     write_shard,
 )
 from mtmg.data.storage import Location, StorageError
-from mtmg.runtime import cluster
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -107,7 +95,7 @@ def make_plan(cfg: ShardConfig) -> tuple[Layout, Plan, list[ShardTask]]:
     return layout, plan, plan_tasks(plan.items, cfg.shard_size)
 
 
-def _fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -> str:
+def plan_fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -> str:
     content = {
         "format_version": FORMAT_VERSION,
         "dataset": cfg.dataset,
@@ -121,7 +109,7 @@ def _fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -> st
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _prepare_out(out: Location, fingerprint: str, overwrite: bool) -> None:
+def prepare_out(out: Location, fingerprint: str, overwrite: bool) -> None:
     """Claim OUT for this plan; refuse to mix shards of another input unless told to overwrite."""
     fs = out.fs
     plan_path = out.child_path(STATE_DIR, "plan.json")
@@ -155,9 +143,6 @@ def run_shard(layout: Layout, task: ShardTask, out: Location, skip_bad: bool) ->
         return ShardResult(task.name, error={"kind": "storage", "reason": str(e)})
 
 
-_shard_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(run_shard)
-
-
 def raise_error(res: ShardResult) -> None:
     """The error a shard task returned, as the driver raises it."""
     err = res.error or {}
@@ -165,78 +150,6 @@ def raise_error(res: ShardResult) -> None:
         raise StorageError(err["reason"])
     if err:
         raise SampleError(err["key"], err["reason"], err["file"])
-
-
-def run_tasks(
-    cfg: ShardConfig, layout: Layout, tasks: list[ShardTask], out: Location
-) -> list[ShardResult]:
-    """Run the shard tasks with at most `workers` in flight; stop at the first bad sample.
-
-    The progress bar advances per finished shard (no extra actor: on a small machine starting
-    one costs as much as a shard).
-    """
-    workers = cfg.workers or cluster.cpus_available()
-    bar = tqdm(
-        total=sum(len(t.items) for t in tasks), unit="patch", desc="sharding",
-        disable=not cfg.progress, smoothing=0.1,
-    )  # fmt: skip
-    todo, pending, results = list(reversed(tasks)), {}, []
-    try:
-        while todo or pending:
-            while todo and len(pending) < workers:
-                task = todo.pop()
-                pending[_shard_task.remote(layout, task, out, cfg.skip_bad)] = task
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                task = pending.pop(ref)
-                try:
-                    res: ShardResult = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    if not isinstance(e.cause, OSError):
-                        raise
-                    msg = f"shard {out.join(task.name)} failed after retries: {e.cause}"
-                    raise StorageError(msg) from e
-                raise_error(res)
-                results.append(res)
-                bar.update(len(task.items))
-    finally:
-        if pending:  # stop the rest before returning, so nothing writes into OUT afterwards
-            for ref in pending:
-                ray.cancel(ref)
-            ray.wait(list(pending), num_returns=len(pending), timeout=60)
-        bar.close()
-    return sorted(results, key=lambda r: r.name)
-
-
-def shard(cfg: ShardConfig) -> dict[str, Any]:
-    """Shard a raw dataset; returns the manifest (also written to OUT/manifest.json)."""
-    t0 = time.perf_counter()
-    out = storage.location(cfg.out)
-    existed = storage.exists(out.fs, out.path)
-    storage.check_writable(out)
-    try:
-        layout, plan, tasks = make_plan(cfg)
-    except Exception:
-        if not existed:  # bad input leaves no OUT behind
-            out.fs.delete_dir(out.path)
-        raise
-    on_cluster = cluster.init_ray(cfg.cluster, num_cpus=cfg.workers)
-    if on_cluster and out.is_local:
-        cluster.check_paths_visible([storage.location(cfg.root).path], out.path)
-    _prepare_out(out, _fingerprint(cfg, layout, tasks), cfg.overwrite)
-    results = run_tasks(cfg, layout, tasks, out)
-    manifest = build_manifest(config.to_dict(cfg), layout, plan, results)
-    write_index(out, results)
-    storage.write_json_atomic(out.fs, out.child_path("manifest.json"), manifest)
-    resumed = sum(r.resumed for r in results)
-    for r in results:
-        if r.note:
-            log.warning("%s: %s", r.name, r.note)
-    log.info(
-        "%d shards (%d kept from an earlier run) in %.1fs", len(results), resumed,
-        time.perf_counter() - t0,
-    )  # fmt: skip
-    return manifest
 
 
 EPILOG = """\
@@ -260,35 +173,3 @@ examples:
   python data_prep/shard.py eurosat-ms --root EuroSATallBands --out shards/eurosat-ms
   python data_prep/shard.py bigearthnet --root RAW --out OUT --limit 100 --skip-bad
 """
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python data_prep/shard.py DATASET --root RAW --out OUT [options]`."""
-    datasets = "\n".join(f"  {k:<15} {v}" for k, v in DATASETS.items())
-    cfg = config.parse(
-        ShardConfig,
-        argv,
-        "Convert a raw remote-sensing dataset into WebDataset shards plus a manifest.",
-        EPILOG.format(datasets=datasets),
-    )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        manifest = shard(cfg)
-    except SampleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(
-            "nothing misleading was written (no manifest); fix the input, or pass --skip-bad "
-            "to leave bad samples out and list them in the manifest",
-            file=sys.stderr,
-        )
-        return 2
-    except (DatasetError, StorageError, cluster.ClusterError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return errors.interrupted("run the same command again: finished shards are kept")
-    print(summary_table(manifest))
-    for r in manifest["rejected"]:
-        print(f"rejected {r['key']}: {r['reason']} ({r['file']})")
-    print(f"manifest: {storage.location(cfg.out).child_path('manifest.json')}")
-    return 0

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from mtmg.engine import metrics
-from mtmg.runtime.train import WorkerContext
+from mtmg.engine.context import WorkerContext
 
 Batch = dict[str, Any]
 

@@ -1,7 +1,7 @@
 """Pieces every training stage shares: schedule, precision, step counts, throughput, and the
 per-epoch checkpoint (weights as safetensors, optimiser state, a JSON of the loop's progress).
 
-Plain PyTorch; the checkpoint travels through `WorkerContext` (Ray Train when present).
+Plain PyTorch; the checkpoint travels through the `WorkerContext` it is given.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mtmg.data import loader as data
-from mtmg.runtime.train import WorkerContext
+from mtmg.engine.context import WorkerContext
 
 
 def lr_lambda(warmup: int, total: int):
@@ -48,16 +48,6 @@ def train_steps(
         parts = data.partition(ds.shards("train"), 0, world, shuffle=True, seed=seed, epoch=e)
         out.append(min(p.count for p in parts) // bs)
     return out
-
-
-def ray_value(x: Any) -> Any:
-    """Values travel to workers as Ray object refs (on a cluster) or plain objects (tests)."""
-    try:
-        import ray
-
-        return ray.get(x) if isinstance(x, ray.ObjectRef) else x
-    except ImportError:
-        return x
 
 
 class NonFiniteError(ValueError):

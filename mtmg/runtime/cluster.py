@@ -6,10 +6,12 @@ running cluster; otherwise a private local Ray is started for this process only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -76,6 +78,16 @@ def init_ray(
 
     internal_kv._internal_kv_put(_EMBEDDED_KEY, b"1", namespace=_KV_NAMESPACE)
     return False
+
+
+@contextlib.contextmanager
+def interruptible(what: str) -> Iterator[None]:
+    """Ctrl-C while the driver waits on Ray as a KeyboardInterrupt: Ray's blocking calls turn the
+    interrupt into SystemExit, which would end the command silently with exit 1."""
+    try:
+        yield
+    except SystemExit as e:
+        raise KeyboardInterrupt(f"{what} interrupted") from e
 
 
 def is_embedded() -> bool:

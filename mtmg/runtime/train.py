@@ -1,18 +1,20 @@
-"""Ray Train glue: run a stage's per-worker loop as a TorchTrainer (DDP) job.
+"""Ray Train jobs: run a stage's per-worker loop as a TorchTrainer (DDP) job.
 
-Stages (`mtmg.patch`, `mtmg.align`) stay plain PyTorch: they receive rank, world size and device
-through `WorkerContext` and call the small hooks here for reporting and checkpoints, so the same
-loop runs under Ray Train, in a Tune trial, or in a plain test process.
+Stages (`mtmg.stages`) stay plain PyTorch: a worker is `worker(conf, ctx)` with a
+`mtmg.engine.context.WorkerContext`. Here `fit` runs it under Ray Train: every Ray object
+reference in `conf` is fetched, torch gets the CPUs the worker reserved, and the context
+reports and checkpoints through Ray Train. The same worker runs in a Tune trial or a test with
+a context of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import signal
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,92 +24,44 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mtmg.engine.context import WorkerContext
 
-@dataclass
-class WorkerContext:
-    """Where a stage's worker runs: rank, world size, device, and Ray Train if present."""
+Worker = Callable[[dict[str, Any], WorkerContext], Any]
 
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-    ray: bool = False
-    # where metrics go outside Ray Train, e.g. `tune.report` in a Tune trial: f(metrics, ckpt)
-    reporter: Callable[[dict[str, Any], str | None], None] | None = None
 
-    @classmethod
-    def current(cls) -> WorkerContext:
-        """The context of this process: a Ray Train worker, or a plain single process."""
-        try:
-            import ray.train
+def ray_context() -> WorkerContext:
+    """The context of a Ray Train worker: its rank, device, reports and checkpoints."""
+    import ray.train
+    import ray.train.torch
 
-            ctx = ray.train.get_context()
-            rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        except (RuntimeError, AttributeError, ValueError, ImportError):
-            return cls()
-        import ray.train.torch
+    ctx = ray.train.get_context()
 
-        return cls(rank, world, ray.train.torch.get_device(), True)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def load_checkpoint(self) -> str | None:
-        """Directory of the latest checkpoint of this run (after a restart), if any."""
-        if not self.ray:
-            return None
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        return ckpt.to_directory()
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self) -> Iterator[str]:
-        """A temporary directory for rank 0 to fill before `report(..., checkpoint=dir)`."""
-        with tempfile.TemporaryDirectory(prefix="mtmg-ckpt-") as d:
-            yield d
-
-    def report(self, metrics: dict[str, Any], checkpoint: str | None = None) -> None:
-        """Metrics (every rank calls this) and, from rank 0, a checkpoint directory."""
-        if self.reporter is not None:
-            self.reporter(metrics, checkpoint)
-            return
-        if not self.ray:
-            return
-        import ray.train
-
+    def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
         ck = ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None
         ray.train.report(metrics, checkpoint=ck)
 
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Move to the device; DDP-wrap when running with more than one worker."""
-        module = module.to(self.device)
-        if self.world > 1 and dist.is_initialized():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
-        return module
+    def resume() -> str | None:
+        ckpt = ray.train.get_checkpoint()
+        return ckpt.to_directory() if ckpt is not None else None
 
-    def all_gather(self, obj: Any) -> list[Any]:
-        if self.world == 1 or not dist.is_initialized():
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
+    return WorkerContext(
+        ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), report, resume
+    )
 
-    def broadcast(self, obj: Any) -> Any:
-        if self.world == 1 or not dist.is_initialized():
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+
+def _entry(worker: Worker, cpus: float, config: dict[str, Any]) -> None:
+    """What Ray Train runs on every worker: `worker(conf, ctx)` with `conf`'s object
+    references fetched and torch using the CPUs the worker reserved (Ray limits it to 1)."""
+    import ray
+
+    torch.set_num_threads(max(1, int(cpus)))
+    conf = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config.items()}
+    worker(conf, ray_context())
 
 
 # Ray Train V2's controller takes each worker's report when it polls the workers, every
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and a worker's next report waits until the
-# previous one was taken: every epoch shorter than the interval would last the whole interval
-# (measured: 16 short epochs took 1.9 s each under Ray Train, 0.5 s in a plain process).
+# previous one was taken: every epoch shorter than the interval would last the whole interval.
 POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 POLL_INTERVAL_S = 0.2
 # On the embedded Ray (`mtmg.runtime.cluster.init_ray`, no dashboard modules): no metrics export
@@ -134,8 +88,8 @@ def _own_sigint_handler() -> Iterator[None]:
     """Put back the driver's Ctrl-C handler after `fit`.
 
     Ray Train installs one that aborts the run, and leaves it installed: it holds the finished
-    controller actor, so the controller and its DatasetManager lived on after every job (two
-    processes, ~1 % of a CPU each) and Ctrl-C later went to a finished run.
+    controller actor, so the controller and its DatasetManager lived on after every job and
+    Ctrl-C later went to a finished run.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # Ray Train installs none outside the main thread (a Tune trial)
@@ -258,7 +212,7 @@ def _interface_of(addr: str) -> str | None:
 
 
 def fit(
-    train_fn: Callable[[dict], None],
+    worker: Worker,
     config: dict[str, Any],
     *,
     workers: int,
@@ -269,7 +223,8 @@ def fit(
     cpus_per_worker: float = 1.0,
     on_start: Callable[[], None] | None = None,
 ) -> Any:
-    """Run `train_fn(config)` on `workers` DDP workers; returns Ray Train's Result.
+    """Run `worker(config, ctx)` on `workers` DDP workers (see `_entry`); returns Ray Train's
+    Result.
 
     Re-running with the same `storage_path` and `name` resumes from the run's latest checkpoint
     (Train V2 resumes by identity); a worker failure restarts from it up to `max_failures` times.
@@ -287,7 +242,7 @@ def fit(
     if "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)  # workers change their cwd
     trainer = _trainer_class(lean)(
-        train_fn,
+        functools.partial(_entry, worker, cpus_per_worker),
         train_loop_config=config,
         torch_config=_node_local_torch_config() if lean else None,
         scaling_config=ray.train.ScalingConfig(
@@ -314,10 +269,11 @@ def _job_errors() -> Iterator[None]:
     non-finite loss) as that error, raised here, instead of Ray Train's wrapper."""
     from ray.train import WorkerGroupError
 
+    from mtmg.runtime.cluster import interruptible
+
     try:
-        yield
-    except SystemExit as e:
-        raise KeyboardInterrupt("training interrupted") from e
+        with interruptible("training"):
+            yield
     except WorkerGroupError as e:
         failures = list(e.worker_failures.values())
         cause = next((f for f in failures if isinstance(f, ValueError)), None)
@@ -337,3 +293,41 @@ def gpu_available() -> bool:
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def run_job(
+    worker: Worker,
+    conf: dict[str, Any],
+    job: Any,
+    *,
+    shared: dict[str, Any],
+    out: str | os.PathLike,
+    name: str,
+    weights: str,
+    on_start: Callable[[], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A stage's whole job: Ray started (or joined, `job.cluster`), the `shared` values put in
+    the object store once (every worker fetches them), `worker` fitted on `job.workers` workers
+    with checkpoints under OUT/ray/<name>, and the last checkpoint's `<weights>.safetensors`
+    and state returned. `job` is the stage's config (cluster, gpu, workers, cpus_per_worker,
+    max_failures)."""
+    import json
+    from pathlib import Path
+
+    import ray
+    from safetensors.torch import load_file
+
+    from mtmg.runtime.cluster import init_ray
+
+    init_ray(job.cluster)
+    use_gpu = gpu_available() if job.gpu is None else job.gpu
+    refs = {k: ray.put(v) for k, v in shared.items()}
+    result = fit(
+        worker, {**conf, **refs}, workers=job.workers, use_gpu=use_gpu,
+        storage_path=str(Path(out) / "ray"), name=name, max_failures=job.max_failures,
+        cpus_per_worker=job.cpus_per_worker, on_start=on_start,
+    )  # fmt: skip
+    with result.checkpoint.as_directory() as d:
+        tensors = load_file(os.path.join(d, f"{weights}.safetensors"))
+        state = json.loads(Path(d, "state.json").read_text())
+    return tensors, state

@@ -1,4 +1,4 @@
-"""The dataset sweep (issue 5): which patching dataset, or mixture of datasets (PAINT's joint
+"""The dataset sweep: which patching dataset, or mixture of datasets (PAINT's joint
 patching), helps which evaluation dataset.
 
 `python sweeps/dataset_sweep.py --patching ENTRY ... [--eval-data SHARDS ...]

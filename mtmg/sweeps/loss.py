@@ -26,10 +26,10 @@ import torch
 
 from mtmg import config, errors
 from mtmg.data import loader as data
+from mtmg.engine.context import WorkerContext
 from mtmg.models import clip as models
 from mtmg.models import heads
 from mtmg.runtime import tuner as tuning
-from mtmg.runtime.train import WorkerContext
 from mtmg.stages.align import driver as align
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,7 @@ def trial(params: dict[str, Any], plan: Plan) -> None:
     conf = {"cfg": dataclasses.asdict(cfg), "teacher": plan.teacher,
             "teacher_visual": plan.teacher_visual, "spec": plan.spec,
             "student_init": plan.student_init, "heads": plan.heads, "sets": plan.sets}  # fmt: skip
-    align.worker(conf, WorkerContext(device=device, reporter=report))
-    rows = conf["result"]["rows"]
+    rows = align.worker(conf, WorkerContext(device=device, reporter=report))["rows"]
     ds = data.ShardSet.open(plan.sets[0][0])
     test = align.headline(
         [r for r in rows if r["split"] != "val"], ds.name, cfg.student_input, "test"

@@ -31,11 +31,12 @@ from mtmg.data import loader as data
 from mtmg.data import transforms
 from mtmg.engine import evaluate, metrics
 from mtmg.engine import loop as training
+from mtmg.engine.context import WorkerContext
 from mtmg.models import clip as models
 from mtmg.models import heads
 from mtmg.models import student as st
 from mtmg.report import tables as results
-from mtmg.runtime import train as trainers
+from mtmg.runtime import train as jobs
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -181,29 +182,27 @@ class Models:
         )  # fmt: skip
 
 
-def worker(conf: dict[str, Any], ctx: trainers.WorkerContext | None = None) -> None:
-    """Align, evaluating as configured; runs on each DDP worker, or alone (a test, a Tune trial:
-    pass `ctx` with a reporter there)."""
+def worker(conf: dict[str, Any], ctx: WorkerContext | None = None) -> dict[str, Any]:
+    """Align, evaluating as configured; returns the student's weights and the run's state. Runs
+    on each DDP worker (`mtmg.runtime.train.fit`), or alone (a test, a Tune trial: pass `ctx`
+    with a reporter there)."""
     cfg = AlignConfig(**conf["cfg"])
-    ctx = ctx or trainers.WorkerContext.current()
-    if ctx.ray:  # Ray limits a worker to 1 thread; use the CPUs it reserved
-        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    ctx = ctx or WorkerContext()
     torch.manual_seed(cfg.seed)
     teacher = conf["teacher"]
     tb = models.load_clip(teacher["model"], None, model_config=teacher["config"],
                           build_kwargs=teacher.get("build_kwargs"))  # fmt: skip
-    tb.model.visual.load_state_dict(training.ray_value(conf["teacher_visual"]), strict=True)
+    tb.model.visual.load_state_dict(conf["teacher_visual"], strict=True)
     student = st.Student(st.StudentSpec.from_json(conf["spec"]))
-    student.load_state_dict(training.ray_value(conf["student_init"]), strict=True)
+    student.load_state_dict(conf["student_init"], strict=True)
     m = Models(
         tb.model.visual.to(ctx.device).eval().requires_grad_(False), student.to(ctx.device),
         [heads.ZeroShotHead.from_weights(w).to(ctx.device)
-         for w in training.ray_value(conf["heads"])],
+         for w in conf["heads"]],
         tb.image_size, tb.mean, tb.std,
     )  # fmt: skip
     state = _train(cfg, ctx, m, conf["sets"], conf.get("fail_once"))
-    if not ctx.ray:  # a plain process (tests, notebooks): hand the results back in place
-        conf["result"] = {"student": student.state_dict(), **state}
+    return {"student": student.state_dict(), **state}
 
 
 def _train(cfg: AlignConfig, ctx, m: Models, sets, fail_once=None) -> dict[str, Any]:
@@ -430,12 +429,6 @@ def _align(cfg: AlignConfig, sets, t0: float, fail_once) -> dict[str, Any]:
     results.save_config(config.to_dict(cfg), out / "config.yaml")
     if model_config:
         shutil.copyfile(model_config, out / "teacher_model_config.json")
-    import ray
-
-    from mtmg.runtime.cluster import init_ray
-
-    init_ray(cfg.cluster)
-    use_gpu = trainers.gpu_available() if cfg.gpu is None else cfg.gpu
     conf = {
         "cfg": {k: tuple(v) if isinstance(v, list) else v for k, v in config.to_dict(cfg).items()},
         "teacher": {
@@ -443,22 +436,15 @@ def _align(cfg: AlignConfig, sets, t0: float, fail_once) -> dict[str, Any]:
             "config": str(Path(model_config).resolve()) if model_config else None,
             "build_kwargs": tb.build_kwargs,
         },  # fmt: skip
-        "teacher_visual": ray.put(tb.model.visual.state_dict()),
         "spec": student.spec.to_json(),
-        "student_init": ray.put(student.state_dict()),
-        "heads": ray.put(head_weights),
         "sets": sets,
         "fail_once": fail_once,
     }
-    result = trainers.fit(
-        worker, conf, workers=cfg.workers, use_gpu=use_gpu, storage_path=str(out / "ray"),
-        name="align", max_failures=cfg.max_failures, cpus_per_worker=cfg.cpus_per_worker,
-    )  # fmt: skip
-    with result.checkpoint.as_directory() as d:
-        from safetensors.torch import load_file
-
-        student.load_state_dict(load_file(str(Path(d, "student.safetensors"))), strict=True)
-        state = json.loads(Path(d, "state.json").read_text())
+    shared = {"teacher_visual": tb.model.visual.state_dict(), "student_init": student.state_dict(),
+              "heads": head_weights}  # fmt: skip
+    tensors, state = jobs.run_job(worker, conf, cfg, shared=shared, out=out, name="align",
+                                  weights="student")  # fmt: skip
+    student.load_state_dict(tensors, strict=True)
     teacher = {"model": name, "pretrained": pretrained, "dir": cfg.teacher}
     return write_outputs(cfg, out, student, state, teacher, report, time.perf_counter() - t0)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -41,17 +40,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mtmg import config, errors, rundir
 from mtmg.data import loader as data
 from mtmg.data import transforms
 from mtmg.engine import evaluate, select
 from mtmg.engine import loop as training
+from mtmg.engine.context import WorkerContext
 from mtmg.models import clip as models
 from mtmg.models import heads, weights
 from mtmg.report import tables as results
-from mtmg.runtime import train as trainers
+from mtmg.runtime import train as jobs
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -151,20 +151,18 @@ class Task:
     steps: tuple[int, ...]
 
 
-def worker(conf: dict[str, Any], ctx: trainers.WorkerContext | None = None) -> None:
-    """Fine-tune, then evaluate every alpha; runs on each DDP worker, or alone (a test, a Tune
-    trial: pass `ctx` with a reporter there). The patching sets are the `sets` of role
-    "patching", each with its head."""
+def worker(conf: dict[str, Any], ctx: WorkerContext | None = None) -> dict[str, Any]:
+    """Fine-tune, then evaluate every alpha; returns theta_ft and the run's state. Runs on each
+    DDP worker (`mtmg.runtime.train.fit`), or alone (a test, a Tune trial: pass `ctx` with a
+    reporter there). The patching sets are the `sets` of role "patching", each with its head."""
     cfg = PatchConfig(**conf["cfg"])
-    ctx = ctx or trainers.WorkerContext.current()
-    if ctx.ray:  # Ray limits a worker to 1 thread; use the CPUs it reserved
-        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    ctx = ctx or WorkerContext()
     torch.manual_seed(cfg.seed)
     bundle = models.load_clip(cfg.model, None, model_config=cfg.model_config,
                               build_kwargs=conf.get("build_kwargs"))  # fmt: skip
-    bundle.model.load_state_dict(training.ray_value(conf["zeroshot"]), strict=True)
+    bundle.model.load_state_dict(conf["zeroshot"], strict=True)
     theta_zs = weights.image_state(bundle.model)
-    head_weights = training.ray_value(conf["heads"])
+    head_weights = conf["heads"]
     idx = [i for i, (role, _, _) in enumerate(conf["sets"]) if role == "patching"]
     zs_heads = [heads.ZeroShotHead.from_weights(head_weights[i]) for i in idx]
     clf = ctx.wrap(JointClassifier(bundle.model.visual, zs_heads))
@@ -178,8 +176,7 @@ def worker(conf: dict[str, Any], ctx: trainers.WorkerContext | None = None) -> N
         )
         training.save_epoch(ctx, "visual", theta_ft, {"epoch": cfg.epochs, **state},
                             {"done": 1, "alpha": state["alpha"]})  # fmt: skip
-    if not ctx.ray:  # a plain process (tests, notebooks): hand the results back in place
-        conf["result"] = {"theta_ft": theta_ft, **state}
+    return {"theta_ft": theta_ft, **state}
 
 
 def _tasks(cfg, ctx, bundle, patching) -> list[Task]:
@@ -330,7 +327,12 @@ def _evaluate(cfg, ctx, bundle, theta_zs, theta_ft, head_weights, sets):
     val_jobs = [(i, "val") for i, (role, _, _) in enumerate(sets)
                 if role in ("patching", "supported") and shard_sets[i].count("val")]  # fmt: skip
     rows = [r for a in cfg.alphas for r in run(float(a), val_jobs)]
-    alpha = select.select_alpha(rows, cfg.selection, cfg.tolerance) if ctx.is_main else None
+    base = None  # constrained rule: supported at alpha 0 bounds it, a candidate or not
+    if cfg.selection == "constrained" and all(float(a) != 0.0 for a in cfg.alphas):
+        zero = run(0.0, [(i, s) for i, s in val_jobs if sets[i][0] == "supported"])
+        base = select.curves(zero).get("supported", {}).get(0.0)
+    alpha = (select.select_alpha(rows, cfg.selection, cfg.tolerance, base=base)
+             if ctx.is_main else None)  # fmt: skip
     alpha = ctx.broadcast(alpha)
     cached.clear()
     test_jobs = [(i, "test" if ds.count("test") else "val") for i, ds in enumerate(shard_sets)]
@@ -417,33 +419,21 @@ def _fine_tune(cfg, bundle, sets, t0, fail_once, on_train_start) -> dict[str, An
     head_weights = build_heads(cfg, bundle, sets)
     theta_zs = weights.image_state(bundle.model)
     save_file(theta_zs, str(out / "theta_zs.safetensors"))
-    import ray
-
-    from mtmg.runtime.cluster import init_ray
-
-    init_ray(cfg.cluster)
-    use_gpu = trainers.gpu_available() if cfg.gpu is None else cfg.gpu
     conf = {
         "cfg": {
             **config.to_dict(cfg),
             "data": _abs(cfg.data),
             "joint_data": [_abs(p) for p in cfg.joint_data],
         },
-        "zeroshot": ray.put({k: v.cpu() for k, v in bundle.model.state_dict().items()}),
         "build_kwargs": bundle.build_kwargs,
-        "heads": ray.put(head_weights),
         "sets": [(r, _abs(p), n) for r, p, n in sets],
         "fail_once": fail_once,
     }
     conf["cfg"] = {k: tuple(v) if isinstance(v, list) else v for k, v in conf["cfg"].items()}
-    result = trainers.fit(
-        worker, conf, workers=cfg.workers, use_gpu=use_gpu, storage_path=str(out / "ray"),
-        name="patch", max_failures=cfg.max_failures, cpus_per_worker=cfg.cpus_per_worker,
-        on_start=on_train_start,
-    )  # fmt: skip
-    with result.checkpoint.as_directory() as d:
-        theta_ft = load_file(os.path.join(d, "visual.safetensors"))
-        state = json.loads(Path(d, "state.json").read_text())
+    shared = {"zeroshot": {k: v.cpu() for k, v in bundle.model.state_dict().items()},
+              "heads": head_weights}  # fmt: skip
+    theta_ft, state = jobs.run_job(worker, conf, cfg, shared=shared, out=out, name="patch",
+                                   weights="visual", on_start=on_train_start)  # fmt: skip
     return write_outputs(cfg, out, bundle, theta_zs, theta_ft, state, time.perf_counter() - t0)
 
 

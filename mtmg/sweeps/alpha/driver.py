@@ -1,4 +1,4 @@
-"""The alpha sweep (issue 5): search PAINT's mixing coefficient with Ray Tune, no retraining.
+"""The alpha sweep: search PAINT's mixing coefficient with Ray Tune, no retraining.
 
 `python sweeps/alpha_sweep.py --run PATCH_RUN --out DIR [options]`, or
 `python sweeps/alpha_sweep.py --data SHARDS --supported SHARDS --out DIR [model options]` to
@@ -440,12 +440,11 @@ def _tune_while_fine_tuning(
     """Run `fine_tune(on_train_start)` in a thread, with the Tune trials started from its
     `on_train_start`: (ResultGrid, the inputs the fine-tune made).
 
-    A trial process starts by booting a Ray worker and importing Ray Tune and torch: 2-5 s of
-    CPU each on 2 cores, two at once, all of it after the fine-tune when started then. Started
-    with the Train job instead, they do so at the lowest CPU priority (`handoff.LOW_PRIORITY_ENV`:
-    on the CPU time the fine-tune leaves idle; at normal priority they slowed it by as much as
-    they saved), then wait at a `Handoff` for the refs of theta_ft and the rest
-    (`alpha_trial.shared_refs`).
+    A trial process starts by booting a Ray worker and importing Ray Tune and torch, seconds of
+    CPU that would otherwise all come after the fine-tune. Started with the Train job, they do
+    so at the lowest CPU priority (`handoff.LOW_PRIORITY_ENV`: on the CPU time the fine-tune
+    leaves idle, not slowing it; bench/results/NOTES.md), then wait at a `Handoff` for the refs
+    of theta_ft and the rest (`trial.shared_refs`).
 
     Tune runs in the main thread, so Ctrl-C stops it as usual; the trials have not run then:
     the sweep ends, and `--resume` fine-tunes from Ray Train's checkpoint and runs them. When
@@ -579,7 +578,9 @@ def _sweep(cfg: AlphaSweepConfig) -> dict[str, Any]:
          "dataset": s[3]}
         for r in ok for s in plan.sets if f"val/{s[3]}" in r and r[f"val/{s[3]}"] is not None
     ]  # fmt: skip
-    chosen = select.select_alpha(val_rows, cfg.selection, cfg.tolerance)
+    # the alpha-0 supported metric the trials' objectives used: Optuna's best is the chosen alpha
+    base = next((r["supported_base"] for r in ok if r.get("supported_base") is not None), None)
+    chosen = select.select_alpha(val_rows, cfg.selection, cfg.tolerance, base=base)
     front: list[float] = []
     if pcfg.supported:
         curves = select.curves(val_rows)
@@ -685,6 +686,17 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]], cfg) -> str:
         lines += ["## Pareto front (validation)", "",
                   tuning.markdown_table(summary["pareto_front"], ["alpha", "patching",
                                                                   "supported"]), ""]  # fmt: skip
+    if cfg.selection == "constrained":
+        picked = next((r for r in rows if r.get("chosen")), {})
+        base = next((r["supported_base"] for r in rows if r.get("supported_base") is not None),
+                    None)  # fmt: skip
+        if not select.feasible(picked.get("supported"), base, cfg.tolerance):
+            lines[4:4] = [  # under the chosen alpha
+                f"Note: no alpha in the searched range keeps supported within tolerance: least "
+                f"drop (supported {picked['supported']:.2f} at alpha {summary['alpha']:g}, "
+                f"{base:.2f} at alpha 0, --tolerance {cfg.tolerance:g}).",
+                "",
+            ]
     lines += ["## Trials (validation)", "", tuning.markdown_table(rows, cols), ""]
     if summary["failed"]:
         lines += ["## Failed trials", ""]

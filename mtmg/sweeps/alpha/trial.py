@@ -1,8 +1,8 @@
 """An alpha-sweep trial (`mtmg.sweeps.alpha.driver`): theta(alpha) evaluated on validation splits.
 
 What runs in a trial's process lives here, apart from the driver, so that a trial process
-imports torch and mtmg's small modules only: no open_clip and no torchvision (1.8 s of a cold
-trial process's start on 2 cores, with two starting at once). For CPU trials the image tower
+imports torch and mtmg's small modules only: no open_clip and no torchvision (their import is
+much of a cold trial process's start, bench/results/NOTES.md). For CPU trials the image tower
 travels as TorchScript (`pack_visual`), which loads without the code that defined it; a tower
 that does not script, or one for GPU trials, travels as the module itself (its process then
 imports open_clip to unpickle it).
@@ -105,8 +105,8 @@ class Evaluator:
         for i, split in jobs:
             role, path, _, label = self.plan.sets[i]
             task = self.plan.tasks[i]
-            # TorchScript: run the graph as eager would, without profiling runs (the first calls
-            # of a fresh process took 3x as long) or fusion passes; numbers are the same
+            # TorchScript: run the graph as eager would, without profiling runs (they slow a fresh
+            # process's first calls) or fusion passes; numbers are the same
             with torch.jit.optimized_execution(False):
                 m = evaluate.classification(
                     _ctx(self.device), lambda b, h=self.heads[i]: h(self.model.visual(b["rgb"])),
@@ -125,7 +125,7 @@ class Evaluator:
 
 
 def _ctx(device: torch.device) -> Any:
-    from mtmg.runtime.train import WorkerContext
+    from mtmg.engine.context import WorkerContext
 
     return WorkerContext(device=device)
 
@@ -150,7 +150,7 @@ def decode_split(
 
     With one torch thread: decoding applies small per-sample tensor ops, which torch's thread
     pool does not speed up, and when other processes keep the CPUs busy its threads wait on
-    each other (2 cores: 0.16 s for the sweep's two validation splits instead of 0.34-0.85 s).
+    each other (bench/results/NOTES.md).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""The backbone sweep (issue 5): encoder backbones on both sides, one row per combination.
+"""The backbone sweep: encoder backbones on both sides, one row per combination.
 
 `python sweeps/backbone_sweep.py --stage patch --teachers ViT-B-32:openai ViT-B-16:openai
 --data SHARDS ... [--supported SHARDS ...] --out DIR` runs one Tune trial per (CLIP teacher,
@@ -38,10 +38,10 @@ import torch
 from mtmg import config, errors
 from mtmg.data import loader as data
 from mtmg.engine import select
+from mtmg.engine.context import WorkerContext
 from mtmg.models import clip as models
 from mtmg.models import heads
 from mtmg.runtime import tuner as tuning
-from mtmg.runtime.train import WorkerContext
 from mtmg.stages.align import driver as align
 from mtmg.stages.patch import driver as patch
 
@@ -233,8 +233,7 @@ def run_patch(
 
     conf = {"cfg": dataclasses.asdict(cfg), "zeroshot": zeroshot, "heads": head_weights,
             "sets": sets, "build_kwargs": build_kwargs}  # fmt: skip
-    patch.worker(conf, WorkerContext(device=device, reporter=report))
-    return conf["result"]
+    return patch.worker(conf, WorkerContext(device=device, reporter=report))
 
 
 def finished_rows(grid: Any) -> list[dict[str, Any]]:
@@ -376,8 +375,7 @@ def align_trial(params: dict[str, Any], plan: AlignPlan) -> None:
             "teacher_visual": plan.teacher_visual, "spec": student.spec.to_json(),
             "student_init": student.state_dict(), "heads": [plan.heads[path]],
             "sets": [(path, None)]}  # fmt: skip
-    align.worker(conf, WorkerContext(device=trial_device(plan.gpu), reporter=report))
-    rows = conf["result"]["rows"]
+    rows = align.worker(conf, WorkerContext(device=trial_device(plan.gpu), reporter=report))["rows"]
     ds = data.ShardSet.open(path)
     test = align.headline([r for r in rows if r["split"] != "val"], ds.name, cfg.student_input,
                           "test")  # fmt: skip
