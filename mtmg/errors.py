@@ -1,10 +1,31 @@
-"""How a command ends when it cannot finish: one line on stderr and a distinct exit code."""
+"""mtmg's errors and how a command ends when it cannot finish: one line on stderr and a
+distinct exit code (2: `error: ...`, 130: `interrupted: ...`)."""
 
 from __future__ import annotations
 
 import sys
 
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
+
+
+class MtmgError(Exception):
+    """Input or state that the user can fix: the message names the file, set, option or sample
+    at fault. Every command prints it as `error: ...` and exits 2."""
+
+
+class InputError(MtmgError, ValueError):
+    """An option, a dataset or a file that cannot be used as given."""
+
+
+# what commands report as `error: ...`: mtmg's own errors, and the ValueErrors and missing
+# files that library functions raise for bad input (a KeyError is a bug: it keeps its traceback)
+USER_ERRORS = (MtmgError, ValueError, FileNotFoundError)
+
+
+def failed(err: BaseException) -> int:
+    """Say what is wrong; returns the exit code."""
+    print(f"error: {err}", file=sys.stderr)
+    return 2
 
 
 def interrupted(hint: str) -> int:

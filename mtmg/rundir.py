@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mtmg.errors import MtmgError
+
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 # options that say how or where a run runs, not what it computes: they may change on a rerun
@@ -40,7 +42,7 @@ _RUN_MARKERS = ("config.yaml", "summary.json", "spec.yaml")
 _HASHED_BYTES = 64 * 2**20  # larger input files (weights) are known by size and mtime
 
 
-class RunDirError(ValueError):
+class RunDirError(MtmgError, ValueError):
     """OUT is in use by another run, or holds a run of other options or inputs."""
 
 

@@ -9,6 +9,7 @@ import torch
 from mtmg import prep, synth
 from mtmg.data import bands, labels, transforms
 from mtmg.data.loader import Decoder, ShardSet, Targets, make_loader, partition
+from mtmg.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_targets_in_every_bigearthnet_nomenclature(ben_shards):
     got19 = _decoder(ben_shards, nomenclature="ben19")(raw)["target"].numpy()
     np.testing.assert_array_equal(got19, want19)
     assert ben_shards.nomenclature() == "ben19"  # BigEarthNet default
-    with pytest.raises(KeyError, match="no nomenclature 'ben7'"):
+    with pytest.raises(InputError, match="no nomenclature 'ben7'"):
         ben_shards.classes("ben7")
 
 

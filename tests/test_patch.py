@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -286,3 +287,16 @@ def test_ctrl_c_ends_with_a_resume_hint(sets, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted: run the same command again to resume" in err
     assert "Traceback" not in err
+
+
+def test_a_missing_cluster_is_an_error_not_a_traceback(sets, tmp_path):
+    """--cluster with nothing listening: one `error:` line (exit 2) within seconds, as in every
+    command, and no --out left behind."""
+    out = tmp_path / "nocluster"
+    argv = [sys.executable, "-m", "mtmg.patch", "--data", sets[0], "--out", str(out),
+            "--model", TINY["model"], "--pretrained", "none", "--cluster"]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}  # the discard port: nothing listens
+    r = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "error: --cluster: no Ray cluster found at 127.0.0.1:9" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()

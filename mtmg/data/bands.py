@@ -6,6 +6,8 @@ Sources: docs/datasets.md, 'Sentinel-2 band orders', and docs/method.md (RGB com
 
 from __future__ import annotations
 
+from mtmg.errors import InputError
+
 # Sentinel-2 L1C order used by the student encoder and SSL4EO-S12 (13 bands, B8A after B08).
 S2_L1C: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
@@ -39,5 +41,5 @@ def reorder_indices(stored: tuple[str, ...], wanted: tuple[str, ...]) -> list[in
     """Index list that picks the `wanted` band order out of an array stored as `stored`."""
     missing = [b for b in wanted if b not in stored]
     if missing:
-        raise KeyError(f"bands {missing} are not among the stored bands {list(stored)}")
+        raise InputError(f"bands {missing} are not among the stored bands {list(stored)}")
     return [stored.index(b) for b in wanted]

@@ -25,6 +25,7 @@ import webdataset as wds
 from mtmg.data import bands as bnd
 from mtmg.data import labels as lbl
 from mtmg.data import shards, storage, transforms, verify
+from mtmg.errors import InputError
 
 VIEWS = ("rgb", "ms", "s1", "rgb+ms", "rgb+s1", "both")  # "both" = "rgb+ms"
 STUDENT_INPUTS = ("ms", "s1")  # multi-channel inputs a student encoder can take
@@ -70,7 +71,7 @@ class ShardSet:
         if name is None:
             name = "ben19" if "ben19" in options else self.manifest["label_nomenclature"]
         if name not in options:
-            raise KeyError(f"{self.root}: no nomenclature {name!r} (it has {sorted(options)})")
+            raise InputError(f"{self.root}: no nomenclature {name!r} (it has {sorted(options)})")
         return name
 
     def classes(self, nomenclature: str | None = None) -> list[str]:
@@ -106,7 +107,7 @@ class Targets:
         if want != stored:
             entry = noms[want]
             if entry.get("from") != stored:
-                raise KeyError(f"{ds.root}: no map from {stored} to {want}")
+                raise InputError(f"{ds.root}: no map from {stored} to {want}")
             mapping = tuple(-1 if j is None else j for j in entry["map"])
         return cls(
             tuple(noms[stored]["classes"]), mapping, len(noms[want]["classes"]),

@@ -38,6 +38,7 @@ from mtmg.data.raw.common import (
 )
 from mtmg.data.storage import Location
 from mtmg.data.verify import ShardError, ShardReader, decode_sample
+from mtmg.errors import InputError
 
 FORMAT = "mtmg-shards"
 FORMAT_VERSION = 1
@@ -262,7 +263,7 @@ def shard_list(
     manifest = manifest or load_manifest(loc)
     if split not in manifest["splits"] or not manifest["splits"][split]["shards"]:
         have = [s for s, v in manifest["splits"].items() if v["count"]]
-        raise KeyError(f"{loc}: no {split!r} split in this shard set (it has {have})")
+        raise InputError(f"{loc}: no {split!r} split in this shard set (it has {have})")
     return [(loc.join(s["name"]).uri, s["count"]) for s in manifest["splits"][split]["shards"]]
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from mtmg.errors import MtmgError
+
 
 @dataclass(frozen=True)
 class Location:
@@ -80,7 +82,7 @@ PERMANENT = {
 }
 
 
-class StorageError(Exception):
+class StorageError(MtmgError):
     """A location cannot be written for a reason retrying does not fix (not an OSError, so Ray
     does not retry it)."""
 

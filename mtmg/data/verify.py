@@ -26,8 +26,10 @@ import pyarrow.fs as pafs
 from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from mtmg import errors
 from mtmg.data import bands, storage
 from mtmg.data.storage import Location
+from mtmg.errors import MtmgError
 
 # the members a sample may hold; anything else (a pickle, a torch file...) is refused unread
 MEMBERS = frozenset(["ms.npy", "s1.npy", "json", "cls",
@@ -36,7 +38,7 @@ ARRAYS = {"ms.npy": np.dtype(np.uint16), "s1.npy": np.dtype(np.float32)}
 RECOVER = "re-shard that set (data_prep/shard.py) or check it with `python -m mtmg.verify SET`"
 
 
-class ShardError(ValueError):
+class ShardError(MtmgError, ValueError):
     """A shard set on disk that is not what its manifest and the shard format say."""
 
 
@@ -215,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         n, bad = verify(args.sets, args.workers, args.progress)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as e:
+        return errors.failed(e)
     for line in bad:
         print(f"bad shard {line}", file=sys.stderr)
     if bad:

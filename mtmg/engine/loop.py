@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from mtmg.data import loader as data
 from mtmg.engine.context import WorkerContext
+from mtmg.errors import MtmgError
 
 
 def lr_lambda(warmup: int, total: int):
@@ -50,7 +51,7 @@ def train_steps(
     return out
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(MtmgError, ValueError):
     """A loss or weights that are NaN or infinite: nothing of it may reach a checkpoint."""
 
 

@@ -35,6 +35,8 @@ from open_clip.factory import load_state_dict as _read_state_dict
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from torch import nn
 
+from mtmg.errors import MtmgError
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"  # shipped open_clip configs (JSON)
@@ -50,7 +52,7 @@ _TOP_LEVEL_KEYS = (
 ) | {"custom_text"}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(MtmgError):
     """A model config, pretrained tag or checkpoint could not be loaded; says how to proceed."""
 
 

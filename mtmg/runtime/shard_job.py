@@ -26,7 +26,7 @@ from mtmg.data.prep import (
     raise_error,
     run_shard,
 )
-from mtmg.data.raw import DATASETS, DatasetError, Layout, SampleError
+from mtmg.data.raw import DATASETS, Layout, SampleError
 from mtmg.data.shards import ShardResult, ShardTask, build_manifest, summary_table, write_index
 from mtmg.data.storage import Location, StorageError
 from mtmg.runtime import cluster
@@ -132,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (DatasetError, StorageError, cluster.ClusterError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as e:
+        return errors.failed(e)
     except KeyboardInterrupt:
         return errors.interrupted("run the same command again: finished shards are kept")
     print(summary_table(manifest))

@@ -18,11 +18,12 @@ from rasterio.io import DatasetReader
 
 from mtmg.data import storage
 from mtmg.data.storage import Location
+from mtmg.errors import MtmgError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-class SampleError(Exception):
+class SampleError(MtmgError):
     """A bad input sample: names the sample key, the file and what is wrong with it."""
 
     def __init__(self, key: str, reason: str, file: str | None = None) -> None:
@@ -37,7 +38,7 @@ class SampleError(Exception):
         return {"key": self.key, "reason": self.reason, "file": self.file or ""}
 
 
-class DatasetError(Exception):
+class DatasetError(MtmgError):
     """The dataset as a whole cannot be read (missing root, no samples, bad split file...)."""
 
 

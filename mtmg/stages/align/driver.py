@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +36,7 @@ from mtmg.models import heads
 from mtmg.models import student as st
 from mtmg.report import tables as results
 from mtmg.runtime import train as jobs
+from mtmg.runtime.cluster import init_ray
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -419,6 +419,7 @@ def run(cfg: AlignConfig, *, fail_once: tuple[str, int] | None = None) -> dict[s
 def _align(cfg: AlignConfig, sets, t0: float, fail_once) -> dict[str, Any]:
     """`run` once OUT is this run's: teacher, heads, student, the Ray Train job, the outputs."""
     out = Path(cfg.out).resolve()
+    init_ray(cfg.cluster)  # no cluster: an error before anything is written
     name, pretrained, model_config = resolve_teacher(cfg)
     torch.manual_seed(cfg.seed)
     tb = models.load_clip(name, pretrained, model_config=model_config)
@@ -499,9 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = run(cfg)
-    except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as e:
+        return errors.failed(e)
     except KeyboardInterrupt:
         return errors.interrupted(errors.RESUME_RUN)
     before = {(r["dataset"], r["metric"]): r["value"] for r in summary["untrained_test"]}

@@ -52,6 +52,7 @@ from mtmg.models import clip as models
 from mtmg.models import heads, weights
 from mtmg.report import tables as results
 from mtmg.runtime import train as jobs
+from mtmg.runtime.cluster import init_ray
 
 log = logging.getLogger(__name__)
 option = config.option
@@ -415,6 +416,7 @@ def run(
 def _fine_tune(cfg, bundle, sets, t0, fail_once, on_train_start) -> dict[str, Any]:
     """`run` once OUT is this run's: the heads, the Ray Train job, the outputs."""
     out = Path(cfg.out).resolve()
+    init_ray(cfg.cluster)  # no cluster: an error before anything is written
     results.save_config(config.to_dict(cfg), out / "config.yaml")
     head_weights = build_heads(cfg, bundle, sets)
     theta_zs = weights.image_state(bundle.model)
@@ -493,9 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = run(cfg)
-    except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as e:
+        return errors.failed(e)
     except KeyboardInterrupt:
         return errors.interrupted(errors.RESUME_RUN)
     print(f"chosen alpha = {summary['alpha']:g} ({cfg.selection} rule on validation)")

@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -55,7 +54,6 @@ from safetensors.torch import load_file
 from mtmg import config, errors
 from mtmg.data import loader as data
 from mtmg.engine import select
-from mtmg.models import clip as models
 from mtmg.models import weights
 from mtmg.runtime import tuner as tuning
 from mtmg.sweeps.alpha import trial as trial_module
@@ -722,13 +720,11 @@ def main(argv: list[str] | None = None) -> int:
         "OUT/tune (--storage); an interrupted sweep continues with --resume.",
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from mtmg.runtime.cluster import ClusterError
 
     try:
         summary = run(cfg)
-    except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError, ClusterError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as e:
+        return errors.failed(e)
     except KeyboardInterrupt as e:
         return errors.interrupted(str(e) or errors.RESUME_SWEEP)
     print(f"chosen alpha = {summary['alpha']:g} ({cfg.selection} rule on validation; "

@@ -654,9 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = run(cfg)
-    except (ValueError, KeyError, FileNotFoundError, models.ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as e:
+        return errors.failed(e)
     except KeyboardInterrupt:
         return errors.interrupted(errors.RESUME_SWEEP)
     print((Path(cfg.out) / "summary.md").read_text())
