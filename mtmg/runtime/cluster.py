@@ -12,12 +12,16 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
 
+from mtmg.runtime import ray_private
+
 log = logging.getLogger(__name__)
-_KV_NAMESPACE, _EMBEDDED_KEY = b"mtmg", b"embedded"  # set in an embedded Ray's GCS
+# A custom resource only an embedded Ray's node has (nothing requests it): `is_embedded`
+EMBEDDED = "mtmg_embedded"
 # An embedded Ray's trial slots, one per CPU: sweep trials that only wait for a Train job's
 # output can hold these instead of CPUs, so they start while the job holds the CPUs (the alpha
 # sweep) and, like CPU-bound trials, at most one per CPU runs at once.
@@ -54,15 +58,13 @@ def init_ray(
         log.info("connected to Ray cluster: %s", ray.cluster_resources())
         return True
     # A single-node Ray needs no reachable address: keep its traffic on 127.0.0.1 (Ray would
-    # otherwise advertise the machine's external IP). Read by Ray at ray.init() time.
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    slots = float(num_cpus if num_cpus is not None else _cpu_count())
+    # otherwise advertise the machine's external IP).
+    ray_private.advertise_loopback()
+    cpus = num_cpus if num_cpus is not None else _cpu_count()
     ray.init(
         address="local",
-        num_cpus=num_cpus,
-        resources={TRIAL_SLOT: slots, **(resources or {})},
+        num_cpus=cpus,
+        resources={TRIAL_SLOT: float(cpus), EMBEDDED: 1.0, **(resources or {})},
         # An embedded Ray runs lean: no dashboard modules (about ten processes that wake up
         # every second) and no metrics export, which nobody could look at without them; they
         # take CPU from training (bench/results/NOTES.md). Ray's dashboard: run with --cluster.
@@ -72,11 +74,8 @@ def init_ray(
         log_to_driver=True,
         # Ray lowers its workers' priority (nice 15) below its own daemons; on a machine the
         # embedded run has to itself, the workers are the job: give them normal priority.
-        _system_config={"worker_niceness": 0, "enable_metrics_collection": False},
+        **ray_private.system_config(worker_niceness=0, enable_metrics_collection=False),
     )
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_put(_EMBEDDED_KEY, b"1", namespace=_KV_NAMESPACE)
     return False
 
 
@@ -93,9 +92,7 @@ def interruptible(what: str) -> Iterator[None]:
 def is_embedded() -> bool:
     """Whether the connected Ray is an embedded one that `init_ray` started (one node, a
     dashboard without the state API); works in the driver and in any of its workers."""
-    from ray.experimental import internal_kv
-
-    return internal_kv._internal_kv_get(_EMBEDDED_KEY, namespace=_KV_NAMESPACE) is not None
+    return EMBEDDED in ray.cluster_resources()
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -113,13 +110,36 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _cpu_count() -> int:
-    """The CPUs Ray gives a node when `num_cpus` is not given (it reads cgroup quotas)."""
+    """The CPUs this process may use: its CPU affinity, bounded by a cgroup CPU quota (as Ray
+    counts a node's CPUs when not given `num_cpus`)."""
     try:
-        from ray._private.utils import get_num_cpus
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity outside Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    return min(cpus, quota) if quota else cpus
 
-        return int(get_num_cpus())
-    except (ImportError, AttributeError):  # another Ray
-        return os.cpu_count() or 1
+
+def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPU quota of this process's cgroup (v1, else v2), None without one."""
+    v1 = root / "cpu"
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            text = " ".join((v1 / f).read_text() for f in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        else:
+            text = (root / "cpu.max").read_text()
+        return _quota_cpus(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _quota_cpus(text: str) -> int | None:
+    """Whole CPUs in a quota "QUOTA PERIOD" (cgroup v2's cpu.max, or v1's two files); None for
+    no quota ("max", -1). Rounded down, at least 1, as Ray does."""
+    quota, period = text.split()
+    if quota == "max" or int(quota) < 0:
+        return None
+    return max(1, int(quota) // int(period))
 
 
 def _default_object_store() -> int:

@@ -7,9 +7,9 @@ refs: trials `ray.get` the weights from the object store, not through this actor
 every waiting and later `get` raise. Their worker processes run at the lowest CPU priority
 (`LOW_PRIORITY_ENV`), so that starting up takes only CPU time the fine-tune leaves idle; they
 keep it after the fine-tune (an unprivileged process cannot raise its priority again), when
-nothing else of the sweep competes for the CPUs. This module imports nothing beyond Ray (the
-actor lives in a worker of its own, and the priority is set before a worker imports anything
-else).
+nothing else of the sweep competes for the CPUs. This module imports nothing beyond Ray and
+`ray_private` (the actor lives in a worker of its own, and the priority is set before a worker
+imports anything else).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import os
 from typing import Any
 
 import ray
-from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+
+from mtmg.runtime import ray_private
 
 NICE = 19  # the early trials' niceness: they take CPU time only when nothing else wants it
 
@@ -32,7 +33,7 @@ def lower_priority() -> None:
 # A runtime env's variables that make Ray run `lower_priority` as a worker process starts,
 # before it loads an actor: what `runtime_env={"worker_process_setup_hook": ...}` sets, in the
 # one part of a runtime env that Ray Tune lets a sweep add to its trial actors' (`env_vars`).
-LOW_PRIORITY_ENV = {WORKER_PROCESS_SETUP_HOOK_ENV_VAR: f"{__name__}.lower_priority"}
+LOW_PRIORITY_ENV = ray_private.setup_hook_env(f"{__name__}.lower_priority")
 
 
 class HandoffFailed(RuntimeError):

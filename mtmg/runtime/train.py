@@ -17,7 +17,6 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from mtmg.engine.context import WorkerContext
+from mtmg.runtime import ray_private
 
 Worker = Callable[[dict[str, Any], WorkerContext], Any]
 
@@ -62,12 +62,12 @@ def _entry(worker: Worker, cpus: float, config: dict[str, Any]) -> None:
 # Ray Train V2's controller takes each worker's report when it polls the workers, every
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and a worker's next report waits until the
 # previous one was taken: every epoch shorter than the interval would last the whole interval.
-POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+POLL_INTERVAL_ENV = ray_private.TRAIN_POLL_INTERVAL_ENV
 POLL_INTERVAL_S = 0.2
 # On the embedded Ray (`mtmg.runtime.cluster.init_ray`, no dashboard modules): no metrics export
 # (nothing shows them) and no preemption watcher (one node, nothing to preempt): each is a
 # process or thread that takes CPU from the training on a small machine.
-LEAN_ENV = {"RAY_TRAIN_METRICS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+LEAN_ENV = {ray_private.TRAIN_METRICS_ENV: "0", ray_private.TRAIN_PREEMPTION_WATCHER_ENV: "0"}
 
 
 @contextlib.contextmanager
@@ -112,21 +112,7 @@ def _trainer_class(lean: bool) -> type:
     """
     from ray.train.torch import TorchTrainer
 
-    if not lean or not hasattr(TorchTrainer, "_create_default_callbacks"):
-        return TorchTrainer
-    try:
-        from ray.train.v2._internal.callbacks.placement_group_callback import (
-            PlacementGroupCleanerCallback,
-        )
-    except ImportError:  # another Ray: leave its defaults
-        return TorchTrainer
-
-    class LeanTorchTrainer(TorchTrainer):
-        def _create_default_callbacks(self) -> list:
-            callbacks = super()._create_default_callbacks()
-            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
-
-    return LeanTorchTrainer
+    return ray_private.trainer_without_pg_cleaner(TorchTrainer) if lean else TorchTrainer
 
 
 def _node_local_torch_config() -> Any:
@@ -138,27 +124,18 @@ def _node_local_torch_config() -> Any:
     address and hands it to `TCPStore(master_listen_fd=...)`, and gloo and NCCL use the
     interface holding that address.
     """
-    from ray.train.torch import TorchConfig
+    return ray_private.torch_config(_node_local_group)
 
-    # private: TorchConfig takes neither a store nor an address for the store to listen on
-    class NodeLocalBackend(TorchConfig().backend_cls):  # Ray's torch backend, its shutdown kept
-        def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
-            import ray
 
-            n = len(worker_group)
-            addr, port = worker_group.execute_single(0, _bind_store_socket)
-            args = {"backend": backend_config.backend, "world": n, "addr": addr, "port": port,
-                    "timeout_s": backend_config.timeout_s}  # fmt: skip
-            ray.get([worker_group.execute_single_async(i, _join_group, world_rank=i, **args)
-                     for i in range(n)])  # fmt: skip
+def _node_local_group(config: Any, n: int, run: Callable[..., Any]) -> None:
+    """What the Train controller runs to form `_node_local_torch_config`'s process group of `n`
+    workers (`run(rank, fn, **kwargs)` calls `fn` on worker `rank`)."""
+    import ray
 
-    @dataclass
-    class NodeLocalTorchConfig(TorchConfig):
-        @property
-        def backend_cls(self) -> type:
-            return NodeLocalBackend
-
-    return NodeLocalTorchConfig()
+    addr, port = ray.get(run(0, _bind_store_socket))
+    args = {"backend": config.backend, "world": n, "addr": addr, "port": port,
+            "timeout_s": config.timeout_s}  # fmt: skip
+    ray.get([run(i, _join_group, world_rank=i, **args) for i in range(n)])
 
 
 _store_socket: list[socket.socket] = []  # rank 0's, between `_bind_store_socket` and `_join_group`

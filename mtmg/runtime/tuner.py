@@ -179,9 +179,11 @@ def preload(cfg: SweepConfig, modules: Sequence[str]) -> None:
     """
     import ray
 
+    from mtmg.runtime.ray_private import PRELOAD_MODULES_ENV
+
     if cfg.cluster or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return
-    os.environ.setdefault("RAY_preload_python_modules", ",".join(modules))
+    os.environ.setdefault(PRELOAD_MODULES_ENV, ",".join(modules))
 
 
 def init(cfg: SweepConfig) -> bool:
@@ -247,27 +249,16 @@ def _trial_actors_in_warm_workers(env: dict[str, str] | None = None) -> Iterator
     """Let trial actors start in the idle workers that `preload` warmed up.
 
     Ray Tune gives every trial actor a runtime environment of its own (`{"env_vars":
-    {"PL_DISABLE_FORK": "1"}}`, for PyTorch Lightning, in `ray.tune.execution.class_cache`),
-    and Ray does not give an actor an idle worker of another runtime environment: each sweep
-    waited for a new interpreter to import torch and open_clip. mtmg's trials do not use
-    Lightning. Variables that Tune propagates because the user set them are kept;
-    `env` is added (the trial actors then start in workers of their own).
+    {"PL_DISABLE_FORK": "1"}}`, for PyTorch Lightning, in Tune's defaults), and Ray does not
+    give an actor an idle worker of another runtime environment: each sweep waited for a new
+    interpreter to import torch and open_clip. mtmg's trials do not use Lightning. Variables
+    that Tune propagates because the user set them are kept; `env` is added (the trial actors
+    then start in workers of their own).
     """
-    try:
-        from ray.tune.execution import class_cache
+    from mtmg.runtime.ray_private import tune_trial_env
 
-        defaults = class_cache.DEFAULT_ENV_VARS
-    except (ImportError, AttributeError):  # another Ray: leave it as it is
+    with tune_trial_env(drop=("PL_DISABLE_FORK",), add=env):
         yield
-        return
-    saved = dict(defaults)
-    defaults.pop("PL_DISABLE_FORK", None)
-    defaults.update(env or {})
-    try:
-        yield
-    finally:
-        defaults.clear()
-        defaults.update(saved)
 
 
 def run_tuner(
