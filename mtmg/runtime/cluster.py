@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from mtmg.errors import MtmgError
 from mtmg.runtime import ray_private
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ EMBEDDED = "mtmg_embedded"
 TRIAL_SLOT = "mtmg_trial_slot"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(MtmgError):
     """No cluster to connect to, or storage the cluster's nodes cannot see."""
 
 

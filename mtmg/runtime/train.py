@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from mtmg.engine.context import WorkerContext
+from mtmg.errors import USER_ERRORS
 from mtmg.runtime import ray_private
 
 Worker = Callable[[dict[str, Any], WorkerContext], Any]
@@ -253,16 +254,16 @@ def _job_errors() -> Iterator[None]:
             yield
     except WorkerGroupError as e:
         failures = list(e.worker_failures.values())
-        cause = next((f for f in failures if isinstance(f, ValueError)), None)
+        cause = next((f for f in failures if isinstance(f, USER_ERRORS)), None)
         if cause is None:
             raise
         raise _plain(cause) from e
 
 
-def _plain(err: ValueError) -> ValueError:
+def _plain(err: Exception) -> Exception:
     """`err` without Ray's task-error wrapping, so its message is the worker's own line."""
     cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, ValueError) else err
+    return cause if isinstance(cause, USER_ERRORS) else err
 
 
 def gpu_available() -> bool:
