@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtmg import errors, rundir, synth
-from mtmg.data import prep, shards
+from mtmg import errors, prep, rundir, synth
+from mtmg.data import shards
 
 MODEL = "mtmg-demo-vit"
 MIN_PATCHES = 120
