@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mtmg import config
 from mtmg.data import storage
-from mtmg.data.raw import DATASETS, DatasetError, Layout, Plan, SampleError, make_layout
+from mtmg.data.raw import DATASETS, DatasetError, Inventory, Layout, SampleError, make_layout
 from mtmg.data.raw.common import SPLITS, majority_size
 from mtmg.data.shards import (
     FORMAT_VERSION,
@@ -75,7 +75,7 @@ def build_layout(cfg: ShardConfig) -> Layout:
     )
 
 
-def make_plan(cfg: ShardConfig) -> tuple[Layout, Plan, list[ShardTask]]:
+def make_plan(cfg: ShardConfig) -> tuple[Layout, Inventory, list[ShardTask]]:
     """Plan a run without writing anything: the layout (with its patch size), items and shards."""
     root = storage.location(cfg.root)
     if not storage.is_dir(root.fs, root.path):
@@ -83,16 +83,16 @@ def make_plan(cfg: ShardConfig) -> tuple[Layout, Plan, list[ShardTask]]:
     if not storage.list_dir(root.fs, root.path):
         raise DatasetError(f"--root {cfg.root}: the directory is empty")
     layout = build_layout(cfg)
-    plan = layout.plan()
+    inventory = layout.scan()
     if cfg.limit is not None:
-        plan.items = {s: v[: cfg.limit] for s, v in plan.items.items()}
-    if plan.n_items == 0:
-        raise DatasetError(f"{cfg.root}: no samples to write (excluded: {len(plan.excluded)})")
+        inventory.items = {s: v[: cfg.limit] for s, v in inventory.items.items()}
+    if inventory.n_items == 0:
+        raise DatasetError(f"{cfg.root}: no samples to write (excluded: {len(inventory.excluded)})")
     if hasattr(layout, "size"):
-        first = next(v for v in plan.items.values() if v)
+        first = next(v for v in inventory.items.values() if v)
         size = (cfg.native_size,) * 2 if cfg.native_size else majority_size(layout, first)
         layout = dataclasses.replace(layout, size=size)
-    return layout, plan, plan_tasks(plan.items, cfg.shard_size)
+    return layout, inventory, plan_tasks(inventory.items, cfg.shard_size)
 
 
 def plan_fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -> str:

@@ -29,9 +29,9 @@ import mtmg
 from mtmg.data import storage
 from mtmg.data.raw.common import (
     SPLITS,
+    Inventory,
     Item,
     Layout,
-    Plan,
     SampleError,
     gdal_env,
     input_fingerprint,
@@ -174,11 +174,11 @@ def _kept(
 
 
 def build_manifest(
-    cfg: dict[str, Any], layout: Layout, plan: Plan, results: list[ShardResult]
+    cfg: dict[str, Any], layout: Layout, inventory: Inventory, results: list[ShardResult]
 ) -> dict[str, Any]:
     """The manifest of a finished run: the layout's header, shards, exclusions, the config."""
     splits: dict[str, Any] = {s: {"count": 0, "shards": []} for s in SPLITS}
-    rejected = list(plan.rejected)
+    rejected = list(inventory.rejected)
     for r in results:
         split = r.name.split("/", 1)[0]
         splits[split]["count"] += r.count
@@ -196,15 +196,15 @@ def build_manifest(
         **header,
         "native_size": list(size) if size else None,
         "splits": splits,
-        "excluded": plan.excluded,
+        "excluded": inventory.excluded,
         "rejected": sorted(rejected, key=lambda r: r["key"]),
         "summary": {
-            "inputs": written + len(plan.excluded) + len(rejected),
+            "inputs": written + len(inventory.excluded) + len(rejected),
             "written": written,
-            "excluded": len(plan.excluded),
+            "excluded": len(inventory.excluded),
             "rejected": len(rejected),
         },
-        "source": plan.info,
+        "source": inventory.info,
         "config": cfg,
         "created_by": f"mtmg {mtmg.__version__}",
     }

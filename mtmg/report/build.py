@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from mtmg.report import tables as results
+from mtmg.report import tables
 
 RETRIEVAL = ("R@1", "R@10")
 
@@ -144,7 +144,7 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     models, columns, cells = table(rows)
     md = markdown(models, columns, cells)
-    results.write_table(rows, out / "table")
+    tables.write_table(rows, out / "table")
     copied = []
     for d, name in plots:
         target = out / (

@@ -87,7 +87,7 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     existed = storage.exists(out.fs, out.path)
     storage.check_writable(out)
     try:
-        layout, plan, tasks = make_plan(cfg)
+        layout, inventory, tasks = make_plan(cfg)
     except Exception:
         if not existed:  # bad input leaves no OUT behind
             out.fs.delete_dir(out.path)
@@ -98,7 +98,7 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     prepare_out(out, plan_fingerprint(cfg, layout, tasks), cfg.overwrite)
     with cluster.interruptible("sharding"):
         results = run_tasks(cfg, layout, tasks, out)
-    manifest = build_manifest(config.to_dict(cfg), layout, plan, results)
+    manifest = build_manifest(config.to_dict(cfg), layout, inventory, results)
     write_index(out, results)
     storage.write_json_atomic(out.fs, out.child_path("manifest.json"), manifest)
     resumed = sum(r.resumed for r in results)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mtmg.data import labels
 from mtmg.data.raw.bigearthnet import BigEarthNetV1, BigEarthNetV2
-from mtmg.data.raw.common import DatasetError, Item, Layout, Plan, SampleError
+from mtmg.data.raw.common import DatasetError, Inventory, Item, Layout, SampleError
 from mtmg.data.raw.folders import ClassFolders, EuroSATMS
 from mtmg.data.raw.sen12ms import SEN12MS
 from mtmg.data.storage import Location
@@ -60,7 +60,7 @@ __all__ = [
     "DatasetError",
     "Item",
     "Layout",
-    "Plan",
+    "Inventory",
     "SampleError",
     "make_layout",
 ]

@@ -21,9 +21,9 @@ from mtmg.data import bands, labels, storage
 from mtmg.data.raw.common import (
     SPLITS,
     DatasetError,
+    Inventory,
     Item,
     Layout,
-    Plan,
     SampleError,
     as_uint16,
     assign_from_lists,
@@ -227,7 +227,7 @@ class BigEarthNetV1(_BigEarthNet):
             return f"{root}/{S2_V1_DIR}"
         return root
 
-    def plan(self) -> Plan:
+    def scan(self) -> Inventory:
         fs, s2 = self.root.fs, self.s2_dir()
         tree = {n: None for n in storage.list_dir(fs, s2, dirs_only=True)}
         if not tree:
@@ -260,7 +260,7 @@ class BigEarthNetV1(_BigEarthNet):
                     rejected.append({**err.to_dict(), "split": split})
                     continue
                 items[split].append(Item(key, split, (f"{s2}/{key}", s1_name)))
-        return Plan(items, excluded, rejected, info)
+        return Inventory(items, excluded, rejected, info)
 
     def _official(self, tree: dict) -> tuple[dict, list, list]:
         sets, excl = official_splits(), official_exclusions()
@@ -358,7 +358,7 @@ class BigEarthNetV2(_BigEarthNet):
         rows = table.select([c for c in cols if c in table.column_names]).to_pylist()
         return {r["patch_id"]: r for r in rows}
 
-    def plan(self) -> Plan:
+    def scan(self) -> Inventory:
         fs = self.root.fs
         s2 = self.root.child_path(S2_V2_DIR)
         tree = {
@@ -406,7 +406,7 @@ class BigEarthNetV2(_BigEarthNet):
                     s1_dir = f"{self.s1.path}/{'_'.join(s1_name.split('_')[:-3])}/{s1_name}"
                 extra = (("labels", tuple(row["labels"])),)
                 items[split].append(Item(key, split, (tree[key], s1_dir), extra))
-        return Plan(items, excluded, rejected, info)
+        return Inventory(items, excluded, rejected, info)
 
     def read(self, item: Item) -> dict[str, Any]:
         names = check_labels(list(item.get("labels")), labels.BEN19, item.key, "metadata.parquet")

@@ -56,7 +56,7 @@ class Item:
 
 
 @dataclass
-class Plan:
+class Inventory:
     """What a layout found: items per split, samples left out by policy, bad samples."""
 
     items: dict[str, list[Item]]
@@ -70,11 +70,11 @@ class Plan:
 
 
 class Layout:
-    """A raw dataset on disk. Subclasses implement `plan` (driver) and `read` (in a Ray task)."""
+    """A raw dataset on disk. Subclasses implement `scan` (driver) and `read` (in a Ray task)."""
 
     name: str = ""
 
-    def plan(self) -> Plan:
+    def scan(self) -> Inventory:
         raise NotImplementedError
 
     def read(self, item: Item) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from mtmg.data import bands, labels, storage
 from mtmg.data.raw.common import (
     SPLITS,
     DatasetError,
+    Inventory,
     Item,
     Layout,
-    Plan,
     SampleError,
     as_uint16,
     assign_from_lists,
@@ -72,7 +72,7 @@ class ClassFolders(Layout):
             return self.known_classes
         return found
 
-    def plan(self) -> Plan:
+    def scan(self) -> Inventory:
         fs, croot, classes = self.root.fs, self.class_root(), self.classes()
         tree: dict[str, tuple[str, int]] = {}
         for idx, cls in enumerate(classes):
@@ -108,7 +108,7 @@ class ClassFolders(Layout):
             s: [Item(k, s, (tree[k][0],), (("class", tree[k][1]),)) for k in keys]
             for s, keys in by_split.items()
         }
-        return Plan(items, excluded, rejected, info)
+        return Inventory(items, excluded, rejected, info)
 
     def _prompt_names(self, classes: tuple[str, ...]) -> list[str]:
         if self.class_names_file:

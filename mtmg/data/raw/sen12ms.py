@@ -18,9 +18,9 @@ from mtmg.data import bands, labels, storage
 from mtmg.data.raw.common import (
     SPLITS,
     DatasetError,
+    Inventory,
     Item,
     Layout,
-    Plan,
     SampleError,
     as_uint16,
     georef,
@@ -66,7 +66,7 @@ class SEN12MS(Layout):
             raise DatasetError(f"no ROIs*/s2_*/*.tif files found in {root}")
         return tree
 
-    def plan(self) -> Plan:
+    def scan(self) -> Inventory:
         tree = self._tree()
         where = self.splits or self.root
         lists = {
@@ -95,7 +95,7 @@ class SEN12MS(Layout):
                 by_split[hash_split(_scene(key), self.fractions, self.seed)].append(key)
             info = {"split_source": f"hash of the scene, fractions {list(self.fractions)}"}
         items = {s: [Item(k, s, (tree[k],)) for k in keys] for s, keys in by_split.items()}
-        return Plan(items, excluded, rejected, info)
+        return Inventory(items, excluded, rejected, info)
 
     def _val_scenes(self, train_scenes: set[str]) -> set[str]:
         """A deterministic `val_fraction` of the training scenes (at least one of two or more)."""
