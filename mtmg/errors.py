@@ -17,6 +17,10 @@ class InputError(MtmgError, ValueError):
     """An option, a dataset or a file that cannot be used as given."""
 
 
+class ModelLoadError(MtmgError):
+    """A model config, pretrained tag or checkpoint could not be loaded; says how to proceed."""
+
+
 # what commands report as `error: ...`: mtmg's own errors, and the ValueErrors and missing
 # files that library functions raise for bad input (a KeyError is a bug: it keeps its traceback)
 USER_ERRORS = (MtmgError, ValueError, FileNotFoundError)

@@ -1,6 +1,6 @@
-"""mtmg.models.clip with real open_clip on CPU: configs, offline pretrained resolution, strict
-loads, PAINT's weight-space operations. No downloads, no mocks (only the probed host/port is pointed
-at a closed local port)."""
+"""mtmg.models with real open_clip on CPU: configs, offline pretrained resolution, strict loads,
+PAINT's weight-space operations. No downloads, no mocks (only the probed host/port is pointed at a
+closed local port)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mtmg.models import clip as models
-from mtmg.models import student
-from mtmg.models.clip import (
-    ClipBundle,
-    ModelLoadError,
-    load_clip,
-    register_model_config,
-    resolve_pretrained,
-)
+from mtmg.errors import ModelLoadError
+from mtmg.models import configs, pretrained, student
+from mtmg.models.clip import ClipBundle, load_clip
+from mtmg.models.configs import register_model_config
+from mtmg.models.pretrained import resolve_pretrained
 from mtmg.models.weights import (
     image_state,
     interpolate,
@@ -49,7 +45,7 @@ def tiny() -> ClipBundle:
 
 
 def _tiny_cfg() -> dict:
-    return json.loads((models.CONFIG_DIR / f"{TINY}.json").read_text())
+    return json.loads((configs.CONFIG_DIR / f"{TINY}.json").read_text())
 
 
 def _closed_port() -> int:
@@ -62,7 +58,7 @@ def _closed_port() -> int:
 
 
 def test_shipped_configs_registered_on_import():
-    shipped = sorted(p.stem for p in models.CONFIG_DIR.glob("*.json"))
+    shipped = sorted(p.stem for p in configs.CONFIG_DIR.glob("*.json"))
     assert shipped == ["mtmg-demo-vit", "mtmg-small-vit", "mtmg-tiny-vit"]
     assert set(shipped) <= set(open_clip.list_models())
 
@@ -133,7 +129,7 @@ def test_broken_user_config_errors(tmp_path, content, needle):
         register_model_config(path)
     assert str(path) in str(info.value) and needle in str(info.value)
     assert "mtmg-test-broken" not in open_clip.list_models()
-    open_clip.add_model_config(models.CONFIG_DIR)  # the registry still rescans cleanly
+    open_clip.add_model_config(configs.CONFIG_DIR)  # the registry still rescans cleanly
 
 
 def test_config_file_errors(tmp_path):
@@ -192,8 +188,8 @@ def test_hub_tag_fails_fast_when_offline(tmp_path, monkeypatch):
 def test_hub_tag_fails_fast_when_hub_unreachable(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     port = _closed_port()
-    monkeypatch.setattr(models, "HUB_HOST", "127.0.0.1")
-    monkeypatch.setattr(models, "HUB_PORT", port)
+    monkeypatch.setattr(pretrained, "HUB_HOST", "127.0.0.1")
+    monkeypatch.setattr(pretrained, "HUB_PORT", port)
     t0 = time.monotonic()
     with pytest.raises(ModelLoadError) as info:
         resolve_pretrained(*HUB_TAG, cache_dir=str(tmp_path))
@@ -365,16 +361,16 @@ def test_quick_gelu_travels_with_the_weights(tmp_path):
         return any(isinstance(m, QuickGELU) for m in model.modules())
 
     torch.manual_seed(0)
-    ref = models.load_clip("mtmg-tiny-vit", None, build_kwargs={"force_quick_gelu": True})
+    ref = load_clip("mtmg-tiny-vit", None, build_kwargs={"force_quick_gelu": True})
     assert quick(ref.model) and ref.build_kwargs == {"force_quick_gelu": True}
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         want = ref.model.encode_image(x)
     path = weights.save_checkpoint(ref.model, tmp_path / "q.safetensors",
                                    build_kwargs=ref.build_kwargs)  # fmt: skip
-    back = models.load_clip("mtmg-tiny-vit", str(path))
+    back = load_clip("mtmg-tiny-vit", str(path))
     assert quick(back.model) and back.build_kwargs == {"force_quick_gelu": True}
-    plain = models.load_clip("mtmg-tiny-vit", str(
+    plain = load_clip("mtmg-tiny-vit", str(
         weights.save_checkpoint(ref.model, tmp_path / "p.safetensors")))  # fmt: skip
     assert not quick(plain.model)
     with torch.no_grad():

@@ -17,7 +17,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from mtmg.errors import ModelLoadError
+
 VISUAL_PREFIX = "visual."  # open_clip's image tower: the weights PAINT interpolates
+BUILD_KWARGS_KEY = "mtmg_open_clip_kwargs"  # safetensors metadata: how to rebuild the model
 
 
 def image_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -101,8 +104,6 @@ def load_image_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or shapes:
-        from mtmg.models.clip import ModelLoadError  # open_clip: not imported where trials run
-
         raise ModelLoadError(
             f"image-tower state does not match the model: {len(missing)} missing {missing[:5]}, "
             f"{len(unexpected)} unexpected {unexpected[:5]}, {len(shapes)} shape mismatches "
@@ -160,8 +161,6 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "pt", "producer": "mtmg", **dict(metadata or {})}
     if build_kwargs:
-        from mtmg.models.clip import BUILD_KWARGS_KEY
-
         meta[BUILD_KWARGS_KEY] = json.dumps(dict(build_kwargs))
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
