@@ -22,7 +22,7 @@ import rasterio
 from mtmg import prep, synth
 from mtmg.data import bands, labels, shards, storage
 from mtmg.data import prep as data_prep
-from mtmg.data.raw import DatasetError, SampleError
+from mtmg.data.raw import DatasetError, SampleError, make_layout
 from mtmg.data.storage import StorageError
 from mtmg.prep import main as shard_main
 
@@ -98,6 +98,22 @@ def test_every_other_dataset_kind(shard, tmp_path):
             assert all("s1.npy" in s for _, s in got.values())
         if kind == "sen12ms":
             assert m["bands"] == list(bands.S2_L1C) and m["splits"]["val"]["count"] > 0
+
+
+def test_eurosat_ms_is_found_from_any_archive_folder_and_split_by_torchgeo_lists(tmp_path):
+    root = synth.make_eurosat_ms(tmp_path / "ems", n_per_class=2)["root"]
+    stems = sorted(p.stem for p in root.rglob("*.tif"))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    # torchgeo's eurosat-<split>.txt name the RGB .jpg files; they split the MS .tif of each stem
+    (lists / "eurosat-train.txt").write_text("\n".join(f"{s}.jpg" for s in stems[::2]))
+    (lists / "eurosat-test.txt").write_text("\n".join(f"{s}.jpg" for s in stems[1::2]))
+    for top in (root, root / "ds", root / "ds" / "images"):
+        layout = make_layout("eurosat-ms", storage.location(top), splits=storage.location(lists))
+        inventory = layout.scan()
+        assert [i.key for i in inventory.items["train"]] == stems[::2], top
+        assert [i.key for i in inventory.items["test"]] == stems[1::2], top
+        assert inventory.items["val"] == [] and "eurosat-train.txt" in str(inventory.info)
 
 
 def test_deterministic_bytes_across_runs_and_worker_counts(shard, tmp_path, ben_tree):

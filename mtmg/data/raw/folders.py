@@ -49,14 +49,21 @@ class ClassFolders(Layout):
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     name: str = "imagefolder"
     subdir: str = ""  # where the official archive puts the class folders
+    lists_name: str = ""  # split files `<lists_name>-<split>.txt` (Neumann et al.'s, as torchgeo)
     known_classes: tuple[str, ...] = ()  # official class list (order = class index), if any
     prompt_names: tuple[str, ...] = ()
     class_names_file: Location | None = None
     exts: tuple[str, ...] = tuple(IMAGE_EXTS)
 
     def class_root(self) -> str:
-        sub = f"{self.root.path}/{self.subdir}" if self.subdir else ""
-        return sub if sub and storage.is_dir(self.root.fs, sub) else self.root.path
+        """The folder of class folders: ROOT, or the archive's own subfolder under it, found from
+        any of the archive's folders (e.g. ROOT is the zip's `ds/` or the extraction dir)."""
+        parts = self.subdir.split("/") if self.subdir else []
+        for i in range(len(parts)):
+            sub = f"{self.root.path}/{'/'.join(parts[i:])}"
+            if storage.is_dir(self.root.fs, sub):
+                return sub
+        return self.root.path
 
     def classes(self) -> tuple[str, ...]:
         found = tuple(storage.list_dir(self.root.fs, self.class_root(), dirs_only=True))
@@ -87,9 +94,9 @@ class ClassFolders(Layout):
         if not tree:
             raise DatasetError(f"no {'/'.join(self.exts)} files in the class folders of {croot}")
         where = self.splits or self.root
-        lists = find_split_files(
-            where, [where.path], ["{split}.txt", f"{self.name}-{{split}}.txt", "{split}.csv"]
-        )
+        names = dict.fromkeys((self.lists_name or self.name, self.name))
+        patterns = ["{split}.txt", *(f"{n}-{{split}}.txt" for n in names), "{split}.csv"]
+        lists = find_split_files(where, [where.path], patterns)
         if lists:
             # split files name files (torchgeo's EuroSAT lists say .jpg for the .tif files too)
             stems = {k: None for k in tree}
@@ -165,6 +172,7 @@ class EuroSATMS(ClassFolders):
 
     name: str = "eurosat-ms"
     subdir: str = EUROSAT_MS_SUBDIR
+    lists_name: str = "eurosat"
     known_classes: tuple[str, ...] = labels.EUROSAT
     prompt_names: tuple[str, ...] = labels.EUROSAT_PROMPT_NAMES
     exts: tuple[str, ...] = (".tif", ".tiff")
