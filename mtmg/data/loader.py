@@ -177,14 +177,14 @@ class Decoder:
                 return out
             if "rgb" in wanted:
                 views["rgb"] = self.augment.photometric(
-                    self.augment.geometry(views["rgb"], p, self.image_size, bicubic=True), p
+                    self.augment.geometry(views["rgb"], p, self.image_size), p
                 )
             for k in STUDENT_INPUTS:
                 if k in views:
                     views[k] = self.augment.geometry(views[k], p, self.ms_size)
         else:
             if "rgb" in wanted:
-                views["rgb"] = transforms.resize(views["rgb"], self.image_size, bicubic=True)
+                views["rgb"] = transforms.resize(views["rgb"], self.image_size)
             for k in STUDENT_INPUTS:
                 if k in views:
                     views[k] = transforms.resize(views[k], self.ms_size)

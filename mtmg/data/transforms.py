@@ -60,16 +60,23 @@ def decode_rgb(data: bytes) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Augment:
-    """CLIP-style training augmentation (random-resized crop 0.9-1.0, h/v flips; colour jitter,
-    greyscale and blur on RGB inputs only; docs/reference-differences.md compares it with the
-    reference code's), drawn once per sample for every view."""
+    """The reference code's training augmentation, drawn once per sample for every view: a
+    random-resized crop (scale 0.9-1.0), horizontal and vertical flips, and on RGB only colour
+    jitter (brightness, contrast, saturation 0.4, in random order) with p=0.8, greyscale p=0.2
+    and a Gaussian blur (kernel 3 x 7, sigma 0.1-2.0) with p=0.4."""
 
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flips: bool = True
     color: bool = True
+    jitter: float = 0.4
+    p_jitter: float = 0.8
+    p_grey: float = 0.2
+    p_blur: float = 0.4
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def params(self, h: int, w: int, gen: torch.Generator) -> dict:
+        """One draw: the crop box of an h x w input, flips and the colour parameters."""
         area = h * w
         for _ in range(10):
             target = area * float(torch.empty(1).uniform_(*self.scale, generator=gen))
@@ -82,80 +89,151 @@ class Augment:
                 break
         else:
             top, left, ch, cw = 0, 0, h, w
-        r = torch.rand(6, generator=gen)
+        r = torch.rand(5, generator=gen)
+        factors = torch.empty(3).uniform_(max(0.0, 1 - self.jitter), 1 + self.jitter, generator=gen)
+        order = torch.randperm(3, generator=gen)
+        sigma = float(torch.empty(1).uniform_(*self.blur_sigma, generator=gen))
         return {
             "box": (top, left, ch, cw),
             "hflip": self.flips and bool(r[0] < 0.5),
             "vflip": self.flips and bool(r[1] < 0.5),
-            "jitter": (float(0.6 + 0.8 * r[2]), float(0.6 + 0.8 * r[3])),  # brightness, contrast
-            "grey": bool(r[4] < 0.1),
-            "blur": bool(r[5] < 0.1),
+            "jitter": self.color and bool(r[2] < self.p_jitter),
+            "factors": tuple(float(f) for f in factors),  # brightness, contrast, saturation
+            "order": tuple(int(o) for o in order),
+            "grey": self.color and bool(r[3] < self.p_grey),
+            "blur": self.color and bool(r[4] < self.p_blur),
+            "sigma": sigma,
         }
 
-    def geometry(self, x: torch.Tensor, p: dict, size: int, bicubic: bool = False) -> torch.Tensor:
-        top, left, h, w = p["box"]
-        mode = F.InterpolationMode.BICUBIC if bicubic else F.InterpolationMode.BILINEAR
-        x = F.resized_crop(x, top, left, h, w, [size, size], interpolation=mode, antialias=True)
-        x = x.clamp_(0, 1)
-        if p["hflip"]:
-            x = F.horizontal_flip(x)
-        if p["vflip"]:
-            x = F.vertical_flip(x)
-        return x
+    def geometry(self, x: torch.Tensor, p: dict, size: int) -> torch.Tensor:
+        """Crop the drawn box, resize it bicubically to size x size, flip."""
+        return crop_resize_flip(x, p["box"], size, p["hflip"], p["vflip"])
 
     def photometric(self, rgb: torch.Tensor, p: dict) -> torch.Tensor:
-        if not self.color:
-            return rgb
-        rgb = F.adjust_contrast(F.adjust_brightness(rgb, p["jitter"][0]), p["jitter"][1])
-        if p["grey"]:
-            rgb = F.rgb_to_grayscale(rgb, num_output_channels=3)
-        if p["blur"]:
-            rgb = F.gaussian_blur(rgb, [3, 3])
-        return rgb.clamp(0, 1)
+        """Colour jitter, greyscale and blur of one RGB image in [0, 1], as drawn."""
+        return batch_photometric(rgb[None], params_tensor(p)[None].to(rgb.device))[0]
 
 
-def resize(x: torch.Tensor, size: int, bicubic: bool = False) -> torch.Tensor:
-    """Square resize (CLIP resizes RGB bicubically; multispectral bands bilinearly)."""
+def crop_resize_flip(
+    x: torch.Tensor, box: tuple[int, int, int, int], size: int, hflip: bool, vflip: bool
+) -> torch.Tensor:
+    """The geometric half of a draw, for one input of any number of bands."""
+    top, left, h, w = box
+    bicubic = F.InterpolationMode.BICUBIC
+    x = F.resized_crop(x, top, left, h, w, [size, size], interpolation=bicubic, antialias=True)
+    x = x.clamp_(0, 1)
+    if hflip:
+        x = F.horizontal_flip(x)
+    if vflip:
+        x = F.vertical_flip(x)
+    return x
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP's evaluation transform: resize the shortest side to `size` bicubically, centre-crop
+    size x size (never squashed); every band alike."""
     if x.shape[-2:] == (size, size):
         return x
-    mode = F.InterpolationMode.BICUBIC if bicubic else F.InterpolationMode.BILINEAR
-    return F.resize(x, [size, size], interpolation=mode, antialias=True).clamp_(0, 1)
+    x = F.resize(x, size, interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+    return F.center_crop(x, [size, size]).clamp_(0, 1)
 
 
 def normalize(rgb: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     return F.normalize(rgb, list(mean), list(std))
 
 
-# ---------------------------------------------------------- augmentation on the accelerator
-# On a GPU the per-sample crop/resize on CPU workers starves the model (bench/patch_step.py):
-# with `Decoder(defer_augment=True)` workers only decode and draw the parameters, and the
-# batch is cropped, resized (bilinear, roi_align), flipped and jittered on the device.
+# ---------------------------------------------------------- augmentation of a batch
+# With `Decoder(defer_augment=True)` workers only decode and draw the parameters; the batch is
+# augmented on the device by the same functions, so both paths draw from one distribution.
+
+PARAMS = (
+    "top",
+    "left",
+    "h",
+    "w",
+    "hflip",
+    "vflip",
+    "jitter",
+    "brightness",
+    "contrast",
+    "saturation",
+    "op0",
+    "op1",
+    "op2",
+    "grey",
+    "blur",
+    "sigma",
+)
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+BLUR_KERNEL = (3, 7)  # width, height: the reference's GaussianBlur(kernel_size=(3, 7))
 
 
 def params_tensor(p: dict) -> torch.Tensor:
-    """Augment.params as a row: x1, y1, x2, y2, hflip, vflip, brightness, contrast, grey."""
-    top, left, h, w = p["box"]
-    b, c = p["jitter"]
-    vals = [left, top, left + w, top + h, p["hflip"], p["vflip"], b, c, p["grey"]]
+    """Augment.params as one float row, in the order of PARAMS."""
+    vals = [
+        *p["box"],
+        p["hflip"],
+        p["vflip"],
+        p["jitter"],
+        *p["factors"],
+        *p["order"],
+        p["grey"],
+        p["blur"],
+        p["sigma"],
+    ]
     return torch.tensor([float(v) for v in vals], dtype=torch.float32)
 
 
 def batch_augment(x: torch.Tensor, params: torch.Tensor, size: int, color: bool) -> torch.Tensor:
-    """Per-sample crop + resize to `size`, flips and (RGB) brightness/contrast/greyscale."""
-    from torchvision.ops import roi_align
+    """Augment a batch (N x C x H x W) with one PARAMS row per sample; colour for RGB only."""
+    rows = params.tolist()
+    out = torch.stack(
+        [
+            crop_resize_flip(x[i].float(), tuple(int(v) for v in r[:4]), size, r[4] > 0, r[5] > 0)
+            for i, r in enumerate(rows)
+        ]
+    )
+    return batch_photometric(out, params) if color else out
 
-    n = x.shape[0]
-    boxes = torch.cat([torch.arange(n, device=x.device, dtype=torch.float32)[:, None],
-                       params[:, :4].float()], dim=1)  # fmt: skip
-    out = roi_align(x.float(), boxes, (size, size), 1.0, sampling_ratio=2, aligned=True)
-    out = torch.where(params[:, 4].bool()[:, None, None, None], out.flip(-1), out)
-    out = torch.where(params[:, 5].bool()[:, None, None, None], out.flip(-2), out)
-    if not color:
-        return out
-    out = (out * params[:, 6, None, None, None]).clamp(0, 1)
-    weights = torch.tensor([0.2989, 0.587, 0.114], device=out.device)[None, :, None, None]
-    grey = (out * weights).sum(1, keepdim=True)
-    c = params[:, 7, None, None, None]
-    out = (c * out + (1 - c) * grey.mean((-2, -1), keepdim=True)).clamp(0, 1)
-    grey = (out * weights).sum(1, keepdim=True).expand_as(out)
-    return torch.where(params[:, 8].bool()[:, None, None, None], grey, out)
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype)[None, :, None, None]
+    return (x * w).sum(1, keepdim=True)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    return (ratio * x + (1 - ratio) * other).clamp(0, 1)
+
+
+def batch_photometric(rgb: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Colour jitter (per-sample order), greyscale and blur of RGB in [0, 1], as torchvision's
+    ColorJitter, RandomGrayscale and GaussianBlur compute them, vectorised over the batch."""
+    col = {name: params[:, i, None, None, None].to(rgb) for i, name in enumerate(PARAMS)}
+    x = rgb
+    for step in range(3):
+        op = col[f"op{step}"]
+        bright = _blend(x, torch.zeros_like(x), col["brightness"])
+        contrast = _blend(x, _grey(x).mean((-3, -2, -1), keepdim=True), col["contrast"])
+        saturation = _blend(x, _grey(x), col["saturation"])
+        jittered = torch.where(op == 0, bright, torch.where(op == 1, contrast, saturation))
+        x = torch.where(col["jitter"] > 0, jittered, x)
+    x = torch.where(col["grey"] > 0, _grey(x).expand_as(x), x)
+    return torch.where(col["blur"] > 0, _gaussian_blur(x, params[:, PARAMS.index("sigma")]), x)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """torchvision's gaussian_blur (reflect padding) with one sigma per sample."""
+    n, c, h, w = x.shape
+    kx, ky = BLUR_KERNEL
+
+    def kernel1d(k: int) -> torch.Tensor:
+        t = torch.linspace(-(k - 1) / 2, (k - 1) / 2, k, device=x.device, dtype=x.dtype)
+        pdf = torch.exp(-0.5 * (t[None] / sigma.to(x)[:, None]) ** 2)
+        return pdf / pdf.sum(1, keepdim=True)
+
+    kernel = kernel1d(ky)[:, :, None] * kernel1d(kx)[:, None, :]  # n x ky x kx
+    weight = kernel.repeat_interleave(c, 0)[:, None]  # (n * c) x 1 x ky x kx
+    padded = torch.nn.functional.pad(
+        x.reshape(1, n * c, h, w), [kx // 2, kx // 2, ky // 2, ky // 2], mode="reflect"
+    )
+    return torch.nn.functional.conv2d(padded, weight, groups=n * c).reshape(n, c, h, w)
