@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+from PIL import Image
 
 from mtmg import prep, synth
 from mtmg.data import bands, labels, shards, storage
@@ -114,6 +115,34 @@ def test_eurosat_ms_is_found_from_any_archive_folder_and_split_by_torchgeo_lists
         assert [i.key for i in inventory.items["train"]] == stems[::2], top
         assert [i.key for i in inventory.items["test"]] == stems[1::2], top
         assert inventory.items["val"] == [] and "eurosat-train.txt" in str(inventory.info)
+
+
+def _imagenet_tree(root: Path, wnids, n: int) -> None:
+    rng = np.random.default_rng(0)
+    for wnid in wnids:
+        (root / wnid).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 255, (12 + i, 20, 3), dtype=np.uint8)  # not square
+            Image.fromarray(pixels).save(root / wnid / f"ILSVRC2012_val_{wnid}_{i}.JPEG")
+
+
+def test_imagenet_is_scored_over_its_1000_classes_with_clips_names_and_templates(shard, tmp_path):
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    wnids = {"n01440764": 0, "n01443537": 1, "n15075141": 999}  # tench, goldfish, toilet tissue
+    _imagenet_tree(tmp_path / "val", wnids, 20)
+    m = shard("imagenet", tmp_path / "val", out=tmp_path / "o", val_fraction=0.25)
+    nomen = m["nomenclatures"]["imagenet"]
+    assert m["label_nomenclature"] == "imagenet" and len(nomen["classes"]) == 1000
+    assert nomen["prompt_names"] == list(IMAGENET_CLASSNAMES)
+    assert len(m["templates"]) == 80 and m["templates"][1] == OPENAI_IMAGENET_TEMPLATES[1]("{c}")
+    counts = {s: m["splits"][s]["count"] for s in ("train", "val", "test")}
+    assert counts["train"] == 0 and 5 <= counts["val"] <= 25 and sum(counts.values()) == 60
+    for _, (_, s) in _all_samples(tmp_path / "o", m).items():
+        assert s["cls"] == wnids[s["json"]["labels"][0]]
+    (tmp_path / "val" / "tench").mkdir()
+    with pytest.raises(DatasetError, match=r"unknown class folder\(s\) \['tench'\]"):
+        shard("imagenet", tmp_path / "val", out=tmp_path / "o2")
 
 
 def test_deterministic_bytes_across_runs_and_worker_counts(shard, tmp_path, ben_tree):

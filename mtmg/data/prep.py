@@ -53,6 +53,9 @@ class ShardConfig:
         None, help="expected patch size in pixels (default: the common size of the first patches)"
     )
     seed: int = option(0, help="seed of hash-based splits where a dataset has no split files")
+    val_fraction: float = option(
+        0.1, help="imagenet without split files: share held out as val; the rest is test"
+    )
     class_names: str | None = option(
         None, help="imagefolder: JSON {folder: class name} used in prompts"
     )
@@ -72,6 +75,7 @@ def build_layout(cfg: ShardConfig) -> Layout:
         resample=cfg.resample,
         seed=cfg.seed,
         class_names=loc(cfg.class_names) if cfg.class_names else None,
+        val_fraction=cfg.val_fraction,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mtmg.data import labels
 from mtmg.data.raw.bigearthnet import BigEarthNetV1, BigEarthNetV2
 from mtmg.data.raw.common import DatasetError, Inventory, Item, Layout, SampleError
-from mtmg.data.raw.folders import ClassFolders, EuroSATMS
+from mtmg.data.raw.folders import ClassFolders, EuroSATMS, ImageNet
 from mtmg.data.raw.sen12ms import SEN12MS
 from mtmg.data.storage import Location
 
@@ -16,7 +16,8 @@ DATASETS: dict[str, str] = {
     "eurosat": "EuroSAT RGB: 2750/<class>/<class>_<n>.jpg",
     "resisc45": "NWPU-RESISC45: NWPU-RESISC45/<class>/<class>_NNN.jpg",
     "sen12ms": "SEN12MS: ROIs*/s2_<scene>/*.tif + lc_<scene>/ (IGBP labels)",
-    "imagefolder": "any RGB class-folder tree (e.g. ImageNet val as the supported task)",
+    "imagenet": "ImageNet-1k: <wnid>/<image>.JPEG class folders (the supported task)",
+    "imagefolder": "any RGB class-folder tree",
 }
 
 
@@ -30,6 +31,7 @@ def make_layout(
     resample: str = "nearest",
     seed: int = 0,
     class_names: Location | None = None,
+    val_fraction: float = 0.1,
 ) -> Layout:
     """The reader for `dataset` (a key of DATASETS) rooted at `root`."""
     common = {"root": root, "splits": splits, "skip_bad": skip_bad}
@@ -50,6 +52,11 @@ def make_layout(
         return ClassFolders(**common, seed=seed, name="resisc45", subdir="NWPU-RESISC45")
     if dataset == "sen12ms":
         return SEN12MS(**common, seed=seed)
+    if dataset == "imagenet":
+        if not 0 <= val_fraction < 1:
+            raise DatasetError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+        fractions = (0.0, val_fraction, 1.0 - val_fraction)
+        return ImageNet(**common, seed=seed, fractions=fractions)
     if dataset == "imagefolder":
         return ClassFolders(**common, seed=seed, class_names_file=class_names)
     raise DatasetError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -65,24 +66,33 @@ class ClassFolders(Layout):
                 return sub
         return self.root.path
 
-    def classes(self) -> tuple[str, ...]:
+    def folders(self) -> tuple[str, ...]:
+        """The class folders present; with a known class list, each must be one of its names."""
         found = tuple(storage.list_dir(self.root.fs, self.class_root(), dirs_only=True))
         if not found:
             raise DatasetError(f"no class folders found in {self.class_root()}")
-        if self.known_classes:
-            unknown = sorted(set(found) - set(self.known_classes))
-            if unknown:
-                raise DatasetError(
-                    f"{self.class_root()}: unknown class folder(s) {unknown}; "
-                    f"{self.name} classes are {list(self.known_classes)}"
-                )
-            return self.known_classes
+        known = self.known()
+        unknown = sorted(set(found) - set(known)) if known else []
+        if unknown:
+            shown = list(known) if len(known) <= 50 else f"{len(known)} names, e.g. {known[:3]}"
+            raise DatasetError(
+                f"{self.class_root()}: unknown class folder(s) {unknown[:10]}; "
+                f"{self.name} classes are {shown}"
+            )
         return found
+
+    def known(self) -> tuple[str, ...]:
+        """The official class list (order = class index), or () where the folders define it."""
+        return self.known_classes
+
+    def classes(self) -> tuple[str, ...]:
+        return self.known() or self.folders()
 
     def scan(self) -> Inventory:
         fs, croot, classes = self.root.fs, self.class_root(), self.classes()
         tree: dict[str, tuple[str, int]] = {}
-        for idx, cls in enumerate(classes):
+        for cls in self.folders():
+            idx = classes.index(cls)
             for fname in storage.list_dir(fs, f"{croot}/{cls}"):
                 ext = "." + fname.rsplit(".", 1)[-1].lower() if "." in fname else ""
                 if ext not in self.exts:
@@ -210,4 +220,39 @@ class EuroSATMS(ClassFolders):
                 "json": "label name, source file, georeferencing",
             },
         )
+        return head
+
+
+@lru_cache(maxsize=1)
+def imagenet_metadata() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """ImageNet-1k's class ids (WordNet ids in the standard class order, as timm ships them),
+    open_clip's class names and CLIP's 80 prompt templates, read from those packages."""
+    from importlib.resources import files
+
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    wnids = tuple(files("timm.data._info").joinpath("imagenet_synsets.txt").read_text().split())
+    templates = tuple(t("{c}") for t in OPENAI_IMAGENET_TEMPLATES)
+    return wnids, tuple(IMAGENET_CLASSNAMES), templates
+
+
+@dataclass(frozen=True)
+class ImageNet(ClassFolders):
+    """ImageNet-1k as `<wnid>/<image>.JPEG` class folders (the val set as torchvision's
+    ImageFolder arranges it), any subset of the classes. The nomenclature is always all 1000
+    classes, prompted with open_clip's class names and CLIP's 80 templates, as CLIP and PAINT
+    evaluate it. Without split files the folder is the test split but for a hashed `fractions`
+    share held out as val (alpha selection)."""
+
+    name: str = "imagenet"
+    fractions: tuple[float, float, float] = (0.0, 0.1, 0.9)
+
+    def known(self) -> tuple[str, ...]:
+        return imagenet_metadata()[0]
+
+    def header(self) -> dict[str, Any]:
+        head = super().header()
+        wnids, names, templates = imagenet_metadata()
+        head["nomenclatures"] = {"imagenet": {"classes": list(wnids), "prompt_names": list(names)}}
+        head["templates"] = list(templates)
         return head
