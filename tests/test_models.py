@@ -234,6 +234,29 @@ def test_local_checkpoints_load(tiny, tmp_path):
     assert _same_state(tiny.model, load_clip(TINY, str(pt)).model)
 
 
+def test_remote_sensing_clips_load_as_published(tiny, tmp_path):
+    """RemoteCLIP publishes plain state dicts; SkyCLIP and GeoRSCLIP open_clip training
+    checkpoints (`state_dict` of a DDP model, `module.` prefixes, optimiser beside it)."""
+    state = tiny.model.state_dict()
+    remoteclip = tmp_path / "RemoteCLIP-tiny.pt"
+    torch.save(state, remoteclip)
+    skyclip = tmp_path / "epoch_20.pt"
+    torch.save(
+        {
+            "epoch": 20,
+            "name": "skyclip",
+            "optimizer": {"state": {}, "param_groups": []},
+            "state_dict": {f"module.{k}": v for k, v in state.items()},
+        },
+        skyclip,
+    )
+    for path in (remoteclip, skyclip):
+        assert _same_state(tiny.model, load_clip(TINY, str(path)).model), path.name
+    torch.save({f"module.{k}": v for k, v in list(state.items())[:-1]}, skyclip)
+    with pytest.raises(ModelLoadError, match="1 missing keys"):
+        load_clip(TINY, str(skyclip))
+
+
 def test_missing_and_unreadable_checkpoints(tmp_path):
     absent = tmp_path / "absent.safetensors"
     with pytest.raises(ModelLoadError, match=str(absent)):
