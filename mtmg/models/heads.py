@@ -8,6 +8,7 @@ cached as safetensors files keyed by a hash of everything they depend on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -80,14 +81,16 @@ def build_zeroshot_weights(
     batch_size: int = 256,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """Zero-shot head weights [C, D] (fp32, CPU): per class, the mean of the L2-normalised text
-    embeddings of `template.format(c=classname)` over templates, renormalised, times
-    `logit_scale.exp()`.
+    """Zero-shot head weights [C, D] (fp32, CPU): open_clip's `build_zero_shot_classifier` (per
+    class, the renormalised mean of the L2-normalised embeddings of `template.format(c=classname)`
+    over templates) times `logit_scale.exp()`.
 
-    `tokenizer` may be None when a ClipBundle is given (its tokenizer is used). Prompts are
-    encoded `batch_size` at a time on `device` (default: the model's). Runs without grad in eval
-    mode and restores the model's train/eval flag; the model is not otherwise touched.
+    `tokenizer` may be None when a ClipBundle is given (its tokenizer is used). About
+    `batch_size` prompts are encoded at a time on `device` (default: the model's), in eval mode;
+    the model's train/eval flag is restored and the model is not otherwise touched.
     """
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
     from mtmg.models.clip import ClipBundle
 
     model = bundle_or_model.model if isinstance(bundle_or_model, ClipBundle) else bundle_or_model
@@ -100,21 +103,21 @@ def build_zeroshot_weights(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    prompts = [t.format(c=c) for c in names for t in temps]
+    formats = [functools.partial(_fill, t) for t in temps]
     was_training = model.training
     model.eval()
     try:
-        chunks = [
-            F.normalize(
-                model.encode_text(tokenizer(prompts[i : i + batch_size]).to(device)).float(), dim=-1
-            ).cpu()
-            for i in range(0, len(prompts), batch_size)
-        ]
+        per_class = build_zero_shot_classifier(
+            model, tokenizer, names, formats, max(1, batch_size // len(temps)), device
+        )
     finally:
         model.train(was_training)
-    per_class = torch.cat(chunks).reshape(len(names), len(temps), -1).mean(dim=1)
     scale = model.logit_scale.detach().float().exp().reshape(()).cpu()
-    return (F.normalize(per_class, dim=-1) * scale).contiguous()
+    return (per_class.T.float().cpu() * scale).contiguous()
+
+
+def _fill(template: str, classname: str) -> str:
+    return template.format(c=classname)
 
 
 class ZeroShotHead(nn.Module):
