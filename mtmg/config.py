@@ -16,7 +16,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mtmg import logs
+
 T = TypeVar("T")
+VERBOSITY = "verbosity"  # the parsed -v / -q, not a config field
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
@@ -88,6 +91,23 @@ def build_parser(cls: type, description: str, epilog: str = "") -> argparse.Argu
         help="YAML file of option values (keys as the long options, with _ or -); "
         "flags given on the command line override it",
     )
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-v",
+        "--verbose",
+        action="store_const",
+        const=1,
+        dest=VERBOSITY,
+        help="also print the libraries' informational lines",
+    )
+    talk.add_argument(
+        "-q",
+        "--quiet",
+        action="store_const",
+        const=-1,
+        dest=VERBOSITY,
+        help="print only warnings, errors and results (no progress bars)",
+    )
     return parser
 
 
@@ -108,11 +128,14 @@ def load_yaml(cls: type[T], path: str | Path) -> dict[str, Any]:
 
 
 def from_args(cls: type[T], ns: argparse.Namespace) -> T:
-    """Resolve defaults < YAML (`ns.config`) < flags given, into a `cls` instance."""
+    """Resolve defaults < YAML (`ns.config`) < flags given, into a `cls` instance; a parsed
+    command line also sets how much the command prints (`-v`, `-q`: `mtmg.logs`)."""
     values: dict[str, Any] = {}
     if getattr(ns, "config", None):
         values.update(load_yaml(cls, ns.config))
-    given = {k: v for k, v in vars(ns).items() if k != "config"}
+    if hasattr(ns, VERBOSITY):
+        logs.setup(getattr(ns, VERBOSITY) or 0)
+    given = {k: v for k, v in vars(ns).items() if k not in ("config", VERBOSITY)}
     values.update(given)
     required = [
         f.name

@@ -21,7 +21,7 @@ BELOW = {
     "stages": {"data", "models", "engine", "report", "runtime", "synth"},  # drivers run jobs
     "runtime": {"data", "models", "engine", "report"},
 }
-HELPERS = {"mtmg", "mtmg.config", "mtmg.errors", "mtmg.faults", "mtmg.rundir"}
+HELPERS = {"mtmg", "mtmg.config", "mtmg.errors", "mtmg.faults", "mtmg.logs", "mtmg.rundir"}
 RAY_FREE = ("data", "models", "engine", "stages", "report")
 
 
