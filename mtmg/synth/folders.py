@@ -5,7 +5,8 @@ They ship no split files, so their results have empty ``splits``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,49 @@ def make_eurosat_ms(
     return result(root, "eurosat-ms", classes, labels, {}, len(labels), data_dir=base)
 
 
+def _eurosat_rgb(seed: int, size: int, ci: int, cls: str, key: str) -> np.ndarray:
+    """The B04,B03,B02 composite of the EuroSAT-MS patch `key`, scaled as L1C."""
+    field = _eurosat_field(seed, key, _class_index(cls, lbl.EUROSAT, ci), size)
+    return to_rgb8(field, bands.S2_L1C, bands.RGB_SCALE["S2 L1C"])
+
+
+def _resisc45_rgb(seed: int, size: int, ci: int, cls: str, key: str) -> np.ndarray:
+    """Two shades of the class signature in blocks, as an L2A composite."""
+    rng = seeded(seed, "resisc45", key)
+    idx = _class_index(cls, lbl.RESISC45, ci)
+    sigs = np.stack([spectral_signature(idx), spectral_signature(idx) * 0.85])
+    field = render_optical(rng, sigs, label_map(rng, 2, size, grid=6))
+    return to_rgb8(field, bands.S2_L1C, bands.RGB_SCALE["S2 L2A"])
+
+
+def _shape_rgb(seed: int, size: int, ci: int, cls: str, key: str) -> np.ndarray:
+    """The '<colour> <shape>' picture of item `key`."""
+    return shape_image(seeded(seed, "shapes", key), cls, size)
+
+
+def _shape_key(cls: str, n: int) -> str:
+    """Item key of an image-folder picture: the class name with underscores, then n."""
+    return f"{cls.replace(' ', '_')}_{n}"
+
+
+def _write_pictures(
+    base: Path,
+    classes: Sequence[str],
+    n_per_class: int,
+    name: Callable[[str, int], str],
+    suffix: str,
+    draw: Callable[[int, str, str], np.ndarray],
+) -> dict[str, list[str]]:
+    """`<base>/<class>/<key><suffix>`, key = name(class, n), pictures drawn by
+    `draw(class position, class, key)`; returns the labels by key."""
+    labels = {}
+    for ci, cls, n in _class_items(classes, n_per_class):
+        key = name(cls, n)
+        write_image(base / cls / f"{key}{suffix}", draw(ci, cls, key))
+        labels[key] = [cls]
+    return labels
+
+
 def make_eurosat_rgb(
     root: str | Path,
     n_per_class: int = 10,
@@ -81,13 +125,8 @@ def make_eurosat_rgb(
     :func:`make_eurosat_ms` with the same seed, composite B04,B03,B02 scaled by 3558 (L1C)."""
     root = Path(root)
     base = root / "2750"
-    labels = {}
-    for ci, cls, n in _class_items(classes, n_per_class):
-        key = f"{cls}_{n}"
-        field = _eurosat_field(seed, key, _class_index(cls, lbl.EUROSAT, ci), size)
-        rgb = to_rgb8(field, bands.S2_L1C, bands.RGB_SCALE["S2 L1C"])
-        write_image(base / cls / f"{key}.jpg", rgb)
-        labels[key] = [cls]
+    draw = functools.partial(_eurosat_rgb, seed, size)
+    labels = _write_pictures(base, classes, n_per_class, "{}_{}".format, ".jpg", draw)
     return result(root, "eurosat", classes, labels, {}, len(labels), data_dir=base)
 
 
@@ -101,19 +140,11 @@ def make_resisc45(
 ) -> dict[str, Any]:
     """NWPU-RESISC45: `NWPU-RESISC45/<class>/<class>_<NNN>.jpg` (NNN from 001), RGB JPEGs.
     Default classes: the first 10 of labels.RESISC45."""
-    root = Path(root)
     classes = tuple(lbl.RESISC45[:10] if classes is None else classes)
+    root = Path(root)
     base = root / "NWPU-RESISC45"
-    labels = {}
-    for ci, cls, n in _class_items(classes, n_per_class):
-        key = f"{cls}_{n:03d}"
-        rng = seeded(seed, "resisc45", key)
-        idx = _class_index(cls, lbl.RESISC45, ci)
-        sigs = np.stack([spectral_signature(idx), spectral_signature(idx) * 0.85])
-        field = render_optical(rng, sigs, label_map(rng, 2, size, grid=6))
-        rgb = to_rgb8(field, bands.S2_L1C, bands.RGB_SCALE["S2 L2A"])
-        write_image(base / cls / f"{key}.jpg", rgb)
-        labels[key] = [cls]
+    draw = functools.partial(_resisc45_rgb, seed, size)
+    labels = _write_pictures(base, classes, n_per_class, "{}_{:03d}".format, ".jpg", draw)
     return result(root, "resisc45", classes, labels, {}, len(labels), data_dir=base)
 
 
@@ -130,9 +161,6 @@ def make_imagefolder(
     root = Path(root)
     for cls in classes:
         parse_shape_class(cls)
-    labels = {}
-    for _, cls, n in _class_items(classes, n_per_class):
-        key = f"{cls.replace(' ', '_')}_{n}"
-        write_image(root / cls / f"{key}.png", shape_image(seeded(seed, "shapes", key), cls, size))
-        labels[key] = [cls]
+    draw = functools.partial(_shape_rgb, seed, size)
+    labels = _write_pictures(root, classes, n_per_class, _shape_key, ".png", draw)
     return result(root, "imagefolder", classes, labels, {}, len(labels), data_dir=root)
