@@ -120,6 +120,7 @@ def ben_patches(n_patches: int, seed: int) -> list[BenPatch]:
 
 
 def _ben_pool(classes: Sequence[str] | None) -> tuple[str, ...]:
+    """The label pool: `classes`, checked against BigEarthNet-43, or BEN_POOL."""
     pool = tuple(BEN_POOL if classes is None else classes)
     unknown = [c for c in pool if c not in lbl.BEN43]
     if unknown or not pool:
@@ -184,6 +185,7 @@ def write_s1_pair(
 
 @functools.cache
 def _wkt(epsg: int) -> str:
+    """The projection string the v1 JSONs carry; cached, as every patch of a tile asks."""
     return CRS.from_epsg(epsg).to_wkt()
 
 
