@@ -20,16 +20,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (130, 80, 40),
     "grey": (128, 128, 128),
 }
-SHAPES: tuple[str, ...] = (
-    "circle",
-    "square",
-    "triangle",
-    "star",
-    "cross",
-    "ring",
-    "diamond",
-    "hexagon",
-)
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
 # The supported-task classes of the generated image folders (the class name describes the image).
 SHAPE_CLASSES: tuple[str, ...] = (
     "red circle",
