@@ -274,9 +274,11 @@ def test_eurosat_rgb_and_resisc45(tmp_path):
     rgb = synth.make_eurosat_rgb(tmp_path / "e", n_per_class=2, classes=("Forest", "River"))
     files = sorted(p.relative_to(tmp_path / "e").as_posix() for p in (tmp_path / "e").rglob("*"))
     assert [f for f in files if f.endswith(".jpg")] == [
-        "2750/Forest/Forest_1.jpg", "2750/Forest/Forest_2.jpg",
-        "2750/River/River_1.jpg", "2750/River/River_2.jpg",
-    ]  # fmt: skip
+        "2750/Forest/Forest_1.jpg",
+        "2750/Forest/Forest_2.jpg",
+        "2750/River/River_1.jpg",
+        "2750/River/River_2.jpg",
+    ]
     with Image.open(tmp_path / "e/2750/River/River_2.jpg") as im:
         assert im.format == "JPEG" and im.mode == "RGB" and im.size == (64, 64)
     assert rgb["labels"]["River_1"] == ["River"]
@@ -317,8 +319,10 @@ def test_imagefolder(tmp_path):
     info = synth.make_imagefolder(tmp_path, n_per_class=3, size=48)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(info["classes"])
     assert [p.name for p in sorted((tmp_path / "red circle").iterdir())] == [
-        "red_circle_1.png", "red_circle_2.png", "red_circle_3.png"
-    ]  # fmt: skip
+        "red_circle_1.png",
+        "red_circle_2.png",
+        "red_circle_3.png",
+    ]
     colours = {"red": (220, 40, 40), "blue": (40, 80, 225), "yellow": (240, 215, 40)}
     for cls in ("red circle", "blue square", "yellow star"):
         for path in (tmp_path / cls).iterdir():
