@@ -105,8 +105,8 @@ def readme_block(heading: str) -> list[list[str]]:
 def test_readme_real_data_commands(local_cluster, tmp_path):
     """The README's "With real data" block, command by command as it stands there, on generated
     trees in the real layouts: only the paths, the model (tiny CLIP), ImageNet (coloured shapes
-    in class folders), the SSL4EO file (generated, for a small student), `--workers 8` (1) and `--gpus-per-trial` (no GPU here) change, and
-    each run is made short with flags appended at the end."""
+    in class folders), the SSL4EO file (generated, for a small student), `--workers 8` (1) and
+    `--gpus-per-trial` (no GPU here) change, and each run is made short with flags appended."""
     import timm
     import torch
 
