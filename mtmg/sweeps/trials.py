@@ -66,19 +66,32 @@ class TeacherInputs:
     heads: list[torch.Tensor]
 
 
-def load_teacher(base: align.AlignConfig, sets: list[tuple[str, str | None]]) -> TeacherInputs:
-    """The teacher of `base` and its zero-shot heads of `sets` (path, nomenclature), loaded
-    once by the driver."""
-    name, pretrained, model_config = align.resolve_teacher(base)
-    torch.manual_seed(base.seed)
+def clip_and_heads(
+    name: str,
+    pretrained: str | None,
+    model_config: str | None,
+    cfg: Any,
+    sets: list[tuple[str, str | None]],
+) -> tuple[clip.ClipBundle, list[torch.Tensor]]:
+    """A CLIP model (a random init seeded by `cfg.seed`) and its zero-shot heads of `sets`
+    (path, nomenclature), with the head cache and templates of the stage config `cfg`."""
+    torch.manual_seed(cfg.seed)
     bundle = clip.load_clip(name, pretrained, model_config=model_config)
     head_weights = heads.dataset_heads(
         bundle,
         name,
         [(loader.ShardSet.open(p), n) for p, n in sets],
-        base.cache_dir,
-        base.templates,
+        cfg.cache_dir,
+        cfg.templates,
     )
+    return bundle, head_weights
+
+
+def load_teacher(base: align.AlignConfig, sets: list[tuple[str, str | None]]) -> TeacherInputs:
+    """The teacher of `base` and its zero-shot heads of `sets` (path, nomenclature), loaded
+    once by the driver."""
+    name, pretrained, model_config = align.resolve_teacher(base)
+    bundle, head_weights = clip_and_heads(name, pretrained, model_config, base, sets)
     model = {
         "model": name,
         "build_kwargs": bundle.build_kwargs,
