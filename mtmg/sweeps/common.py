@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtmg import errors, rundir
+from mtmg import config, errors, rundir
 from mtmg.data import loader
 from mtmg.runtime import tuner
 from mtmg.sweeps import options, outputs
@@ -207,3 +207,34 @@ def best_md(
         f"Run it: `python -m {stage} --config best_config.yaml`",
         "",
     ]
+
+
+def failed_summary(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """summary.json's failed trials: their `keys`, trial id and error."""
+    return [
+        {**{k: r.get(f"config/{k}") for k in keys}, "trial_id": r["trial_id"], "error": r["error"]}
+        for r in failed(rows)
+    ]
+
+
+def write_outputs(
+    cfg: options.SweepConfig,
+    out: Path,
+    rows: list[dict[str, Any]],
+    md: list[str],
+    summary: dict[str, Any],
+    best_config: dict[str, Any] | None,
+    stage: str,
+    base: Any,
+) -> None:
+    """`outputs.write_outputs` with the sweep's spec and `<stage>_config.yaml`, the stage
+    config (`base`) every trial started from."""
+    outputs.write_outputs(
+        out,
+        rows,
+        summary_md="\n".join(md),
+        summary=summary,
+        spec=options.resolved_spec(cfg),
+        best_config=best_config,
+        stage_configs={f"{stage}_config": config.to_dict(base)},
+    )

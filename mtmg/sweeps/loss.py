@@ -31,20 +31,12 @@ SPACE = ("w_img", "w_txt", "w_kd", "distance", "lr")
 
 
 @dataclass(frozen=True)
-class LossSweepConfig(options.SweepConfig):
+class LossSweepConfig(options.StageSweepConfig):
     """Options of the loss sweep (the common sweep options first)."""
 
     data: str | None = option(None, help="shard set to align on (train; val for the objective)")
     eval_data: tuple[str, ...] = option((), help="more shard sets to report test metrics on")
     teacher: str | None = option(None, help="a mtmg.patch / alpha-sweep output dir (teacher)")
-    model: str | None = option(None, help="teacher open_clip model when no --teacher")
-    pretrained: str = option(
-        "",
-        help="teacher tag or file when no --teacher, 'none' for random init "
-        "(default: mtmg.align's)",
-    )
-    epochs: int | None = option(None, help="epochs per trial (default: mtmg.align's)")
-    cache_dir: str | None = option(None, help="zero-shot head cache")
     align: tuple[str, ...] = option(
         (),
         help="an mtmg.align option of every trial as KEY=VALUE (repeatable; lists "
@@ -93,9 +85,6 @@ def align_config(cfg: LossSweepConfig) -> align.AlignConfig:
     named = options.given(
         eval_data=tuple(common.absolute(p) for p in cfg.eval_data),
         teacher=cfg.teacher and common.absolute(cfg.teacher),
-        model=cfg.model,
-        epochs=cfg.epochs,
-        cache_dir=cfg.cache_dir,
     )
     fixed = {
         "data": common.absolute(cfg.data),
@@ -103,7 +92,7 @@ def align_config(cfg: LossSweepConfig) -> align.AlignConfig:
         "eval_every": 1,
         "eval_init": False,
     }
-    values = {**options.pretrained(cfg.pretrained), **named, **fixed}
+    values = {**options.named_values(cfg), **named, **fixed}
     return options.stage_config(align.AlignConfig, cfg.align_config, cfg.align, "--align", values)
 
 
@@ -233,17 +222,9 @@ def write(
         "best_objective": best["objective"] if best else None,
         "best_test": {k: best.get(k) for k in test_keys} if best else None,
         "trials": len(rows),
-        "failed": [{"trial_id": r["trial_id"], "error": r["error"]} for r in common.failed(rows)],
+        "failed": common.failed_summary(rows, []),
     }
-    outputs.write_outputs(
-        out,
-        rows,
-        summary_md="\n".join(md),
-        summary=summary,
-        spec=options.resolved_spec(cfg),
-        best_config=best_config,
-        stage_configs={"align_config": config.to_dict(base)},
-    )
+    common.write_outputs(cfg, out, rows, md, summary, best_config, "align", base)
     plot(rows, out / "loss_sweep.png", cfg.objective)
     return summary
 

@@ -60,6 +60,22 @@ class SweepConfig:
     )
 
 
+@dataclass(frozen=True)
+class StageSweepConfig(SweepConfig):
+    """The common options, and the stage settings every sweep names (over --patch/--align)."""
+
+    model: str | None = option(
+        None, help="open_clip model of the CLIP (when aligning: the teacher, if no --teacher)"
+    )
+    pretrained: str = option(
+        "",
+        help="its weights: an open_clip tag or file, 'none' for random init "
+        "(default: the stage's, openai)",
+    )
+    epochs: int | None = option(None, help="epochs per trial (default: the stage's)")
+    cache_dir: str | None = option(None, help="zero-shot head cache")
+
+
 def parse(cls: type[T], argv: Sequence[str] | None, description: str, epilog: str = "") -> T:
     """A sweep config from the command line: defaults < --spec < --config < flags."""
     parser = config.build_parser(cls, description, epilog)
@@ -167,11 +183,12 @@ def given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v not in (None, "", ())}
 
 
-def pretrained(value: str) -> dict[str, Any]:
-    """`--pretrained` as stage values: nothing when not given, None for 'none' (random init)."""
-    if not value:
-        return {}
-    return {"pretrained": None if value.lower() == "none" else value}
+def named_values(cfg: StageSweepConfig) -> dict[str, Any]:
+    """The stage settings of `StageSweepConfig` that were given ('none' weights: None)."""
+    out = given(model=cfg.model, epochs=cfg.epochs, cache_dir=cfg.cache_dir)
+    if cfg.pretrained:
+        out["pretrained"] = None if cfg.pretrained.lower() == "none" else cfg.pretrained
+    return out
 
 
 def check_overrides(cls: type, items: Sequence[str], flag: str, swept: Sequence[str]) -> None:

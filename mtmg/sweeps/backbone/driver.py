@@ -45,7 +45,7 @@ ALIGN_SWEPT = ("student", "student_init", "data")
 
 
 @dataclass(frozen=True)
-class BackboneSweepConfig(options.SweepConfig):
+class BackboneSweepConfig(options.StageSweepConfig):
     """Options of the backbone sweep (the common sweep options first)."""
 
     stage: str = option(
@@ -74,12 +74,6 @@ class BackboneSweepConfig(options.SweepConfig):
     )
     # align stage
     teacher: str | None = option(None, help="align: a mtmg.patch / alpha-sweep output dir")
-    model: str | None = option(None, help="align: teacher open_clip model when no --teacher")
-    pretrained: str = option(
-        "",
-        help="teacher weights when not given: an open_clip tag or file, 'none' for random "
-        "init (default: the stage's, openai)",
-    )
     students: tuple[str, ...] = option(
         ("vit_small_patch16_224",), help="align: timm student architectures"
     )
@@ -99,9 +93,6 @@ class BackboneSweepConfig(options.SweepConfig):
         help="align: validation objective (MS zero-shot, mean R@1, or their sum)",
         choices=list(trials.OBJECTIVES),
     )
-    # both stages
-    epochs: int | None = option(None, help="epochs per trial (default: the stage's)")
-    cache_dir: str | None = option(None, help="zero-shot head cache")
 
 
 def check_options(cfg: BackboneSweepConfig) -> None:
@@ -170,7 +161,6 @@ def init_label(init: str) -> str:
 
 def patch_config(cfg: BackboneSweepConfig, paths: list[str], supported: list[str]) -> Any:
     """The patching settings every trial starts from (teacher and dataset vary per trial)."""
-    named = options.given(epochs=cfg.epochs, cache_dir=cfg.cache_dir)
     fixed = {
         "out": str(Path(cfg.out).resolve() / "trial"),
         "workers": 1,
@@ -178,18 +168,13 @@ def patch_config(cfg: BackboneSweepConfig, paths: list[str], supported: list[str
         "data": paths[0],
         "supported": tuple(supported),
     }
-    values = {**options.pretrained(cfg.pretrained), **named, **fixed}
+    values = {**options.named_values(cfg), **fixed}
     return options.stage_config(patch.PatchConfig, cfg.patch_config, cfg.patch, "--patch", values)
 
 
 def align_config(cfg: BackboneSweepConfig, paths: list[str]) -> align.AlignConfig:
     """The alignment settings every trial starts from (student, init, dataset vary)."""
-    named = options.given(
-        epochs=cfg.epochs,
-        cache_dir=cfg.cache_dir,
-        model=cfg.model,
-        teacher=cfg.teacher and common.absolute(cfg.teacher),
-    )
+    named = options.given(teacher=cfg.teacher and common.absolute(cfg.teacher))
     fixed = {
         "out": str(Path(cfg.out).resolve() / "trial"),
         "eval_every": 1,
@@ -198,7 +183,7 @@ def align_config(cfg: BackboneSweepConfig, paths: list[str]) -> align.AlignConfi
         "eval_data": (),
         "workers": 1,
     }
-    values = {**options.pretrained(cfg.pretrained), **named, **fixed}
+    values = {**options.named_values(cfg), **named, **fixed}
     return options.stage_config(align.AlignConfig, cfg.align_config, cfg.align, "--align", values)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mtmg import config
-from mtmg.sweeps import common, options, outputs
+from mtmg.sweeps import common, outputs
 
 PATCH_COLUMNS = [
     "trial_id",
@@ -82,6 +82,69 @@ def matrix_of(rows: list[dict[str, Any]], stage: str, metric: str) -> dict[str, 
     return matrix
 
 
+def best_per_dataset(
+    finished: list[dict[str, Any]], datasets: list[str], stage: str, metric: str
+) -> dict[str, dict[str, Any]]:
+    """dataset -> the backbone of its highest validation objective, with its test metric."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in datasets:
+        top = max(
+            (r for r in finished if r.get("config/dataset") == d),
+            key=lambda r: r["objective"],
+            default=None,
+        )
+        if top is not None:
+            out[d] = {
+                "backbone": row_label(top, stage),
+                "objective": top["objective"],
+                metric: top.get(metric),
+            }
+    return out
+
+
+def markdown(
+    cfg: Any,
+    rows: list[dict[str, Any]],
+    matrix: dict[str, dict[str, Any]],
+    datasets: list[str],
+    per_dataset: dict[str, dict[str, Any]],
+    metric: str,
+) -> list[str]:
+    """summary.md, less its best-configuration and failed-trials sections."""
+    if cfg.stage == "patch":
+        what, cols = "CLIP teacher x patching dataset", PATCH_COLUMNS
+        objective = (
+            "PAINT's rule on validation (mean of patching and supported metric at the chosen alpha)"
+        )
+    else:
+        what, cols = "student x init x alignment dataset", ALIGN_COLUMNS
+        objective = f"validation {cfg.objective} of the aligned student"
+    table = [{"backbone": b, **m} for b, m in matrix.items()]
+    md = [
+        f"# Backbone sweep ({cfg.stage} stage): {what}",
+        "",
+        f"objective: {objective}",
+        "",
+        outputs.markdown_table(common.ranked(rows), cols),
+        "",
+        f"## {metric} (backbone x dataset, %)",
+        "",
+        outputs.markdown_table(table, ["backbone", *datasets]),
+        "",
+    ]
+    if per_dataset:
+        md += [
+            "## Best backbone per dataset (validation objective)",
+            "",
+            *[
+                f"- {d}: {v['backbone']} (objective {v['objective']:.2f}, {metric} {v[metric]:.2f})"
+                for d, v in per_dataset.items()
+            ],
+            "",
+        ]
+    return md
+
+
 def write(cfg: Any, base: Any, inputs: Any, out: Path, rows: list[dict[str, Any]]) -> dict:
     """Table, summary, best config (a config file of the stage) and the heat map."""
     stage = cfg.stage
@@ -93,58 +156,10 @@ def write(cfg: Any, base: Any, inputs: Any, out: Path, rows: list[dict[str, Any]
     ]
     best = max(finished, key=lambda r: r["objective"], default=None)
     metric = "test_patched" if stage == "patch" else "test_zeroshot"
-    what = (
-        "CLIP teacher x patching dataset"
-        if stage == "patch"
-        else "student x init x alignment dataset"
-    )
-    objective_text = (
-        "PAINT's rule on validation (mean of patching and supported metric at the chosen alpha)"
-        if stage == "patch"
-        else f"validation {cfg.objective} of the aligned student"
-    )
-    cols = PATCH_COLUMNS if stage == "patch" else ALIGN_COLUMNS
-    md = [
-        f"# Backbone sweep ({stage} stage): {what}",
-        "",
-        f"objective: {objective_text}",
-        "",
-        outputs.markdown_table(common.ranked(rows), cols),
-        "",
-    ]
     matrix = matrix_of(rows, stage, metric)
-    cols_d = list(inputs.datasets)
-    md += [
-        f"## {metric} (backbone x dataset, %)",
-        "",
-        outputs.markdown_table(
-            [{"backbone": b, **m} for b, m in matrix.items()], ["backbone", *cols_d]
-        ),
-        "",
-    ]
-    per_dataset: dict[str, dict[str, Any]] = {}
-    for d in cols_d:
-        top = max(
-            (r for r in finished if r.get("config/dataset") == d),
-            key=lambda r: r["objective"],
-            default=None,
-        )
-        if top is not None:
-            per_dataset[d] = {
-                "backbone": row_label(top, stage),
-                "objective": top["objective"],
-                metric: top.get(metric),
-            }
-    if per_dataset:
-        md += [
-            "## Best backbone per dataset (validation objective)",
-            "",
-            *[
-                f"- {d}: {v['backbone']} (objective {v['objective']:.2f}, {metric} {v[metric]:.2f})"
-                for d, v in per_dataset.items()
-            ],
-            "",
-        ]
+    datasets = list(inputs.datasets)
+    per_dataset = best_per_dataset(finished, datasets, stage, metric)
+    md = markdown(cfg, rows, matrix, datasets, per_dataset, metric)
     if best is not None:
         run_with = "mtmg.patch" if stage == "patch" else "mtmg.align"
         md += common.best_md(best, keys, [f"- {metric} = {best.get(metric):.2f}"], run_with)
@@ -159,28 +174,14 @@ def write(cfg: Any, base: Any, inputs: Any, out: Path, rows: list[dict[str, Any]
         "matrix": matrix,
         "best_per_dataset": per_dataset,
         "trials": len(rows),
-        "failed": [
-            {
-                **{k: r.get(f"config/{k}") for k in keys},
-                "trial_id": r["trial_id"],
-                "error": r["error"],
-            }
-            for r in common.failed(rows)
-        ],
+        "failed": common.failed_summary(rows, keys),
     }
-    outputs.write_outputs(
-        out,
-        rows,
-        summary_md="\n".join(md),
-        summary=summary,
-        spec=options.resolved_spec(cfg),
-        best_config=best_config(cfg, base, inputs, best, out) if best else None,
-        stage_configs={f"{stage}_config": config.to_dict(base)},
-    )
+    best_file = best_config(cfg, base, inputs, best, out) if best else None
+    common.write_outputs(cfg, out, rows, md, summary, best_file, stage, base)
     outputs.heatmap(
         matrix,
         list(matrix),
-        cols_d,
+        datasets,
         out / "backbone_heatmap.png",
         title=f"backbone sweep ({stage}): {metric}",
         label=f"{metric} (%)",

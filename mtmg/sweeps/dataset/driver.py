@@ -46,7 +46,7 @@ SWEPT = ("data", "joint_data", "supported", "eval_data")  # set per trial: not f
 
 
 @dataclass(frozen=True)
-class DatasetSweepConfig(options.SweepConfig):
+class DatasetSweepConfig(options.StageSweepConfig):
     """Options of the dataset sweep (the common sweep options first)."""
 
     patching: tuple[str, ...] = option(
@@ -60,12 +60,6 @@ class DatasetSweepConfig(options.SweepConfig):
     supported: tuple[str, ...] = option(
         (), help="supported-task shard sets: alpha selection (PAINT's rule) and evaluation"
     )
-    model: str | None = option(None, help="open_clip model (default: mtmg.patch's, ViT-B-32)")
-    pretrained: str = option(
-        "", help="open_clip tag or weight file, 'none' for random init (default: mtmg.patch's)"
-    )
-    epochs: int | None = option(None, help="fine-tuning epochs per trial")
-    cache_dir: str | None = option(None, help="zero-shot head cache")
     patch: tuple[str, ...] = option(
         (),
         help="an mtmg.patch option of every trial as KEY=VALUE (repeatable; lists "
@@ -134,7 +128,6 @@ def patch_config(
     cfg: DatasetSweepConfig, patching: list[str], supported: list[str], paths: list[str]
 ) -> patch.PatchConfig:
     """The patching settings every trial starts from (its sets vary per trial)."""
-    named = options.given(model=cfg.model, epochs=cfg.epochs, cache_dir=cfg.cache_dir)
     fixed = {
         "out": str(Path(cfg.out).resolve() / "trial"),
         "workers": 1,
@@ -143,7 +136,7 @@ def patch_config(
         "supported": tuple(supported),
         "eval_data": tuple(p for p in paths if p not in patching and p not in supported),
     }
-    values = {**options.pretrained(cfg.pretrained), **named, **fixed}
+    values = {**options.named_values(cfg), **fixed}
     return options.stage_config(patch.PatchConfig, cfg.patch_config, cfg.patch, "--patch", values)
 
 

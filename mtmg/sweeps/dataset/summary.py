@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from mtmg import config
 from mtmg.stages.patch import driver as patch
-from mtmg.sweeps import common, options, outputs
+from mtmg.sweeps import common, outputs
 from mtmg.sweeps.dataset.trial import DatasetTrialInputs, trial_sets
 
 if TYPE_CHECKING:
@@ -56,6 +56,77 @@ def entry_config(
     }
 
 
+TRIAL_COLUMNS = [
+    "trial_id",
+    "status",
+    "config/patching",
+    "alpha",
+    "self_gain",
+    "mean_gain",
+    "val_patching",
+    "val_supported",
+    "time_s",
+    "error",
+]
+
+
+def gain_matrix(
+    rows: list[dict[str, Any]], inputs: DatasetTrialInputs, long: list[dict[str, Any]]
+) -> dict[str, dict[str, float | None]]:
+    """patching entry -> evaluation dataset -> gain, the entries of the trials in --patching
+    order (None: no gain)."""
+    ran = {r["config/patching"] for r in rows}
+    matrix = {lab: dict.fromkeys(inputs.labels) for lab in inputs.entries if lab in ran}
+    for m in long:
+        matrix[m["patching"]][m["evaluation"]] = m["gain"]
+    return matrix
+
+
+def markdown(
+    base: patch.PatchConfig,
+    rows: list[dict[str, Any]],
+    matrix: dict[str, dict[str, float | None]],
+    labels: list[str],
+    long: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+) -> list[str]:
+    """summary.md, less its failed-trials section."""
+    metric_of = {m["evaluation"]: m["metric"] for m in long}
+    zeroshot = {m["evaluation"]: m["zeroshot"] for m in long}
+    md = [
+        "# Dataset sweep: gains of patching over zero-shot",
+        "",
+        "rows: patching datasets, A+B a mixture of datasets (joint patching)",
+        "",
+        f"model: {base.model} ({base.pretrained or 'random init'}); alpha by the "
+        f"{base.selection} rule on validation; test split (val where there is none)",
+        "",
+        "## Gain (patched minus zero-shot, points; rows: patching, columns: evaluation)",
+        "",
+        outputs.markdown_table(
+            [{"patching": p, **v} for p, v in matrix.items()], ["patching", *labels]
+        ),
+        "",
+        "zero-shot: " + ", ".join(f"{e} {metric_of[e]} {v:.2f}" for e, v in zeroshot.items()),
+        "",
+        "## Trials",
+        "",
+        outputs.markdown_table(rows, TRIAL_COLUMNS),
+        "",
+    ]
+    if best is not None:
+        md += [
+            "## Best patching dataset or mixture (largest mean gain)",
+            "",
+            f"- {best['config/patching']}: mean gain {best['mean_gain']:.2f}, gain on itself "
+            f"{best['self_gain']:.2f}, alpha {best['alpha']:g}",
+            "",
+            "Run it: `python -m mtmg.patch --config best_config.yaml`",
+            "",
+        ]
+    return md
+
+
 def write(
     cfg: DatasetSweepConfig,
     base: patch.PatchConfig,
@@ -68,58 +139,12 @@ def write(
 
     labels = inputs.labels
     long = matrix_rows(rows, labels)
-    matrix: dict[str, dict[str, float | None]] = {}
-    order = [r["config/patching"] for r in rows]
-    order = [lab for lab in inputs.entries if lab in order]
-    for lab in order:
-        matrix[lab] = dict.fromkeys(labels)
-    for m in long:
-        matrix[m["patching"]][m["evaluation"]] = m["gain"]
+    matrix = gain_matrix(rows, inputs, long)
     zeroshot = {m["evaluation"]: m["zeroshot"] for m in long}
     finished = [r for r in rows if r["status"] != "ERROR" and r.get("done_training")]
     best = max(finished, key=lambda r: r["mean_gain"], default=None)
     best_config = entry_config(base, inputs, best["config/patching"], out) if best else None
-    metric_of = {m["evaluation"]: m["metric"] for m in long}
-    md = [
-        "# Dataset sweep: gains of patching over zero-shot",
-        "",
-        "rows: patching datasets, A+B a mixture of datasets (joint patching)",
-        "",
-        f"model: {base.model} ({base.pretrained or 'random init'}); alpha by the "
-        f"{base.selection} rule on validation; test split (val where there is none)",
-        "",
-        "## Gain (patched minus zero-shot, points; rows: patching, columns: evaluation)",
-        "",
-        outputs.markdown_table(
-            [{"patching": p, **matrix[p]} for p in order], ["patching", *labels]
-        ),
-        "",
-        "zero-shot: " + ", ".join(f"{e} {metric_of[e]} {v:.2f}" for e, v in zeroshot.items()),
-        "",
-    ]
-    cols = [
-        "trial_id",
-        "status",
-        "config/patching",
-        "alpha",
-        "self_gain",
-        "mean_gain",
-        "val_patching",
-        "val_supported",
-        "time_s",
-        "error",
-    ]
-    md += ["## Trials", "", outputs.markdown_table(rows, cols), ""]
-    if best is not None:
-        md += [
-            "## Best patching dataset or mixture (largest mean gain)",
-            "",
-            f"- {best['config/patching']}: mean gain {best['mean_gain']:.2f}, gain on itself "
-            f"{best['self_gain']:.2f}, alpha {best['alpha']:g}",
-            "",
-            "Run it: `python -m mtmg.patch --config best_config.yaml`",
-            "",
-        ]
+    md = markdown(base, rows, matrix, labels, long, best)
     md += common.failed_md(rows, lambda r: str(r.get("config/patching")))
     summary = {
         "model": base.model,
@@ -129,25 +154,14 @@ def write(
         "best": best["config/patching"] if best else None,
         "best_mean_gain": best["mean_gain"] if best else None,
         "trials": len(rows),
-        "failed": [
-            {"patching": r.get("config/patching"), "trial_id": r["trial_id"], "error": r["error"]}
-            for r in common.failed(rows)
-        ],
+        "failed": common.failed_summary(rows, ["patching"]),
     }
-    outputs.write_outputs(
-        out,
-        rows,
-        summary_md="\n".join(md),
-        summary=summary,
-        spec=options.resolved_spec(cfg),
-        best_config=best_config,
-        stage_configs={"patch_config": config.to_dict(base)},
-    )
+    common.write_outputs(cfg, out, rows, md, summary, best_config, "patch", base)
     if long:
         tables.write_table(long, out / "gains")
     outputs.heatmap(
         matrix,
-        order,
+        list(matrix),
         labels,
         out / "gains.png",
         diverging=True,
