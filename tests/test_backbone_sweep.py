@@ -16,9 +16,7 @@ import pytest
 import torch
 
 from mtmg import config, faults, prep, synth
-from mtmg.models import clip as models
-from mtmg.models import student as st
-from mtmg.models import weights
+from mtmg.models import clip, student, weights
 from mtmg.stages.align import driver as align
 from mtmg.stages.patch import driver as patch
 from mtmg.sweeps import trials
@@ -42,10 +40,10 @@ def sets(tmp_path_factory, ray_session):
         prep.shard(prep.ShardConfig(kind, str(root / name), str(root / f"{name}-shards"),
                                     shard_size=32, progress=False))  # fmt: skip
     torch.manual_seed(7)
-    weights.save_checkpoint(models.load_clip("mtmg-tiny-vit").model, root / "tiny.safetensors")
+    weights.save_checkpoint(clip.load_clip("mtmg-tiny-vit").model, root / "tiny.safetensors")
     torch.manual_seed(8)
-    spec = st.StudentSpec("vit_small_patch16_224", "ms", 32, 64, json.loads(STUDENT))
-    torch.save(st.build_student(spec).trunk.state_dict(), root / "ssl4eo.pth")
+    spec = student.StudentSpec("vit_small_patch16_224", "ms", 32, 64, json.loads(STUDENT))
+    torch.save(student.build_student(spec).trunk.state_dict(), root / "ssl4eo.pth")
     return root
 
 
