@@ -28,6 +28,8 @@ from mtmg.sweeps import common, options, outputs, trials
 option = config.option
 NAME = "loss_sweep"
 SPACE = ("w_img", "w_txt", "w_kd", "distance", "lr")
+# what the sweep sets in every trial: not for --align
+FIXED = ("data", "out", "eval_every", "eval_init")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def check_options(cfg: LossSweepConfig) -> None:
         raise ValueError(f"--distance: choose from {list(align.DISTANCES)}, got {bad}")
     if cfg.objective not in trials.OBJECTIVES:
         raise ValueError(f"unknown --objective {cfg.objective!r}")
-    options.check_overrides(align.AlignConfig, cfg.align, "--align", SPACE)
+    options.check_overrides(align.AlignConfig, cfg.align, "--align", (*SPACE, *FIXED))
 
 
 def align_config(cfg: LossSweepConfig) -> align.AlignConfig:
@@ -97,6 +99,7 @@ def align_config(cfg: LossSweepConfig) -> align.AlignConfig:
 
 
 def space_values(cfg: LossSweepConfig) -> dict[str, tuple]:
+    """The values of each space option."""
     return {k: tuple(getattr(cfg, k)) for k in SPACE}
 
 

@@ -130,6 +130,7 @@ def overrides(cls: type, items: Sequence[str], flag: str) -> dict[str, Any]:
     """Typed field values of `cls` from `KEY=VALUE` items, each VALUE read as the stage's own
     command-line flag reads it (a list: comma-separated; a bool: true/false; none: None)."""
     hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
     parser = config.build_parser(cls, "")
     parser.exit_on_error = False
     out: dict[str, Any] = {}
@@ -138,8 +139,8 @@ def overrides(cls: type, items: Sequence[str], flag: str) -> dict[str, Any]:
         name = override_key(item)
         if not sep or not name:
             raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
-        if name not in hints or name not in {f.name for f in dataclasses.fields(cls)}:
-            known = sorted(f.name for f in dataclasses.fields(cls))
+        if name not in names:
+            known = sorted(names)
             raise ValueError(f"{flag} {item!r}: unknown option {key.strip()!r}; known: {known}")
         args = typing.get_args(hints[name])
         if type(None) in args and value.strip().lower() in ("none", "null"):

@@ -40,8 +40,17 @@ option = config.option
 NAME = "backbone_sweep"
 STAGES = ("patch", "align")
 # what each stage's trials set themselves: not for --patch / --align
-PATCH_SWEPT = ("model", "pretrained", "data", "supported", "joint_data")
-ALIGN_SWEPT = ("student", "student_init", "data")
+PATCH_SWEPT = ("model", "pretrained", "data", "supported", "joint_data", "out", "workers")
+ALIGN_SWEPT = (
+    "student",
+    "student_init",
+    "data",
+    "eval_data",
+    "out",
+    "eval_every",
+    "eval_init",
+    "workers",
+)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ from mtmg.sweeps.dataset import summary, trial
 option = config.option
 NAME = "dataset_sweep"
 MIX = "+"  # joins the shard sets of a mixture in a --patching entry
-SWEPT = ("data", "joint_data", "supported", "eval_data")  # set per trial: not for --patch
+# what the sweep sets in every trial: not for --patch
+SWEPT = ("data", "joint_data", "supported", "eval_data", "out", "workers")
 
 
 @dataclass(frozen=True)
