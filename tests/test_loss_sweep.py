@@ -16,6 +16,7 @@ import pytest
 from mtmg import config, faults, prep, synth
 from mtmg.stages.align import driver as align
 from mtmg.sweeps import loss as loss_sweep
+from mtmg.sweeps import options
 
 from conftest import REPO
 
@@ -182,6 +183,19 @@ def test_bad_input_fails_before_ray(shards, tmp_path, capsys):
     assert loss_sweep.main(_argv(shards, tmp_path / "b", "--align", "w_txt=0.1")) == 2
     assert "the sweep sets w_txt itself" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_align_overrides_read_as_mtmg_align_reads_its_flags():
+    items = ["augment=false", "gpu-augment=none", "recall_ks=1,5", f"student_args={STUDENT}",
+             "pretrained=none", "distance=cosine"]  # fmt: skip
+    assert options.overrides(align.AlignConfig, items, "--align") == {
+        "augment": False, "gpu_augment": None, "recall_ks": (1, 5), "student_args": STUDENT,
+        "pretrained": None, "distance": "cosine",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="--align 'augment=maybe': expected true or false"):
+        options.overrides(align.AlignConfig, ["augment=maybe"], "--align")
+    with pytest.raises(ValueError, match="--align 'lr': expected KEY=VALUE"):
+        options.overrides(align.AlignConfig, ["lr"], "--align")
 
 
 def test_help(cli):
