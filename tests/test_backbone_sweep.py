@@ -15,12 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtmg import config, prep, synth
-from mtmg.models import clip as models
-from mtmg.models import student as st
-from mtmg.models import weights
+from mtmg import config, faults, prep, synth
+from mtmg.models import clip, student, weights
 from mtmg.stages.align import driver as align
 from mtmg.stages.patch import driver as patch
+from mtmg.sweeps import trials
 from mtmg.sweeps.backbone import driver as backbone_sweep
 
 from conftest import REPO
@@ -41,21 +40,19 @@ def sets(tmp_path_factory, ray_session):
         prep.shard(prep.ShardConfig(kind, str(root / name), str(root / f"{name}-shards"),
                                     shard_size=32, progress=False))  # fmt: skip
     torch.manual_seed(7)
-    weights.save_checkpoint(models.load_clip("mtmg-tiny-vit").model, root / "tiny.safetensors")
+    weights.save_checkpoint(clip.load_clip("mtmg-tiny-vit").model, root / "tiny.safetensors")
     torch.manual_seed(8)
-    spec = st.StudentSpec("vit_small_patch16_224", "ms", 32, 64, json.loads(STUDENT))
-    torch.save(st.build_student(spec).trunk.state_dict(), root / "ssl4eo.pth")
+    spec = student.StudentSpec("vit_small_patch16_224", "ms", 32, 64, json.loads(STUDENT))
+    torch.save(student.build_student(spec).trunk.state_dict(), root / "ssl4eo.pth")
     return root
 
 
-def _common(root: Path, out: Path) -> list[str]:
-    return ["--out", str(out), "--batch-size", "16", "--warmup-steps", "3",
-            "--loader-workers", "0", "--eval-batch-size", "64",
-            "--cache-dir", str(root / "cache")]  # fmt: skip
+TRAINING = ["batch_size=16", "warmup_steps=3", "loader_workers=0", "eval_batch_size=64"]
 
 
 def _patch_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return [*_common(root, out), "--lr", "3e-3", "--alphas", "0", "0.5", "1", *extra]
+    return ["--out", str(out), "--cache-dir", str(root / "cache"), "--patch", *TRAINING,
+            "lr=3e-3", "alphas=0,0.5,1", *extra]  # fmt: skip
 
 
 def _table(out: Path) -> list[dict]:
@@ -104,6 +101,8 @@ def test_patch_stage_grid_with_a_failing_teacher(sets, tmp_path):
     for name in ("sweep.csv", "summary.md", "spec.yaml", "backbone_heatmap.png"):
         assert (out / name).exists(), name
     assert "ViT-Q-99" in (out / "summary.md").read_text()
+    base = config.load_yaml(patch.PatchConfig, out / "patch_config.yaml")  # what trials start from
+    assert (base["lr"], base["alphas"], base["epochs"]) == (3e-3, [0.0, 0.5, 1.0], 4)
 
     # best_config.yaml is an mtmg.patch config; the trial's numbers are a plain patch run's
     values = config.load_yaml(patch.PatchConfig, out / "best_config.yaml")
@@ -122,15 +121,16 @@ def test_patch_stage_grid_with_a_failing_teacher(sets, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert res["alpha"] == best["alpha"]
-    test = backbone_sweep.eval_values(res["rows"], res["alpha"])[cfg.data]
+    test = trials.eval_values(res["rows"], res["alpha"])[cfg.data]
     assert test["patched"] == pytest.approx(best["test_patched"], abs=1e-3)
     assert test["zeroshot"] == pytest.approx(best["test_zeroshot"], abs=1e-6)
 
 
 def _align_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return [*_common(root, out), "--stage", "align", "--model", "mtmg-tiny-vit",
-            "--pretrained", str(root / "tiny.safetensors"), "--student-args", STUDENT,
-            "--student-size", "32", *extra]  # fmt: skip
+    return ["--out", str(out), "--cache-dir", str(root / "cache"), "--stage", "align",
+            "--model", "mtmg-tiny-vit", "--pretrained", str(root / "tiny.safetensors"),
+            "--align", *TRAINING, f"student_args={STUDENT}", "student_size=32",
+            *extra]  # fmt: skip
 
 
 def test_align_stage_students_and_inits(sets, tmp_path):
@@ -183,10 +183,11 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
     argv = [sys.executable, SCRIPT, *_patch_argv(
         sets, out, "--teachers", f"mtmg-tiny-vit:{sets / 'tiny.safetensors'}",
         "--data", str(sets / "ben-shards"), str(sets / "ems-shards"), "--epochs", "1",
-        "--max-concurrent", "1", "--trial-delay", "2",
+        "--max-concurrent", "1",
     )]  # fmt: skip
+    env = {**os.environ, faults.ENV: "trial_delay=2"}
     proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     exp = out / "tune" / backbone_sweep.NAME
     try:
         deadline = time.time() + 300
@@ -244,6 +245,13 @@ def test_bad_input_fails_before_ray(sets, tmp_path, capsys):
     argv = _align_argv(sets, out, "--data", ben, str(sets / "img-shards"))
     assert backbone_sweep.main(argv) == 2
     assert "no multispectral bands" in capsys.readouterr().err
+    # stage overrides: an unknown key is named; the other stage's overrides are refused
+    argv = [*_patch_argv(sets, out, "--teachers", "ViT-B-32", "--data", ben), "--patch", "lr_max=1"]
+    assert backbone_sweep.main(argv) == 2
+    assert "--patch 'lr_max=1': unknown option 'lr_max'" in capsys.readouterr().err
+    argv = _patch_argv(sets, out, "--teachers", "ViT-B-32", "--data", ben, "--align", "lr=1")
+    assert backbone_sweep.main(argv) == 2
+    assert "apply to --stage align" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -262,8 +270,9 @@ def test_teacher_specs():
 def test_help(cli):
     r = cli["backbone_sweep --help"]
     assert r.returncode == 0
-    for opt in ("--stage", "--teachers", "--students", "--student-inits", "--student-args",
+    for opt in ("--stage", "--teachers", "--students", "--student-inits",
                 "--data", "--supported", "--resume", "--cluster", "--cpus-per-trial",
                 "--gpus-per-trial", "--max-concurrent", "--num-samples", "--storage",
-                "--spec", "--search"):  # fmt: skip
+                "--spec", "--search", "--patch", "--patch-config", "--align",
+                "--align-config"):  # fmt: skip
         assert opt in r.stdout, opt

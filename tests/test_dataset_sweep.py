@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mtmg import config, prep, synth
-from mtmg.runtime import tuner as tuning
+from mtmg import config, faults, prep, synth
 from mtmg.stages.patch import driver as patch
-from mtmg.sweeps import dataset as dataset_sweep
+from mtmg.sweeps import options
+from mtmg.sweeps.dataset import driver as dataset_sweep
 
 from conftest import REPO
 
@@ -44,8 +44,8 @@ def sets(tmp_path_factory, ray_session):
 
 def _argv(root: Path, out: Path, *extra: str) -> list[str]:
     return ["--out", str(out), "--model", "mtmg-tiny-vit", "--pretrained", "none",
-            "--lr", "3e-3", "--warmup-steps", "3", "--batch-size", "16", "--alphas", "0", "0.5",
-            "1", "--loader-workers", "0", "--eval-batch-size", "64",
+            "--patch", "lr=3e-3", "warmup_steps=3", "batch_size=16", "alphas=0,0.5,1",
+            "--patch", "loader_workers=0", "eval_batch_size=64",
             "--cache-dir", str(root / "cache"), *extra]  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def test_gain_matrix_with_a_failing_trial(sets, tmp_path):
     code = dataset_sweep.main(_argv(
         sets, out, "--patching", str(sets / "ben-shards"), str(sets / "ems-shards"),
         str(sets / "noval-shards"), "--eval-data", str(sets / "img-shards"), "--epochs", "6",
-        "--selection", "patching",
+        "--patch", "selection=patching",
     ))  # fmt: skip
     assert code == 0
     rows = {r["config/patching"]: r for r in _table(out / "sweep.parquet")}
@@ -102,9 +102,11 @@ def test_gain_matrix_with_a_failing_trial(sets, tmp_path):
     for name in ("sweep.csv", "gains.csv", "gains.png", "spec.yaml"):
         assert (out / name).exists(), name
     # spec.yaml gives the same sweep back (--spec; flags would override it)
-    again = tuning.parse(dataset_sweep.DatasetSweepConfig, ["--spec", str(out / "spec.yaml")], "")
+    again = options.parse(dataset_sweep.DatasetSweepConfig, ["--spec", str(out / "spec.yaml")], "")
     assert again.patching == tuple(str(sets / f"{n}-shards") for n in ("ben", "ems", "noval"))
-    assert again.epochs == 6 and again.selection == "patching" and again.out == str(out)
+    assert again.epochs == 6 and "selection=patching" in again.patch and again.out == str(out)
+    base = config.load_yaml(patch.PatchConfig, out / "patch_config.yaml")  # what trials start from
+    assert (base["selection"], base["lr"], base["alphas"]) == ("patching", 3e-3, [0.0, 0.5, 1.0])
 
 
 def test_a_mixture_is_a_row_of_the_matrix(sets, tmp_path):
@@ -169,10 +171,10 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
     argv = [sys.executable, SCRIPT, *_argv(
         sets, out, "--patching", str(sets / "ben-shards"), str(sets / "ems-shards"),
         str(sets / "img-shards"), "--epochs", "2", "--max-concurrent", "1",
-        "--trial-delay", "2",
     )]  # fmt: skip
+    env = {**os.environ, faults.ENV: "trial_delay=2"}
     proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     exp = out / "tune" / dataset_sweep.NAME
     try:
         deadline = time.time() + 300
@@ -223,6 +225,10 @@ def test_bad_input_fails_before_ray(sets, tmp_path, capsys):
     assert dataset_sweep.main(_argv(sets, out, "--patching", ben,
                                     "--supported", str(sets / "noval-shards"))) == 2  # fmt: skip
     assert "has no 'val' split" in capsys.readouterr().err
+    assert dataset_sweep.main(_argv(sets, out, "--patching", ben, "--patch", "joint_data=x")) == 2
+    assert "the sweep sets joint_data itself" in capsys.readouterr().err
+    assert dataset_sweep.main(_argv(sets, out, "--patching", ben, "--patch", "selection=best")) == 2
+    assert "argument --selection: invalid choice" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -231,6 +237,6 @@ def test_help(cli):
     assert r.returncode == 0
     for opt in ("--patching", "--eval-data", "--supported", "--resume", "--cluster",
                 "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent", "--storage",
-                "--spec"):  # fmt: skip
+                "--spec", "--patch", "--patch-config"):  # fmt: skip
         assert opt in r.stdout, opt
     assert "A+B" in r.stdout and "not supported" not in r.stdout  # mixtures are rows

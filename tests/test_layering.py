@@ -19,8 +19,9 @@ BELOW = {
     "engine": {"data", "models"},
     "report": {"data"},
     "stages": {"data", "models", "engine", "report", "runtime", "synth"},  # drivers run jobs
-    "runtime": {"data", "models", "engine", "report"},
+    "runtime": {"data", "models", "engine"},
     "synth": {"data"},
+    "sweeps": {"data", "models", "engine", "report", "runtime", "stages"},
 }
 HELPERS = {"mtmg", "mtmg.config", "mtmg.errors", "mtmg.faults", "mtmg.logs", "mtmg.rundir"}
 RAY_FREE = ("data", "models", "engine", "stages", "report")

@@ -13,9 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mtmg import config, prep, synth
+from mtmg import config, faults, prep, synth
 from mtmg.stages.align import driver as align
 from mtmg.sweeps import loss as loss_sweep
+from mtmg.sweeps import options
 
 from conftest import REPO
 
@@ -34,8 +35,8 @@ def shards(tmp_path_factory, ray_session):
 
 def _argv(root: Path, out: Path, *extra: str) -> list[str]:
     return ["--data", str(root / "shards"), "--out", str(out), "--model", "mtmg-tiny-vit",
-            "--pretrained", "none", "--student-args", STUDENT, "--student-size", "32",
-            "--batch-size", "16", "--warmup-steps", "3", "--loader-workers", "1",
+            "--pretrained", "none", "--align", f"student_args={STUDENT}", "student_size=32",
+            "--align", "batch_size=16", "warmup-steps=3", "loader_workers=1",
             "--cache-dir", str(root / "cache"), *extra]  # fmt: skip
 
 
@@ -71,6 +72,10 @@ def test_grid_with_a_failing_trial(shards, tmp_path):
     assert cfg.student_args == STUDENT and cfg.epochs == 2
     for name in ("sweep.csv", "summary.md", "spec.yaml", "loss_sweep.png"):
         assert (out / name).exists(), name
+    # what every trial started from: the --align overrides and the sweep's own settings
+    base = align.AlignConfig(**config.load_yaml(align.AlignConfig, out / "align_config.yaml"))
+    assert (base.student_args, base.student_size, base.batch_size) == (STUDENT, 32, 16)
+    assert base.epochs == 2 and base.pretrained is None and not base.eval_init
     assert "nothing to train" in (out / "summary.md").read_text()
 
 
@@ -122,12 +127,11 @@ def test_resume_after_the_driver_is_killed(shards, tmp_path):
             "0.5",
             "--max-concurrent",
             "1",
-            "--trial-delay",
-            "1.5",
         ),
     ]
+    env = {**os.environ, faults.ENV: "trial_delay=1.5"}
     proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     exp = out / "tune" / loss_sweep.NAME
     try:
         deadline = time.time() + 300
@@ -171,12 +175,33 @@ def test_bad_input_fails_before_ray(shards, tmp_path, capsys):
     assert "--distance" in capsys.readouterr().err
     assert loss_sweep.main(_argv(shards, tmp_path / "b", "--lr", "0")) == 2
     assert "learning rates" in capsys.readouterr().err
+    # --align: unknown keys, bad values and the swept keys are refused, named
+    assert loss_sweep.main(_argv(shards, tmp_path / "b", "--align", "stduent=x")) == 2
+    assert "unknown option 'stduent'" in capsys.readouterr().err
+    assert loss_sweep.main(_argv(shards, tmp_path / "b", "--align", "epochs=two")) == 2
+    assert "--epochs: invalid int value" in capsys.readouterr().err
+    assert loss_sweep.main(_argv(shards, tmp_path / "b", "--align", "w_txt=0.1")) == 2
+    assert "the sweep sets w_txt itself" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_align_overrides_read_as_mtmg_align_reads_its_flags():
+    items = ["augment=false", "gpu-augment=none", "recall_ks=1,5", f"student_args={STUDENT}",
+             "pretrained=none", "distance=cosine"]  # fmt: skip
+    assert options.overrides(align.AlignConfig, items, "--align") == {
+        "augment": False, "gpu_augment": None, "recall_ks": (1, 5), "student_args": STUDENT,
+        "pretrained": None, "distance": "cosine",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="--align 'augment=maybe': expected true or false"):
+        options.overrides(align.AlignConfig, ["augment=maybe"], "--align")
+    with pytest.raises(ValueError, match="--align 'lr': expected KEY=VALUE"):
+        options.overrides(align.AlignConfig, ["lr"], "--align")
 
 
 def test_help(cli):
     r = cli["loss_sweep --help"]
     assert r.returncode == 0
     for opt in ("--w-txt", "--distance", "--objective", "--asha", "--resume", "--cluster",
-                "--cpus-per-trial", "--storage", "--spec"):  # fmt: skip
+                "--cpus-per-trial", "--storage", "--spec", "--align", "--align-config"):
         assert opt in r.stdout, opt
+    assert "--trial-delay" not in r.stdout

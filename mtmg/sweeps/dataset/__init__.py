@@ -1,0 +1,4 @@
+"""The dataset sweep (`driver`; `trial`: what its trial processes run).
+
+Empty on purpose: a trial process imports only the modules it needs.
+"""
