@@ -529,7 +529,10 @@ def test_joint_patching_sets_reach_the_fine_tune(tmp_path, monkeypatch):
     assert trial.role_mean(rows, "patching") == 50.0
 
 
-SETS = (("patching", "/p", None, "patching/ben"), ("supported", "/s", None, "supported/img"))
+SETS = (
+    trial.EvalSet("patching", "/p", None, "patching/ben", "ben", "multi-label"),
+    trial.EvalSet("supported", "/s", None, "supported/img", "img", "single-label"),
+)
 
 
 def _trial_row(alpha: float, p: float, s: float, rule: str, base: float) -> dict:

@@ -35,7 +35,7 @@ def metrics(sweep: inputs.Sweep, got: inputs.SweptRun, chosen: float) -> list[di
         )
     for r in rows:
         r.setdefault("source", "sweep")
-    order = {(s[0], s[1]): i for i, s in enumerate(ti.sets)}
+    order = {(s.role, s.path): i for i, s in enumerate(ti.sets)}
     rows.sort(key=lambda r: (r["alpha"], order[(r["role"], r["path"])]))
     return rows
 
@@ -60,20 +60,20 @@ def from_patch_run(
     todo: list[float] = []
     for a in sorted({0.0, chosen, 1.0}):
         got = [
-            known.get((ti.sets[i][0], config.abs_path(ti.sets[i][1]), split, a))
+            known.get((ti.sets[i].role, config.abs_path(ti.sets[i].path), split, a))
             for i, split in jobs
         ]
         if not all(got):
             todo.append(a)
             continue
         for (i, split), r in zip(jobs, got, strict=True):
-            role, set_path, _, label = ti.sets[i]
+            s = ti.sets[i]
             rows.append(
                 {
-                    "dataset": ti.names[i],
-                    "label": label,
-                    "path": set_path,
-                    "role": role,
+                    "dataset": s.name,
+                    "label": s.label,
+                    "path": s.path,
+                    "role": s.role,
                     "split": split,
                     "alpha": a,
                     "metric": r["metric"],

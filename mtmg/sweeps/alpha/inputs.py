@@ -88,10 +88,9 @@ def trial_inputs(
     opened = [loader.ShardSet.open(p) for _, p, _ in sets]
     names = [f"{role}/{ds.name}" for (role, _, _), ds in zip(sets, opened, strict=True)]
     labels = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+    records = zip(sets, labels, opened, strict=True)
     return trial.AlphaTrialInputs(
-        sets=tuple((r, p, n, lab) for (r, p, n), lab in zip(sets, labels, strict=True)),
-        names=tuple(ds.name for ds in opened),
-        tasks=tuple(ds.task for ds in opened),
+        sets=tuple(trial.EvalSet(*s, label, ds.name, ds.task) for s, label, ds in records),
         decoder=(bundle.image_size, tuple(bundle.mean), tuple(bundle.std)),
         eval_batch_size=pcfg.eval_batch_size,
         loader_workers=pcfg.loader_workers,
@@ -111,7 +110,7 @@ def prepare(sweep: Sweep) -> Prepared:
     import ray
 
     ti = sweep.trial_inputs
-    val = [i for i, s in enumerate(ti.sets) if s[0] in ("patching", "supported")]
+    val = [i for i, s in enumerate(ti.sets) if s.role in ("patching", "supported")]
     visual = sweep.bundle.model.visual.cpu()
     return Prepared(
         val=_decode_all(ti, val, sweep.on_cluster),
@@ -173,7 +172,7 @@ def _decode_all(ti: trial.AlphaTrialInputs, sets: list[int], on_cluster: bool) -
     task = ray.remote(_decode).options(num_cpus=1, num_returns=2)
     parts: dict[int, list] = {}
     for i in sets:
-        world = max(1, min(cpus, len(loader.ShardSet.open(ti.sets[i][1]).shards("val"))))
+        world = max(1, min(cpus, len(loader.ShardSet.open(ti.sets[i].path).shards("val"))))
         world = world if on_cluster else 1
         budget = ti.cache_gb * 2**30 / len(sets) / world
         if on_cluster:
@@ -187,7 +186,7 @@ def _decode_all(ti: trial.AlphaTrialInputs, sets: list[int], on_cluster: bool) -
             out[i] = ray.put([b for _, b in refs])
         else:
             log.warning(
-                "%s: validation split over --eval-cache-gb; trials stream it", ti.sets[i][1]
+                "%s: validation split over --eval-cache-gb; trials stream it", ti.sets[i].path
             )
             out[i] = None
     return out

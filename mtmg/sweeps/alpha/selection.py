@@ -8,10 +8,13 @@ rule's base: Optuna's best trial is the chosen alpha, whatever `--alpha-range` l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtmg.engine import select
 from mtmg.runtime import tuner
+
+if TYPE_CHECKING:
+    from mtmg.sweeps.alpha import trial
 
 ROLES = ("patching", "supported")
 
@@ -37,29 +40,29 @@ def finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def choose(
     rows: list[dict[str, Any]],
-    sets: tuple[tuple[str, str, str | None, str], ...],
+    sets: tuple[trial.EvalSet, ...],
     rule: str,
     tolerance: float,
 ) -> Choice:
     """Choose alpha over the finished trials' validation metrics and mark the trial rows
-    (`chosen`, `pareto`); `sets` are the trials' (role, path, nomenclature, label)."""
+    (`chosen`, `pareto`); the trials report a metric `val/LABEL` for each of `sets`."""
     ok = finished(rows)
     val_rows = [
         {
             "alpha": r["alpha"],
-            "role": role,
+            "role": s.role,
             "split": "val",
-            "value": r[f"val/{label}"],
-            "dataset": label,
+            "value": r[f"val/{s.label}"],
+            "dataset": s.label,
         }
         for r in ok
-        for role, _, _, label in sets
-        if r.get(f"val/{label}") is not None
+        for s in sets
+        if r.get(f"val/{s.label}") is not None
     ]
     base = next((r["supported_base"] for r in ok if r.get("supported_base") is not None), None)
     chosen = select.select_alpha(val_rows, rule, tolerance, base=base)
     front: list[float] = []
-    if any(role == "supported" for role, *_ in sets):
+    if any(s.role == "supported" for s in sets):
         curves = select.curves(val_rows)
         points = [(a, (curves["patching"][a], curves["supported"][a])) for a in curves["patching"]]
         front = sorted(tuner.pareto_front(points))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,13 +23,22 @@ from mtmg.models.heads import ZeroShotHead
 from mtmg.sweeps.alpha import early
 
 
+class EvalSet(NamedTuple):
+    """A shard set the sweep evaluates."""
+
+    role: str  # patching, supported or eval
+    path: str
+    nomenclature: str | None
+    label: str  # unique among the sets: the name of its metric column (val/LABEL)
+    name: str  # the dataset's name (its manifest's)
+    task: str  # multi-label or single-label (the manifest's)
+
+
 @dataclass(frozen=True)
 class AlphaTrialInputs:
     """What a trial needs besides the object-store refs (small, picklable)."""
 
-    sets: tuple[tuple[str, str, str | None, str], ...]  # (role, path, nomenclature, label)
-    names: tuple[str, ...]  # dataset names (manifest)
-    tasks: tuple[str, ...]
+    sets: tuple[EvalSet, ...]
     decoder: tuple  # image_size, mean, std
     eval_batch_size: int
     loader_workers: int
@@ -105,8 +114,7 @@ class Evaluator:
         weights.load_image_state(self.model, weights.interpolate(self.zs, self.ft, alpha))
         out = []
         for i, split in jobs:
-            role, path, _, label = self.inputs.sets[i]
-            task = self.inputs.tasks[i]
+            s = self.inputs.sets[i]
             head = self.heads[i]
             # TorchScript: run the graph as eager would, without profiling runs or fusion passes
             with torch.jit.optimized_execution(False):
@@ -114,16 +122,16 @@ class Evaluator:
                     _ctx(self.device),
                     lambda b, h=head: h(self.model.visual(b["rgb"])),
                     self._batches(i, split),
-                    task,
+                    s.task,
                     self.amp,
                 )
-            main = "mAP" if task == "multi-label" else "top1"
+            main = "mAP" if s.task == "multi-label" else "top1"
             out.append(
                 {
-                    "dataset": self.inputs.names[i],
-                    "label": label,
-                    "path": path,
-                    "role": role,
+                    "dataset": s.name,
+                    "label": s.label,
+                    "path": s.path,
+                    "role": s.role,
                     "split": split,
                     "alpha": alpha,
                     "metric": main,
@@ -152,10 +160,10 @@ def stream_split(
     """The batches of one split of set `i` (part `rank` of `world`), decoded from its shards."""
     from mtmg.data import loader  # imports torchvision: only where a split is streamed
 
-    _, path, nomenclature, _ = inputs.sets[i]
-    ds = loader.ShardSet.open(path)
+    s = inputs.sets[i]
+    ds = loader.ShardSet.open(s.path)
     size, mean, std = inputs.decoder
-    targets = loader.Targets.of(ds, nomenclature)
+    targets = loader.Targets.of(ds, s.nomenclature)
     dec = loader.Decoder(
         tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", targets, size, size, mean, std
     )
@@ -217,12 +225,12 @@ def trial(config: dict[str, Any], inputs: AlphaTrialInputs) -> None:
     refs = early.shared_refs(inputs.shared)  # early trials wait here for the fine-tune
     waited = time.perf_counter() - t1
     ev = _evaluator(inputs, refs)
-    jobs = [(i, "val") for i, s in enumerate(inputs.sets) if s[0] in ("patching", "supported")]
+    jobs = [(i, "val") for i, s in enumerate(inputs.sets) if s.role in ("patching", "supported")]
     rows = ev.rows(alpha, jobs)
     p, s = role_mean(rows, "patching"), role_mean(rows, "supported")
     base = None
     if inputs.selection == "constrained" and s is not None:
-        base = ev.supported_at_zero([j for j in jobs if inputs.sets[j[0]][0] == "supported"])
+        base = ev.supported_at_zero([j for j in jobs if inputs.sets[j[0]].role == "supported"])
     score = select.score(inputs.selection, p, s, base, inputs.tolerance)
     metrics = {"alpha": alpha, "patching": p, "objective": score}
     if s is not None:
@@ -240,7 +248,7 @@ def test_jobs(inputs: AlphaTrialInputs) -> list[tuple[int, str]]:
     from mtmg.data import loader
 
     return [
-        (i, "test" if loader.ShardSet.open(s[1]).count("test") else "val")
+        (i, "test" if loader.ShardSet.open(s.path).count("test") else "val")
         for i, s in enumerate(inputs.sets)
     ]
 
