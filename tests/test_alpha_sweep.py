@@ -26,10 +26,10 @@ from mtmg import config, faults, prep, rundir, synth
 from mtmg.data import loader
 from mtmg.engine import evaluate, select
 from mtmg.engine.context import WorkerContext
-from mtmg.models import clip, heads, weights
+from mtmg.models import heads, weights
 from mtmg.runtime import tuner
 from mtmg.stages.patch import driver as patch
-from mtmg.sweeps.alpha import driver, early, inputs, selection, trial
+from mtmg.sweeps.alpha import driver, inputs, trial
 from mtmg.sweeps.alpha.config import ALPHAS, AlphaSweepConfig, patch_config
 
 from conftest import REPO
@@ -179,21 +179,6 @@ def test_fine_tune_then_sweep(first, run_dir):
     for r in table:
         assert r["patching"] == pytest.approx(want[("patching", r["alpha"])], abs=1e-6)
         assert r["supported"] == pytest.approx(want[("supported", r["alpha"])], abs=1e-6)
-
-
-def test_early_trials_hold_trial_slots_and_start_at_the_lowest_priority(ray_session):
-    import ray
-
-    from mtmg.runtime.cluster import TRIAL_SLOT
-    from mtmg.runtime.handoff import LOW_PRIORITY_ENV, NICE
-
-    assert ray.cluster_resources()[TRIAL_SLOT] == ray.cluster_resources()["CPU"] == 2
-
-    @ray.remote(num_cpus=0, resources={TRIAL_SLOT: 1}, runtime_env={"env_vars": LOW_PRIORITY_ENV})
-    def niceness() -> int:
-        return os.nice(0)
-
-    assert ray.get(niceness.remote()) == NICE == 19
 
 
 def test_a_failed_fine_tune_fails_its_waiting_trials_and_leaves_no_experiment(
@@ -529,39 +514,6 @@ def test_joint_patching_sets_reach_the_fine_tune(tmp_path, monkeypatch):
     assert trial.role_mean(rows, "patching") == 50.0
 
 
-SETS = (
-    trial.EvalSet("patching", "/p", None, "patching/ben", "ben", "multi-label"),
-    trial.EvalSet("supported", "/s", None, "supported/img", "img", "single-label"),
-)
-
-
-def _trial_row(alpha: float, p: float, s: float, rule: str, base: float) -> dict:
-    """A finished trial's row as `trial.trial` reports it (objective: `select.score`)."""
-    return {
-        "status": "TERMINATED",
-        "alpha": alpha,
-        "patching": p,
-        "supported": s,
-        "objective": select.score(rule, p, s, base, 1.0),
-        "supported_base": base,
-        "val/patching/ben": p,
-        "val/supported/img": s,
-    }
-
-
-@pytest.mark.parametrize("rule", sorted(select.RULES))
-def test_the_chosen_alpha_is_the_trials_best_objective(rule):
-    """One rule: over a range above 0 (no alpha-0 trial) the choice is the trial Optuna ranks
-    best, the constrained rule bounded by the alpha-0 supported metric the trials measured."""
-    metrics = {0.3: (60.0, 69.5), 0.5: (66.0, 68.0), 0.7: (71.0, 66.0), 0.9: (74.0, 60.0)}
-    rows = [_trial_row(a, p, s, rule, 70.0) for a, (p, s) in metrics.items()]
-    best = max(rows, key=lambda r: (r["objective"], -r["alpha"]))["alpha"]
-    choice = selection.choose(rows, SETS, rule, 1.0)
-    assert choice.alpha == best and choice.base == 70.0
-    assert [r["alpha"] for r in rows if r["chosen"]] == [best]
-    assert {"mean": 0.7, "patching": 0.9, "constrained": 0.3}[rule] == best
-
-
 def test_optuna_range_above_zero_chooses_optunas_best(run_dir, tmp_path):
     out = tmp_path / "range"
     summary = driver.run(
@@ -609,39 +561,3 @@ def test_help(cli):
         assert opt in r.stdout
     for hook in ("--fail-alphas", "--trial-delay"):  # test hooks: faults.ENV, not the CLI
         assert hook not in r.stdout
-
-
-def test_trial_processes_import_neither_open_clip_nor_torchvision():
-    """What a trial process imports (`mtmg.sweeps.alpha.trial`, via `mtmg.runtime.tuner`):
-    torch, not open_clip and torchvision."""
-    code = (
-        "import sys, mtmg.runtime.tuner, mtmg.sweeps.alpha.trial; "
-        "print([m for m in ('open_clip', 'torchvision') if m in sys.modules])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_image_tower_travels_as_torchscript_with_the_same_numbers():
-    bundle = clip.load_clip(MODEL, None)
-    visual = bundle.model.visual.eval()
-    kind, packed = early.pack_visual(visual)
-    assert kind == "torchscript" and isinstance(packed, bytes)
-    loaded = early.unpack_visual((kind, packed))
-    assert set(loaded.state_dict()) == set(visual.state_dict())
-    x = torch.randn(3, 3, bundle.image_size, bundle.image_size)
-    with torch.no_grad(), torch.jit.optimized_execution(False):
-        assert torch.equal(loaded(x), visual(x))
-        # theta(alpha) lands in the loaded tower as in the module (trials load every alpha)
-        state = {f"visual.{k}": v * 0.5 for k, v in visual.state_dict().items()}
-        holder = trial._Holder(loaded)
-        weights.load_image_state(holder, state)
-        assert torch.equal(holder.visual.state_dict()["proj"], visual.state_dict()["proj"] * 0.5)
-
-    class Unscriptable(torch.nn.Module):
-        def forward(self, x, *args):  # varargs: TorchScript refuses it
-            return x
-
-    kind, packed = early.pack_visual(Unscriptable())
-    assert kind == "module" and early.unpack_visual((kind, packed)) is packed
-    assert early.pack_visual(visual, script=False) == ("module", visual)  # GPU trials
