@@ -1,4 +1,4 @@
-"""Early trials: what lets the sweep's trials start before, and cheaper than, its inputs.
+"""Early trials: the sweep overlapped with its own fine-tune, and trial processes that start fast.
 
 The driver's one switch is `fine_tune_then_tune`, taken when the sweep fine-tunes itself;
 without it (`--run`, a finished fine-tune reused) the sweep prepares, loads and tunes in turn.
