@@ -22,16 +22,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mtmg import config, prep, rundir, synth
-from mtmg.data import loader as data
+from mtmg import config, faults, prep, rundir, synth
+from mtmg.data import loader
 from mtmg.engine import evaluate, select
 from mtmg.engine.context import WorkerContext
-from mtmg.models import clip as models
 from mtmg.models import heads, weights
-from mtmg.runtime import tuner as tuning
+from mtmg.runtime import tuner
 from mtmg.stages.patch import driver as patch
-from mtmg.sweeps.alpha import driver as alpha_sweep
-from mtmg.sweeps.alpha import trial as alpha_trial
+from mtmg.sweeps.alpha import driver, inputs, trial
+from mtmg.sweeps.alpha.config import ALPHAS, AlphaSweepConfig, patch_config
 
 from conftest import REPO
 
@@ -45,8 +44,11 @@ def sets(tmp_path_factory, ray_session):
     synth.make_bigearthnet(root / "ben", n_patches=96, s1=False, seed=21)
     synth.make_imagefolder(root / "img", n_per_class=12, size=32)
     for kind, raw in (("bigearthnet", "ben"), ("imagefolder", "img")):
-        prep.shard(prep.ShardConfig(kind, str(root / raw), str(root / f"{raw}-shards"),
-                                    shard_size=20, progress=False))  # fmt: skip
+        prep.shard(
+            prep.ShardConfig(
+                kind, str(root / raw), str(root / f"{raw}-shards"), shard_size=20, progress=False
+            )
+        )
     return root, str(root / "ben-shards"), str(root / "img-shards")
 
 
@@ -58,12 +60,22 @@ TUNED_AT: list[float] = []  # when it started Ray Tune
 def first(sets):
     """`--data` mode: the sweep fine-tunes once itself (OUT/patch), then sweeps 3 alphas."""
     root, ben, img = sets
-    cfg = alpha_sweep.AlphaSweepConfig(
-        out=str(root / "first"), data=ben, supported=(img,), model=MODEL, pretrained="none",
-        epochs=4, lr=3e-3, warmup_steps=3, batch_size=16, eval_batch_size=64, loader_workers=1,
-        cache_dir=str(root / "cache"), alphas=(0.0, 0.5, 1.0),
-    )  # fmt: skip
-    prepare, run_tuner = alpha_sweep._prepare, tuning.run_tuner
+    cfg = AlphaSweepConfig(
+        out=str(root / "first"),
+        data=ben,
+        supported=(img,),
+        model=MODEL,
+        pretrained="none",
+        epochs=4,
+        lr=3e-3,
+        warmup_steps=3,
+        batch_size=16,
+        eval_batch_size=64,
+        loader_workers=1,
+        cache_dir=str(root / "cache"),
+        alphas=(0.0, 0.5, 1.0),
+    )
+    prepare, run_tuner = inputs.prepare, tuner.run_tuner
 
     def prepared(*args):
         PREPARED_AT.append(time.time())
@@ -73,11 +85,11 @@ def first(sets):
         TUNED_AT.append(time.time())
         return run_tuner(*args, **kwargs)
 
-    alpha_sweep._prepare, tuning.run_tuner = prepared, tuned
+    inputs.prepare, tuner.run_tuner = prepared, tuned
     try:
-        return cfg, alpha_sweep.run(cfg)
+        return cfg, driver.run(cfg)
     finally:
-        alpha_sweep._prepare, tuning.run_tuner = prepare, run_tuner
+        inputs.prepare, tuner.run_tuner = prepare, run_tuner
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +97,8 @@ def run_dir(first):
     return Path(first[0].out) / "patch"
 
 
-def _cfg(run_dir, out, **kw) -> alpha_sweep.AlphaSweepConfig:
-    return alpha_sweep.AlphaSweepConfig(out=str(out), run=str(run_dir), **kw)
+def _cfg(run_dir, out, **kw) -> AlphaSweepConfig:
+    return AlphaSweepConfig(out=str(out), run=str(run_dir), **kw)
 
 
 def brute_force(run_dir: Path, alphas, split: str = "val") -> list[dict]:
@@ -99,20 +111,32 @@ def brute_force(run_dir: Path, alphas, split: str = "val") -> list[dict]:
     size = model.visual.image_size[0]
     rows = []
     for role, path in [("patching", pcfg["data"])] + [("supported", p) for p in pcfg["supported"]]:
-        ds = data.ShardSet.open(path)
-        head = heads.ZeroShotHead(heads.build_zeroshot_weights(
-            model, tokenizer, ds.prompt_names(), ds.manifest["templates"]))  # fmt: skip
-        dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
-                           data.Targets.of(ds), size, size)  # fmt: skip
-        batches = list(data.make_loader(ds, split, dec, batch_size=64, train=False, num_workers=0))
+        ds = loader.ShardSet.open(path)
+        head = heads.ZeroShotHead(
+            heads.build_zeroshot_weights(
+                model, tokenizer, ds.prompt_names(), ds.manifest["templates"]
+            )
+        )
+        dec = loader.Decoder(
+            tuple(ds.manifest["bands"]),
+            ds.manifest["modality"],
+            "rgb",
+            loader.Targets.of(ds),
+            size,
+            size,
+        )
+        batches = list(
+            loader.make_loader(ds, split, dec, batch_size=64, train=False, num_workers=0)
+        )
         main = "mAP" if ds.task == "multi-label" else "top1"
         for a in alphas:
             weights.load_image_state(model, weights.interpolate(zs, ft, a))
             m = evaluate.classification(
                 WorkerContext(), lambda b, h=head: h(model.visual(b["rgb"])), batches, ds.task
             )
-            rows.append({"alpha": a, "role": role, "split": split, "value": m[main],
-                         "dataset": ds.name})  # fmt: skip
+            rows.append(
+                {"alpha": a, "role": role, "split": split, "value": m[main], "dataset": ds.name}
+            )
     return rows
 
 
@@ -143,33 +167,18 @@ def test_fine_tune_then_sweep(first, run_dir):
     want = {(r["role"], r["alpha"]): r["value"] for r in brute_force(run_dir, (0.0, 0.5, 1.0))}
     # the same command resumes it (its fine-tune inside OUT counts as the same input); another
     # search is refused, naming what differs, and OUT is left as it was
-    ident = rundir.identity(alpha_sweep.NAME, replace(cfg, resume=True), cfg.out)
+    ident = rundir.identity(driver.NAME, replace(cfg, resume=True), cfg.out)
     assert (
         rundir.fingerprint(ident)
         == json.loads((Path(cfg.out) / "run.json").read_text())["fingerprint"]
     )
     before = sorted(p.name for p in Path(cfg.out).iterdir())
     with pytest.raises(rundir.RunDirError, match=r"--alphas \[0.0, 0.5, 1.0\] -> \[0.0, 1.0\]"):
-        alpha_sweep.run(replace(cfg, resume=True, alphas=(0.0, 1.0)))
+        driver.run(replace(cfg, resume=True, alphas=(0.0, 1.0)))
     assert sorted(p.name for p in Path(cfg.out).iterdir()) == before
     for r in table:
         assert r["patching"] == pytest.approx(want[("patching", r["alpha"])], abs=1e-6)
         assert r["supported"] == pytest.approx(want[("supported", r["alpha"])], abs=1e-6)
-
-
-def test_early_trials_hold_trial_slots_and_start_at_the_lowest_priority(ray_session):
-    import ray
-
-    from mtmg.runtime.cluster import TRIAL_SLOT
-    from mtmg.runtime.handoff import LOW_PRIORITY_ENV, NICE
-
-    assert ray.cluster_resources()[TRIAL_SLOT] == ray.cluster_resources()["CPU"] == 2
-
-    @ray.remote(num_cpus=0, resources={TRIAL_SLOT: 1}, runtime_env={"env_vars": LOW_PRIORITY_ENV})
-    def niceness() -> int:
-        return os.nice(0)
-
-    assert ray.get(niceness.remote()) == NICE == 19
 
 
 def test_a_failed_fine_tune_fails_its_waiting_trials_and_leaves_no_experiment(
@@ -177,7 +186,7 @@ def test_a_failed_fine_tune_fails_its_waiting_trials_and_leaves_no_experiment(
 ):
     root, ben, img = sets
     out = tmp_path / "broken"
-    exp = out / "tune" / alpha_sweep.NAME
+    exp = out / "tune" / driver.NAME
     seen: list[str] = []
 
     def broken(*args, **kwargs):  # after Ray Train's job: the trials already wait
@@ -187,16 +196,24 @@ def test_a_failed_fine_tune_fails_its_waiting_trials_and_leaves_no_experiment(
         seen.extend(p.read_text() for p in exp.glob("trial_*/error.txt"))
         remove_experiment(cfg, name)
 
-    remove_experiment = tuning.remove_experiment
+    remove_experiment = tuner.remove_experiment
     monkeypatch.setattr(patch, "write_outputs", broken)
-    monkeypatch.setattr(tuning, "remove_experiment", remove)
-    cfg = alpha_sweep.AlphaSweepConfig(
-        out=str(out), data=ben, supported=(img,), model=MODEL, pretrained="none", epochs=1,
-        batch_size=16, eval_batch_size=64, loader_workers=1, cache_dir=str(root / "cache"),
+    monkeypatch.setattr(tuner, "remove_experiment", remove)
+    cfg = AlphaSweepConfig(
+        out=str(out),
+        data=ben,
+        supported=(img,),
+        model=MODEL,
+        pretrained="none",
+        epochs=1,
+        batch_size=16,
+        eval_batch_size=64,
+        loader_workers=1,
+        cache_dir=str(root / "cache"),
         alphas=(0.0, 1.0),
-    )  # fmt: skip
+    )
     with pytest.raises(OSError, match="disk full"):
-        alpha_sweep.run(cfg)
+        driver.run(cfg)
     assert len(seen) == 2 and all("the sweep's fine-tune failed" in t for t in seen)
     assert all("disk full (injected)" in t for t in seen)
     assert not exp.exists()  # nothing to resume: a rerun starts a new sweep
@@ -205,16 +222,25 @@ def test_a_failed_fine_tune_fails_its_waiting_trials_and_leaves_no_experiment(
 
 def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
     out = tmp_path / "grid"
-    summary = alpha_sweep.run(_cfg(run_dir, out))
-    for name in ("sweep.parquet", "sweep.csv", "summary.md", "summary.json", "best_config.yaml",
-                 "spec.yaml", "alpha_curve.png", "patched.safetensors", "config.yaml",
-                 "metrics.parquet"):  # fmt: skip
+    summary = driver.run(_cfg(run_dir, out))
+    for name in (
+        "sweep.parquet",
+        "sweep.csv",
+        "summary.md",
+        "summary.json",
+        "best_config.yaml",
+        "spec.yaml",
+        "alpha_curve.png",
+        "patched.safetensors",
+        "config.yaml",
+        "metrics.parquet",
+    ):
         assert (out / name).stat().st_size > 0, name
     table = _table(out)
-    assert [r["alpha"] for r in table] == list(alpha_sweep.ALPHAS)
+    assert [r["alpha"] for r in table] == list(ALPHAS)
     assert {r["status"] for r in table} == {"TERMINATED"} and all(r["time_s"] for r in table)
 
-    ref = brute_force(run_dir, alpha_sweep.ALPHAS)
+    ref = brute_force(run_dir, ALPHAS)
     assert summary["alpha"] == select.select_alpha(ref, "mean")
     want = {(r["role"], r["alpha"]): r["value"] for r in ref}
     for r in table:
@@ -230,9 +256,11 @@ def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
         assert got[(r["role"], r["alpha"])] == pytest.approx(r["value"], abs=1e-6)
     # what the patch run evaluated on its test splits (0, its chosen alpha, 1; same device and
     # precision) is taken over, not evaluated again
-    run_rows = {(r["role"], r["alpha"]): r["value"]
-                for r in pq.read_table(run_dir / "metrics.parquet").to_pylist()
-                if r["selected"] is not None}  # fmt: skip
+    run_rows = {
+        (r["role"], r["alpha"]): r["value"]
+        for r in pq.read_table(run_dir / "metrics.parquet").to_pylist()
+        if r["selected"] is not None
+    }
     assert {0.0, 1.0} <= {a for _, a in run_rows}
     for r in summary["test"]:
         if (r["role"], r["alpha"]) in run_rows:
@@ -244,30 +272,33 @@ def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
 
     # a patch-run layout for the teacher: a strict open_clip checkpoint at the chosen alpha
     model = open_clip.create_model(MODEL, pretrained=str(out / "patched.safetensors"))
-    theta = weights.interpolate(load_file(str(run_dir / "theta_zs.safetensors")),
-                                load_file(str(run_dir / "theta_ft.safetensors")),
-                                summary["alpha"])  # fmt: skip
+    theta = weights.interpolate(
+        load_file(str(run_dir / "theta_zs.safetensors")),
+        load_file(str(run_dir / "theta_ft.safetensors")),
+        summary["alpha"],
+    )
     for k, v in weights.image_state(model).items():
         torch.testing.assert_close(v, theta[k])
     # the best config is an mtmg.patch config at the chosen alpha
-    best = patch.PatchConfig(**{
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in config.load_yaml(patch.PatchConfig, out / "best_config.yaml").items()
-    })  # fmt: skip
+    best = patch.PatchConfig(
+        **{
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in config.load_yaml(patch.PatchConfig, out / "best_config.yaml").items()
+        }
+    )
     assert best.alphas == (summary["alpha"],) and best.model == MODEL
     # the resolved spec is loadable as --spec; an existing sweep needs --resume
-    spec = config.load_yaml(alpha_sweep.AlphaSweepConfig, out / "spec.yaml")
-    assert spec["alphas"] == list(alpha_sweep.ALPHAS) and spec["search"] == "grid"
+    spec = config.load_yaml(AlphaSweepConfig, out / "spec.yaml")
+    assert spec["alphas"] == list(ALPHAS) and spec["search"] == "grid"
     with pytest.raises(ValueError, match="--resume"):
-        alpha_sweep.run(_cfg(run_dir, out))
+        driver.run(_cfg(run_dir, out))
 
 
 def test_sets_the_run_did_not_evaluate_are_evaluated_by_the_sweep(sets, run_dir, tmp_path):
     """Another --eval-data set: the run has no test rows for it, so the sweep evaluates alpha 0,
     the chosen alpha and 1 itself, on every set."""
     _, _, img = sets
-    summary = alpha_sweep.run(_cfg(run_dir, tmp_path / "eval", alphas=(0.0, 0.5, 1.0),
-                                   eval_data=(img,)))  # fmt: skip
+    summary = driver.run(_cfg(run_dir, tmp_path / "eval", alphas=(0.0, 0.5, 1.0), eval_data=(img,)))
     test = summary["test"]
     assert {r["role"] for r in test} == {"patching", "supported", "eval"}
     assert {r["source"] for r in test} == {"sweep"}
@@ -280,7 +311,7 @@ def test_sets_the_run_did_not_evaluate_are_evaluated_by_the_sweep(sets, run_dir,
 
 def test_optuna_sweep(run_dir, tmp_path):
     out = tmp_path / "optuna"
-    summary = alpha_sweep.run(
+    summary = driver.run(
         _cfg(run_dir, out, search="optuna", num_samples=6, seed=3, max_concurrent=1)
     )
     table = _table(out)
@@ -292,27 +323,43 @@ def test_optuna_sweep(run_dir, tmp_path):
 
 def test_multi_objective_reports_the_pareto_front(run_dir, tmp_path):
     out = tmp_path / "mo"
-    rc = alpha_sweep.main(["--run", str(run_dir), "--out", str(out), "--search", "optuna",
-                           "--num-samples", "6", "--multi-objective",
-                           "--max-concurrent", "1"])  # fmt: skip
+    rc = driver.main(
+        [
+            "--run",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--search",
+            "optuna",
+            "--num-samples",
+            "6",
+            "--multi-objective",
+            "--max-concurrent",
+            "1",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     table = _table(out)
     points = {r["alpha"]: (r["patching"], r["supported"]) for r in table}
     # non-dominated points, computed here from the table
-    front = sorted(a for a, p in points.items() if not any(
-        q[0] >= p[0] and q[1] >= p[1] and q != p for q in points.values()))  # fmt: skip
+    front = sorted(
+        a
+        for a, p in points.items()
+        if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points.values())
+    )
     assert front and [p["alpha"] for p in summary["pareto_front"]] == front
     assert sorted({r["alpha"] for r in table if r["pareto"]}) == front
     assert summary["alpha"] in front and summary["multi_objective"] is True
     assert "Pareto front" in (out / "summary.md").read_text()
 
 
-def test_failing_trial_is_reported_and_the_sweep_finishes(run_dir, tmp_path):
+def test_failing_trial_is_reported_and_the_sweep_finishes(run_dir, tmp_path, monkeypatch):
     out = tmp_path / "fail"
+    monkeypatch.setenv(faults.ENV, "fail_alphas=0.5")  # read once, by the driver
     # the failing trial last: its actor dies, and no other trial has to wait for a new one
-    cfg = _cfg(run_dir, out, alphas=(0.0, 1.0, 0.5), fail_alphas=(0.5,), max_concurrent=1)
-    summary = alpha_sweep.run(cfg)
+    cfg = _cfg(run_dir, out, alphas=(0.0, 1.0, 0.5), max_concurrent=1)
+    summary = driver.run(cfg)
     table = {r["config/alpha"]: r for r in _table(out)}
     assert table[0.5]["status"] == "ERROR"
     assert "RuntimeError: injected failure at alpha=0.5" in table[0.5]["error"]
@@ -333,11 +380,25 @@ def _finished(exp: Path) -> dict[str, dict]:
 
 def test_resume_after_the_driver_is_killed(run_dir, tmp_path):
     out = tmp_path / "resume"
-    argv = [sys.executable, SCRIPT, "--run", str(run_dir), "--out", str(out),
-            "--max-concurrent", "1"]  # fmt: skip
-    proc = subprocess.Popen([*argv, "--trial-delay", "0.7"], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    exp = out / "tune" / alpha_sweep.NAME
+    argv = [
+        sys.executable,
+        SCRIPT,
+        "--run",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--max-concurrent",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        start_new_session=True,
+        env={**os.environ, faults.ENV: "trial_delay=0.7"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    exp = out / "tune" / driver.NAME
     try:
         deadline = time.time() + 240
         while len(_finished(exp)) < 3:
@@ -349,29 +410,48 @@ def test_resume_after_the_driver_is_killed(run_dir, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert len(_finished(exp)) < len(alpha_sweep.ALPHAS)
+    assert len(_finished(exp)) < len(ALPHAS)
     assert not (out / "summary.json").exists()
 
     # the resumed driver: this process, on the tests' Ray session (no second start-up)
-    assert alpha_sweep.main([*argv[2:], "--resume"]) == 0
+    assert driver.main([*argv[2:], "--resume"]) == 0
     table = _table(out)
-    assert sorted(r["alpha"] for r in table) == list(alpha_sweep.ALPHAS)
+    assert sorted(r["alpha"] for r in table) == list(ALPHAS)
     assert {r["status"] for r in table} == {"TERMINATED"}
     rows = {Path(r["path"]).name: r for r in table}
-    for trial, first_result in done.items():  # not re-run: the same (only) result
-        assert (exp / trial / "result.json").read_text().count("\n") == 1
-        assert rows[trial]["pid"] == first_result["pid"]
-        assert rows[trial]["timestamp"] == first_result["timestamp"]
+    for name, first_result in done.items():  # not re-run: the same (only) result
+        assert (exp / name / "result.json").read_text().count("\n") == 1
+        assert rows[name]["pid"] == first_result["pid"]
+        assert rows[name]["timestamp"] == first_result["timestamp"]
     assert len({r["pid"] for r in table}) >= 2  # the rest ran in the resumed driver's actors
 
 
 def test_sweep_on_a_running_cluster(local_cluster, run_dir, tmp_path):
     out = tmp_path / "cluster"
     r = subprocess.run(
-        [sys.executable, SCRIPT, "--run", str(run_dir), "--out", str(out), "--cluster",
-         "--alphas", "0", "0.5", "1", "--cpus-per-trial", "0.5", "--max-concurrent", "1"],
-        env=local_cluster, capture_output=True, text=True, timeout=300, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            SCRIPT,
+            "--run",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--cluster",
+            "--alphas",
+            "0",
+            "0.5",
+            "1",
+            "--cpus-per-trial",
+            "0.5",
+            "--max-concurrent",
+            "1",
+        ],
+        env=local_cluster,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "chosen alpha" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -382,12 +462,12 @@ def test_sweep_on_a_running_cluster(local_cluster, run_dir, tmp_path):
 
 def test_bad_input_fails_before_ray(run_dir, tmp_path, capsys):
     out = tmp_path / "o"
-    assert alpha_sweep.main(["--run", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert driver.main(["--run", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "no such directory" in capsys.readouterr().err
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "config.yaml").write_text((run_dir / "config.yaml").read_text())
-    assert alpha_sweep.main(["--run", str(partial), "--out", str(out)]) == 2
+    assert driver.main(["--run", str(partial), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "missing theta_zs.safetensors, theta_ft.safetensors" in err
     base = ["--run", str(run_dir), "--out", str(out)]
@@ -397,10 +477,10 @@ def test_bad_input_fails_before_ray(run_dir, tmp_path, capsys):
         (["--alpha-range", "0.8", "0.2"], "--alpha-range needs 0 <= LOW < HIGH <= 1"),
         (["--alpha-range", "0", "2"], "--alpha-range needs 0 <= LOW < HIGH <= 1"),
         (["--cpus-per-trial", "0"], "a trial needs some resource"),
-    ):  # fmt: skip
-        assert alpha_sweep.main([*base, *extra]) == 2, extra
+    ):
+        assert driver.main([*base, *extra]) == 2, extra
         assert msg in capsys.readouterr().err
-    assert alpha_sweep.main(["--out", str(out)]) == 2
+    assert driver.main(["--out", str(out)]) == 2
     assert "give --run" in capsys.readouterr().err
     assert not out.exists()  # nothing written, no Ray experiment started
 
@@ -408,8 +488,9 @@ def test_bad_input_fails_before_ray(run_dir, tmp_path, capsys):
 def test_spec_file_and_flags(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("search: optuna\nalpha_range: [0.2, 0.8]\nnum_samples: 5\n")
-    cfg = tuning.parse(alpha_sweep.AlphaSweepConfig,
-                       ["--out", "o", "--spec", str(spec), "--num-samples", "7"], "d")  # fmt: skip
+    cfg = tuner.parse(
+        AlphaSweepConfig, ["--out", "o", "--spec", str(spec), "--num-samples", "7"], "d"
+    )
     assert cfg.search == "optuna" and cfg.alpha_range == (0.2, 0.8) and cfg.num_samples == 7
 
 
@@ -417,67 +498,66 @@ def test_joint_patching_sets_reach_the_fine_tune(tmp_path, monkeypatch):
     """--joint-data goes to the sweep's own fine-tune (mtmg.patch's joint patching), as absolute
     paths; every patching set then counts in the trials' patching metric (role 'patching')."""
     monkeypatch.chdir(tmp_path)
-    cfg = tuning.parse(alpha_sweep.AlphaSweepConfig,
-                       ["--out", "o", "--data", "a", "--joint-data", "b", "c",
-                        "--supported", "s"], "d")  # fmt: skip
-    pcfg = alpha_sweep.patch_config(cfg)
+    cfg = tuner.parse(
+        AlphaSweepConfig,
+        ["--out", "o", "--data", "a", "--joint-data", "b", "c", "--supported", "s"],
+        "d",
+    )
+    pcfg = patch_config(cfg)
     assert pcfg.patching == tuple(str(tmp_path / p) for p in "abc")
     assert pcfg.supported == (str(tmp_path / "s"),)
-    rows = [{"role": "patching", "value": 40.0}, {"role": "patching", "value": 60.0},
-            {"role": "supported", "value": 90.0}]  # fmt: skip
-    assert alpha_trial.role_mean(rows, "patching") == 50.0
+    rows = [
+        {"role": "patching", "value": 40.0},
+        {"role": "patching", "value": 60.0},
+        {"role": "supported", "value": 90.0},
+    ]
+    assert trial.role_mean(rows, "patching") == 50.0
 
 
-def test_trial_objective_is_the_selection_score():
-    """Optuna maximises what `select.select_alpha` maximises: its best trial is the chosen alpha."""
-    for rule in sorted(select.RULES):
-        for p, s in ((50.0, 68.5), (70.0, 60.0), (62.0, None)):
-            got = alpha_trial.objective(p, s, rule, 1.0, 70.0)
-            assert got == select.score(rule, p, s, 70.0, 1.0), (rule, p, s)
-    assert alpha_trial.objective(70.0, 60.0, "constrained", 1.0, 70.0) == -109.0
+def test_optuna_range_above_zero_chooses_optunas_best(run_dir, tmp_path):
+    out = tmp_path / "range"
+    summary = driver.run(
+        _cfg(
+            run_dir,
+            out,
+            search="optuna",
+            num_samples=4,
+            seed=1,
+            alpha_range=(0.3, 0.9),
+            selection="constrained",
+            tolerance=0.0,
+            max_concurrent=1,
+        )
+    )
+    table = _table(out)
+    assert all(0.3 <= r["alpha"] <= 0.9 for r in table)
+    best = max(table, key=lambda r: (r["objective"], -r["alpha"]))
+    assert summary["alpha"] == best["alpha"] and best["chosen"]
+    zero = [r["value"] for r in brute_force(run_dir, (0.0,)) if r["role"] == "supported"]
+    assert all(r["supported_base"] == pytest.approx(zero[0], abs=1e-6) for r in table)
 
 
 def test_help(cli):
     r = cli["alpha_sweep --help"]
     assert r.returncode == 0
-    for opt in ("--run", "--data", "--supported", "--alphas", "--alpha-range", "--search",
-                "--multi-objective", "--cluster", "--cpus-per-trial", "--gpus-per-trial",
-                "--max-concurrent", "--num-samples", "--seed", "--storage", "--resume",
-                "--spec", "--fail-alphas"):  # fmt: skip
+    for opt in (
+        "--run",
+        "--data",
+        "--supported",
+        "--alphas",
+        "--alpha-range",
+        "--search",
+        "--multi-objective",
+        "--cluster",
+        "--cpus-per-trial",
+        "--gpus-per-trial",
+        "--max-concurrent",
+        "--num-samples",
+        "--seed",
+        "--storage",
+        "--resume",
+        "--spec",
+    ):
         assert opt in r.stdout
-
-
-def test_trial_processes_import_neither_open_clip_nor_torchvision():
-    """What a trial process imports (`mtmg.sweeps.alpha.trial`, via `mtmg.runtime.tuner`):
-    torch, not open_clip and torchvision."""
-    code = (
-        "import sys, mtmg.runtime.tuner, mtmg.sweeps.alpha.trial; "
-        "print([m for m in ('open_clip', 'torchvision') if m in sys.modules])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_image_tower_travels_as_torchscript_with_the_same_numbers():
-    bundle = models.load_clip(MODEL, None)
-    visual = bundle.model.visual.eval()
-    kind, packed = alpha_trial.pack_visual(visual)
-    assert kind == "torchscript" and isinstance(packed, bytes)
-    loaded = alpha_trial.unpack_visual((kind, packed))
-    assert set(loaded.state_dict()) == set(visual.state_dict())
-    x = torch.randn(3, 3, bundle.image_size, bundle.image_size)
-    with torch.no_grad(), torch.jit.optimized_execution(False):
-        assert torch.equal(loaded(x), visual(x))
-        # theta(alpha) lands in the loaded tower as in the module (trials load every alpha)
-        state = {f"visual.{k}": v * 0.5 for k, v in visual.state_dict().items()}
-        holder = alpha_trial._Holder(loaded)
-        weights.load_image_state(holder, state)
-        assert torch.equal(holder.visual.state_dict()["proj"], visual.state_dict()["proj"] * 0.5)
-
-    class Unscriptable(torch.nn.Module):
-        def forward(self, x, *args):  # varargs: TorchScript refuses it
-            return x
-
-    kind, packed = alpha_trial.pack_visual(Unscriptable())
-    assert kind == "module" and alpha_trial.unpack_visual((kind, packed)) is packed
-    assert alpha_trial.pack_visual(visual, script=False) == ("module", visual)  # GPU trials
+    for hook in ("--fail-alphas", "--trial-delay"):  # test hooks: faults.ENV, not the CLI
+        assert hook not in r.stdout

@@ -1,4 +1,5 @@
-"""The alpha sweep: its driver and the trial code its Tune trials import (`trial`).
+"""The alpha sweep: `driver` runs its phases (`config`, `inputs`, `early`, `selection`,
+`heldout`, `outputs`); `trial` is the code its Tune trials import.
 
 Empty on purpose: a trial process imports only the modules it needs (torch, not open_clip).
 """

@@ -1,36 +1,44 @@
-"""An alpha-sweep trial (`mtmg.sweeps.alpha.driver`): theta(alpha) evaluated on validation splits.
+"""An alpha-sweep trial: theta(alpha) evaluated on the validation splits, and the test metrics.
 
 What runs in a trial's process lives here, apart from the driver, so that a trial process
 imports torch and mtmg's small modules only: no open_clip and no torchvision (their import is
-much of a cold trial process's start, bench/results/NOTES.md). For CPU trials the image tower
-travels as TorchScript (`pack_visual`), which loads without the code that defined it; a tower
-that does not script, or one for GPU trials, travels as the module itself (its process then
-imports open_clip to unpickle it).
+much of a cold trial process's start). The image tower arrives packed (`early.pack_visual`:
+TorchScript for CPU trials, which loads without the code that defined it).
 """
 
 from __future__ import annotations
 
-import io
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from mtmg import faults
 from mtmg.engine import evaluate, select
 from mtmg.models import weights
 from mtmg.models.heads import ZeroShotHead
+from mtmg.sweeps.alpha import early
+
+
+class EvalSet(NamedTuple):
+    """A shard set the sweep evaluates."""
+
+    role: str  # patching, supported or eval
+    path: str
+    nomenclature: str | None
+    label: str  # unique among the sets: the name of its metric column (val/LABEL)
+    name: str  # the dataset's name (its manifest's)
+    task: str  # multi-label or single-label (the manifest's)
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What trials need besides the object-store refs (small, picklable)."""
+class AlphaTrialInputs:
+    """What a trial needs besides the object-store refs (small, picklable)."""
 
-    sets: tuple[tuple[str, str, str | None, str], ...]  # (role, path, nomenclature, label)
-    names: tuple[str, ...]  # dataset names (manifest)
-    tasks: tuple[str, ...]
+    sets: tuple[EvalSet, ...]
     decoder: tuple  # image_size, mean, std
     eval_batch_size: int
     loader_workers: int
@@ -39,9 +47,8 @@ class Plan:
     tolerance: float
     threads: int
     gpu: bool
-    fail_alphas: tuple[float, ...] = ()
-    trial_delay: float = 0.0
     cache_gb: float = 2.0  # decode a split once while it fits (test splits, streamed sets)
+    faults: faults.Faults = faults.NONE
     shared: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -51,10 +58,6 @@ class _Holder(torch.nn.Module):
     def __init__(self, visual: torch.nn.Module) -> None:
         super().__init__()
         self.visual = visual
-
-
-def numpy_state(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -67,58 +70,79 @@ def _torch_batches(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Object-store numpy batches as tensors (zero-copy views, only ever read)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                 for k, v in b.items()} for b in batches]  # fmt: skip
+        return [
+            {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in b.items()}
+            for b in batches
+        ]
 
 
 class Evaluator:
     """theta(alpha) on a split of every set; built once per process from the object store."""
 
-    def __init__(self, plan: Plan, refs: dict[str, Any], *, worker: bool = True) -> None:
+    def __init__(
+        self, inputs: AlphaTrialInputs, refs: dict[str, Any], *, worker: bool = True
+    ) -> None:
         import ray
 
         if worker:  # Ray gives a worker 1 thread; use the CPUs the trial reserved
-            torch.set_num_threads(max(1, plan.threads))
-        self.plan = plan
-        cuda = plan.gpu and torch.cuda.is_available()
+            torch.set_num_threads(max(1, inputs.threads))
+        self.inputs = inputs
+        cuda = inputs.gpu and torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
-        self.amp = torch.bfloat16 if plan.amp and cuda else None
-        self.model = _Holder(unpack_visual(ray.get(refs["visual"]))).to(self.device).eval()
+        self.amp = torch.bfloat16 if inputs.amp and cuda else None
+        visual = early.unpack_visual(ray.get(refs["visual"]))
+        self.model = _Holder(visual).to(self.device).eval()
         self.zs, self.ft = _tensors(ray.get(refs["zs"])), _tensors(ray.get(refs["ft"]))
-        self.heads = [ZeroShotHead(torch.from_numpy(w)).to(self.device)
-                      for w in ray.get(refs["heads"])]  # fmt: skip
+        self.heads = [
+            ZeroShotHead(torch.from_numpy(w)).to(self.device) for w in ray.get(refs["heads"])
+        ]
         # (set, split) -> batches decoded once: shared validation splits, test splits (test_rows)
         self.kept: dict[tuple[int, str], list[dict[str, Any]]] = {
             (i, "val"): _torch_batches([b for part in ray.get(ray.get(r)) for b in part])
-            for i, r in refs["val"].items() if r is not None
-        }  # fmt: skip
+            for i, r in refs["val"].items()
+            if r is not None
+        }
         self.base: float | None = None  # constrained rule: supported metric at alpha 0
 
     def _batches(self, i: int, split: str) -> Any:
         if (i, split) in self.kept:
             return self.kept[(i, split)]
-        return loader(self.plan, i, split)  # too large to share: stream the shards
+        return stream_split(self.inputs, i, split)  # too large to share: stream the shards
 
     def rows(self, alpha: float, jobs: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        """One metric row per (set, split) job at theta(alpha)."""
         weights.load_image_state(self.model, weights.interpolate(self.zs, self.ft, alpha))
         out = []
         for i, split in jobs:
-            role, path, _, label = self.plan.sets[i]
-            task = self.plan.tasks[i]
-            # TorchScript: run the graph as eager would, without profiling runs (they slow a fresh
-            # process's first calls) or fusion passes; numbers are the same
+            s = self.inputs.sets[i]
+            head = self.heads[i]
+            # TorchScript: run the graph as eager would, without profiling runs or fusion passes
             with torch.jit.optimized_execution(False):
                 m = evaluate.classification(
-                    _ctx(self.device), lambda b, h=self.heads[i]: h(self.model.visual(b["rgb"])),
-                    self._batches(i, split), task, self.amp,
-                )  # fmt: skip
-            main = "mAP" if task == "multi-label" else "top1"
-            out.append({"dataset": self.plan.names[i], "label": label, "path": path,
-                        "role": role, "split": split, "alpha": alpha, "metric": main,
-                        "value": m[main], "n": m["n"]})  # fmt: skip
+                    _ctx(self.device),
+                    lambda b, h=head: h(self.model.visual(b["rgb"])),
+                    self._batches(i, split),
+                    s.task,
+                    self.amp,
+                )
+            main = "mAP" if s.task == "multi-label" else "top1"
+            out.append(
+                {
+                    "dataset": s.name,
+                    "label": s.label,
+                    "path": s.path,
+                    "role": s.role,
+                    "split": split,
+                    "alpha": alpha,
+                    "metric": main,
+                    "value": m[main],
+                    "n": m["n"],
+                }
+            )
         return out
 
     def supported_at_zero(self, jobs: list[tuple[int, str]]) -> float | None:
+        """The constrained rule's base: the supported metric at alpha 0, once per process."""
         if self.base is None:
             self.base = role_mean(self.rows(0.0, jobs), "supported")
         return self.base
@@ -130,124 +154,116 @@ def _ctx(device: torch.device) -> Any:
     return WorkerContext(device=device)
 
 
-def loader(plan: Plan, i: int, split: str, rank: int = 0, world: int = 1) -> Any:
+def stream_split(
+    inputs: AlphaTrialInputs, i: int, split: str, rank: int = 0, world: int = 1
+) -> Any:
     """The batches of one split of set `i` (part `rank` of `world`), decoded from its shards."""
-    from mtmg.data import loader as data  # imports torchvision: only where a split is streamed
+    from mtmg.data import loader  # imports torchvision: only where a split is streamed
 
-    _, path, nomen, _ = plan.sets[i]
-    ds = data.ShardSet.open(path)
-    size, mean, std = plan.decoder
-    dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
-                       data.Targets.of(ds, nomen), size, size, mean, std)  # fmt: skip
-    return data.make_loader(ds, split, dec, batch_size=plan.eval_batch_size, train=False,
-                            rank=rank, world=world, num_workers=plan.loader_workers)  # fmt: skip
+    s = inputs.sets[i]
+    ds = loader.ShardSet.open(s.path)
+    size, mean, std = inputs.decoder
+    targets = loader.Targets.of(ds, s.nomenclature)
+    dec = loader.Decoder(
+        tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", targets, size, size, mean, std
+    )
+    return loader.make_loader(
+        ds,
+        split,
+        dec,
+        batch_size=inputs.eval_batch_size,
+        train=False,
+        rank=rank,
+        world=world,
+        num_workers=inputs.loader_workers,
+    )
 
 
 def decode_split(
-    plan: Plan, i: int, split: str, max_bytes: float, rank: int = 0, world: int = 1
+    inputs: AlphaTrialInputs, i: int, split: str, max_bytes: float, rank: int = 0, world: int = 1
 ) -> list[dict[str, Any]] | None:
     """A split's batches decoded once (part `rank` of `world`), or None over `max_bytes`.
 
     With one torch thread: decoding applies small per-sample tensor ops, which torch's thread
     pool does not speed up, and when other processes keep the CPUs busy its threads wait on
-    each other (bench/results/NOTES.md).
+    each other.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return evaluate.materialize(loader(plan, i, split, rank, world), max_bytes)
+        return evaluate.materialize(stream_split(inputs, i, split, rank, world), max_bytes)
     finally:
         torch.set_num_threads(threads)
 
 
 def role_mean(rows: list[dict[str, Any]], role: str) -> float | None:
+    """The mean metric of the rows of one role (several sets of a role weigh the same)."""
     vals = [r["value"] for r in rows if r["role"] == role]
     return sum(vals) / len(vals) if vals else None
 
 
 _EVALUATORS: dict[str, Evaluator] = {}  # one per process and sweep: reused actors keep it
-_HANDED: dict[str, dict[str, Any]] = {}  # the refs a Handoff gave this process, by its key
 
 
-def shared_refs(plan: Plan) -> dict[str, Any]:
-    """The object-store refs of the sweep's shared inputs. Trials started while the sweep's
-    fine-tune runs get a `mtmg.runtime.handoff.Handoff` instead, and wait there for them (once per
-    process)."""
-    handoff = plan.shared.get("handoff")
-    if handoff is None:
-        return plan.shared
-    key = plan.shared["key"]
-    if key not in _HANDED:
-        import ray
-
-        _HANDED.clear()
-        _HANDED[key] = ray.get(handoff.get.remote())
-    return _HANDED[key]
-
-
-def _evaluator(plan: Plan, refs: dict[str, Any]) -> Evaluator:
+def _evaluator(inputs: AlphaTrialInputs, refs: dict[str, Any]) -> Evaluator:
     key = refs["zs"].hex()
     if key not in _EVALUATORS:
         _EVALUATORS.clear()
-        _EVALUATORS[key] = Evaluator(plan, refs)
+        _EVALUATORS[key] = Evaluator(inputs, refs)
     return _EVALUATORS[key]
 
 
-def objective(p: float, s: float | None, rule: str, tolerance: float, base: float | None) -> float:
-    """A trial's single objective for the search: `select.score`, the rule that also picks the
-    sweep's alpha, so that Optuna's best trial is the alpha the sweep chooses."""
-    return select.score(rule, p, s, base, tolerance)
-
-
-def trial(config: dict[str, Any], plan: Plan) -> None:
-    """One Tune trial: evaluate theta(alpha) on the validation splits and report."""
+def trial(config: dict[str, Any], inputs: AlphaTrialInputs) -> None:
+    """One Tune trial: evaluate theta(alpha) on the validation splits and report its metrics
+    and its objective, `select.score`: the rule that also chooses the sweep's alpha."""
     from ray import tune
 
     t0, started = time.perf_counter(), time.time()
     alpha = round(float(config["alpha"]), 6)
-    if any(abs(alpha - a) < 1e-9 for a in plan.fail_alphas):
-        raise RuntimeError(f"injected failure at alpha={alpha:g} (--fail-alphas test hook)")
-    if plan.trial_delay:
-        time.sleep(plan.trial_delay)
+    inputs.faults.at_trial_start(alpha)
     t1 = time.perf_counter()
-    refs = shared_refs(plan)  # waits here for the fine-tune's weights when started before them
+    refs = early.shared_refs(inputs.shared)  # early trials wait here for the fine-tune
     waited = time.perf_counter() - t1
-    ev = _evaluator(plan, refs)
-    jobs = [(i, "val") for i, s in enumerate(plan.sets) if s[0] in ("patching", "supported")]
+    ev = _evaluator(inputs, refs)
+    jobs = [(i, "val") for i, s in enumerate(inputs.sets) if s.role in ("patching", "supported")]
     rows = ev.rows(alpha, jobs)
     p, s = role_mean(rows, "patching"), role_mean(rows, "supported")
     base = None
-    if plan.selection == "constrained" and s is not None:
-        base = ev.supported_at_zero([j for j in jobs if plan.sets[j[0]][0] == "supported"])
-    metrics = {"alpha": alpha, "patching": p,
-               "objective": objective(p, s, plan.selection, plan.tolerance, base)}  # fmt: skip
+    if inputs.selection == "constrained" and s is not None:
+        base = ev.supported_at_zero([j for j in jobs if inputs.sets[j[0]].role == "supported"])
+    score = select.score(inputs.selection, p, s, base, inputs.tolerance)
+    metrics = {"alpha": alpha, "patching": p, "objective": score}
     if s is not None:
         metrics["supported"] = s
-    if base is not None:  # the same in every trial: the driver's base for `select.select_alpha`
+    if base is not None:  # the same in every trial: the base of the final choice
         metrics["supported_base"] = base
     metrics.update({f"val/{r['label']}": r["value"] for r in rows})
     metrics.update(eval_s=time.perf_counter() - t0 - waited, wait_s=waited, started=started)
     tune.report(metrics)
 
 
-def test_jobs(plan: Plan) -> list[tuple[int, str]]:
+def test_jobs(inputs: AlphaTrialInputs) -> list[tuple[int, str]]:
     """(set, split) of the test metrics: each set's test split, its val split where it has
     none (as `mtmg.patch` reports them)."""
-    from mtmg.data import loader as data
+    from mtmg.data import loader
 
-    return [(i, "test" if data.ShardSet.open(s[1]).count("test") else "val")
-            for i, s in enumerate(plan.sets)]  # fmt: skip
+    return [
+        (i, "test" if loader.ShardSet.open(s.path).count("test") else "val")
+        for i, s in enumerate(inputs.sets)
+    ]
 
 
-def decode_tests(plan: Plan) -> dict[tuple[int, str], list[dict[str, Any]]]:
+def decode_tests(inputs: AlphaTrialInputs) -> dict[tuple[int, str], list[dict[str, Any]]]:
     """The test splits decoded once (those within the cache budget), for `test_rows(kept=)`."""
-    got = {(i, split): decode_split(plan, i, split, plan.cache_gb * 2**30)
-           for i, split in test_jobs(plan)}  # fmt: skip
+    got = {
+        (i, split): decode_split(inputs, i, split, inputs.cache_gb * 2**30)
+        for i, split in test_jobs(inputs)
+    }
     return {k: v for k, v in got.items() if v is not None}
 
 
 def test_rows(
-    plan: Plan,
+    inputs: AlphaTrialInputs,
     alphas: list[float],
     chosen: float,
     worker: bool = True,
@@ -255,36 +271,7 @@ def test_rows(
 ) -> list[dict[str, Any]]:
     """Test metrics (val where a set has no test split) at the given alphas; each split is
     decoded once for all of them (`decode_tests`, or given already decoded in `kept`)."""
-    ev = Evaluator(plan, plan.shared, worker=worker)
-    ev.kept.update(decode_tests(plan) if kept is None else kept)
-    jobs = test_jobs(plan)
+    ev = Evaluator(inputs, inputs.shared, worker=worker)
+    ev.kept.update(decode_tests(inputs) if kept is None else kept)
+    jobs = test_jobs(inputs)
     return [{**r, "selected": a == chosen} for a in alphas for r in ev.rows(a, jobs)]
-
-
-def pack_visual(visual: torch.nn.Module, script: bool = True) -> tuple[str, Any]:
-    """The image tower for the object store: ("torchscript", bytes) where it scripts, else
-    ("module", the module). TorchScript loads with torch alone (see the module docstring).
-
-    The sweep scripts towers for CPU trials only: on GPUs TorchScript's own CUDA paths (fusion,
-    autocast) would meet bf16 evaluation, and a trial process's start matters less there.
-    """
-    if not script:
-        return "module", visual
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scripted = torch.jit.script(visual.eval())
-            buf = io.BytesIO()
-            torch.jit.save(scripted, buf)
-        return "torchscript", buf.getvalue()
-    except Exception:  # noqa: BLE001 - not scriptable (e.g. some timm towers): send it as is
-        return "module", visual
-
-
-def unpack_visual(packed: tuple[str, Any]) -> torch.nn.Module:
-    kind, obj = packed
-    if kind == "torchscript":
-        with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; it works
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(io.BytesIO(obj), map_location="cpu")
-    return obj
