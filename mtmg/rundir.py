@@ -35,7 +35,7 @@ LOCK_FILE = ".lock"
 OPERATIONAL = frozenset({
     "out", "overwrite", "cluster", "cache_dir", "max_failures", "loader_workers",
     "eval_cache_gb", "eval_batch_size", "cpus_per_worker", "cpus_per_trial", "gpus_per_trial",
-    "max_concurrent", "storage", "resume", "retry_failed", "spec", "trial_delay", "fail_alphas",
+    "max_concurrent", "storage", "resume", "retry_failed", "spec",
 })  # fmt: skip
 # what an earlier mtmg run leaves in OUT: with these and no run.json, its inputs are unknown
 _RUN_MARKERS = ("config.yaml", "summary.json", "spec.yaml")

@@ -29,6 +29,7 @@ from mtmg.engine.context import WorkerContext
 from mtmg.models import heads, weights
 from mtmg.runtime import tuner
 from mtmg.stages.patch import driver as patch
+from mtmg.sweeps import options
 from mtmg.sweeps.alpha import driver, inputs, trial
 from mtmg.sweeps.alpha.config import ALPHAS, AlphaSweepConfig, patch_config
 
@@ -488,7 +489,7 @@ def test_bad_input_fails_before_ray(run_dir, tmp_path, capsys):
 def test_spec_file_and_flags(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("search: optuna\nalpha_range: [0.2, 0.8]\nnum_samples: 5\n")
-    cfg = tuner.parse(
+    cfg = options.parse(
         AlphaSweepConfig, ["--out", "o", "--spec", str(spec), "--num-samples", "7"], "d"
     )
     assert cfg.search == "optuna" and cfg.alpha_range == (0.2, 0.8) and cfg.num_samples == 7
@@ -498,7 +499,7 @@ def test_joint_patching_sets_reach_the_fine_tune(tmp_path, monkeypatch):
     """--joint-data goes to the sweep's own fine-tune (mtmg.patch's joint patching), as absolute
     paths; every patching set then counts in the trials' patching metric (role 'patching')."""
     monkeypatch.chdir(tmp_path)
-    cfg = tuner.parse(
+    cfg = options.parse(
         AlphaSweepConfig,
         ["--out", "o", "--data", "a", "--joint-data", "b", "c", "--supported", "s"],
         "d",

@@ -14,6 +14,7 @@ import pytest
 
 from mtmg import rundir
 from mtmg.sweeps.alpha import driver as alpha_sweep
+from mtmg.sweeps.alpha.config import RUN_FILES
 
 from conftest import REPO
 
@@ -102,7 +103,7 @@ def test_a_live_run_locks_its_directory(shards, tmp_path):
 def test_sweep_resume_needs_a_sweep_and_a_free_directory(tmp_path, capsys):
     out = tmp_path / "sweep"
     (tmp_path / "patch-run").mkdir()
-    for name in alpha_sweep.RUN_FILES:  # enough of a run for the option checks
+    for name in RUN_FILES:  # enough of a run for the option checks
         (tmp_path / "patch-run" / name).write_text("")
     argv = ["--run", str(tmp_path / "patch-run"), "--out", str(out)]
     # --resume where no sweep ever ran: refused, and nothing is created

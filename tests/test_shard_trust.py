@@ -112,8 +112,9 @@ READERS = {
                                                     _decoder(ShardSet.open(str(out))),
                                                     batch_size=2, train=True, num_workers=0)),
     "alpha_trial.decode_split": lambda out: alpha_trial.decode_split(
-        alpha_trial.Plan(sets=(("supported", str(out), None, "ben"),), names=("bigearthnet",),
-                         tasks=("multi-label",),
+        alpha_trial.AlphaTrialInputs(
+                         sets=(alpha_trial.EvalSet("supported", str(out), None, "ben",
+                                                   "bigearthnet", "multi-label"),),
                          decoder=(32, transforms.CLIP_MEAN, transforms.CLIP_STD),
                          eval_batch_size=4, loader_workers=0, amp=False, selection="max",
                          tolerance=0.0, threads=1, gpu=False),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mtmg import config
 from mtmg.engine import select
-from mtmg.runtime import tuner
+from mtmg.sweeps import options
 
 if TYPE_CHECKING:
     from mtmg.stages.patch import driver as patch
@@ -35,7 +35,7 @@ SET_OPTIONS = ("data", "joint_data", "supported", "eval_data")
 
 
 @dataclass(frozen=True)
-class AlphaSweepConfig(tuner.SweepConfig):
+class AlphaSweepConfig(options.SweepConfig):
     """Options of the alpha sweep (the common sweep options first)."""
 
     run: str | None = option(
@@ -96,7 +96,7 @@ class AlphaSweepConfig(tuner.SweepConfig):
 
 def check(cfg: AlphaSweepConfig) -> None:
     """Every error in the options and the run dir that can be found before Ray starts."""
-    tuner.check(cfg)
+    options.check_common(cfg)
     if not cfg.run and not cfg.data:
         raise ValueError("give --run PATCH_RUN_DIR, or --data SHARDS (+ --supported) to fine-tune")
     if cfg.run:
@@ -143,7 +143,7 @@ def run_finished(run: Path) -> bool:
 
 def spec(cfg: AlphaSweepConfig) -> dict[str, Any]:
     """The resolved sweep spec saved as spec.yaml (with the patch run swept)."""
-    return {**tuner.resolved_spec(cfg), "run": str(run_dir(cfg))}
+    return {**options.resolved_spec(cfg), "run": str(run_dir(cfg))}
 
 
 def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:

@@ -30,8 +30,10 @@ from typing import Any
 
 from mtmg import errors, faults
 from mtmg.runtime import tuner
+from mtmg.sweeps import common, options
 from mtmg.sweeps.alpha import config, early, heldout, inputs, outputs, selection, trial
 from mtmg.sweeps.alpha.config import AlphaSweepConfig
+from mtmg.sweeps.outputs import trial_rows
 
 log = logging.getLogger(__name__)
 NAME = "alpha_sweep"  # the Tune experiment's name under --storage
@@ -40,13 +42,13 @@ TRIAL_MODULES = (trial.__name__,)  # what trial processes import (preloaded when
 
 def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     """The whole sweep; returns the summary also written to OUT/summary.json. OUT is the
-    sweep's alone while it runs (`tuner.claim`)."""
+    sweep's alone while it runs (`common.claim`)."""
     config.check(cfg)
-    with tuner.claim(cfg, NAME):
+    with common.claim(cfg, NAME):
         sweep = _start(cfg)
         grid, got = _inputs_and_tune(sweep)
         sweep.times["tune_s"] = time.perf_counter() - got.ready_at  # once the weights exist
-        rows = tuner.trial_rows(grid, final_key="patching")  # a trial reports once, at its end
+        rows = trial_rows(grid, final_key="patching")  # a trial reports once, at its end
         rows.sort(
             key=lambda r: (r.get("alpha") is None, r.get("alpha") or r.get("config/alpha") or 0)
         )
@@ -191,7 +193,7 @@ def _search(cfg: AlphaSweepConfig) -> tuple[dict | None, Any, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python sweeps/alpha_sweep.py --run DIR --out DIR [options]`."""
-    cfg = tuner.parse(
+    cfg = options.parse(
         AlphaSweepConfig,
         argv,
         "Alpha sweep of PAINT patching with Ray Tune: interpolate a patch run's theta_zs and "

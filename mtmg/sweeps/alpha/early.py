@@ -165,8 +165,8 @@ def _tune_while_fine_tuning(
     the fine-tune fails, the waiting trials fail with it and the experiment is deleted (nothing
     in it to resume).
     """
-    from mtmg.runtime import tuner
     from mtmg.runtime.handoff import LOW_PRIORITY_ENV, Handoff
+    from mtmg.sweeps import outputs
 
     handoff = Handoff.remote()
     training = threading.Event()
@@ -175,7 +175,7 @@ def _tune_while_fine_tuning(
         try:
             got = fine_tuned(training.set)
         except BaseException as e:
-            handoff.fail.remote(f"the sweep's fine-tune failed: {tuner.error_text(e)}")
+            handoff.fail.remote(f"the sweep's fine-tune failed: {outputs.error_text(e)}")
             raise
         handoff.put.remote(got.shared)
         return got

@@ -16,8 +16,8 @@ from typing import Any
 from mtmg import config
 from mtmg.engine import select
 from mtmg.models import weights
-from mtmg.runtime import tuner
 from mtmg.sweeps.alpha import inputs, selection
+from mtmg.sweeps.outputs import markdown_table, write_outputs
 
 TRIAL_COLUMNS = (
     "alpha",
@@ -57,9 +57,7 @@ def write(
     summary["timings"] = {k: round(v, 3) for k, v in sweep.times.items()}
     best = {**run_cfg, "alphas": [choice.alpha], "out": str(out / "patch-best")}
     md = markdown(summary, rows, cfg.selection, cfg.search, cfg.multi_objective, cfg.tolerance)
-    tuner.write_outputs(
-        out, rows, summary_md=md, summary=summary, spec=sweep.spec, best_config=best
-    )
+    write_outputs(out, rows, summary_md=md, summary=summary, spec=sweep.spec, best_config=best)
     return summary
 
 
@@ -140,14 +138,14 @@ def markdown(
         "",
         "## Test metrics (alpha 0, chosen, 1)",
         "",
-        tuner.markdown_table(summary["test"], TEST_COLUMNS),
+        markdown_table(summary["test"], TEST_COLUMNS),
         "",
     ]
     if summary["pareto_front"]:
-        table = tuner.markdown_table(summary["pareto_front"], ["alpha", "patching", "supported"])
+        table = markdown_table(summary["pareto_front"], ["alpha", "patching", "supported"])
         lines += ["## Pareto front (validation)", "", table, ""]
     cols = [c for c in TRIAL_COLUMNS if any(r.get(c) is not None for r in rows)]
-    lines += ["## Trials (validation)", "", tuner.markdown_table(rows, cols), ""]
+    lines += ["## Trials (validation)", "", markdown_table(rows, cols), ""]
     if summary["failed"]:
         lines += ["## Failed trials", ""]
         lines += [

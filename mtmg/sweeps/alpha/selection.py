@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mtmg.engine import select
-from mtmg.runtime import tuner
+from mtmg.sweeps import outputs
 
 if TYPE_CHECKING:
     from mtmg.sweeps.alpha import trial
@@ -65,7 +65,7 @@ def choose(
     if any(s.role == "supported" for s in sets):
         curves = select.curves(val_rows)
         points = [(a, (curves["patching"][a], curves["supported"][a])) for a in curves["patching"]]
-        front = sorted(tuner.pareto_front(points))
+        front = sorted(outputs.pareto_front(points))
     for r in rows:
         r["chosen"] = r.get("alpha") == chosen and r["status"] == "TERMINATED"
         r["pareto"] = r.get("alpha") in front and r["status"] == "TERMINATED"
