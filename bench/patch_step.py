@@ -74,11 +74,20 @@ def loader_rate(ds, dec, args) -> float:
     return n / (time.perf_counter() - t0)
 
 
+class ImageClassifier(torch.nn.Module):
+    """Image tower + frozen zero-shot head: what patching fine-tunes on one set."""
+
+    def __init__(self, visual: torch.nn.Module, head: heads.ZeroShotHead) -> None:
+        super().__init__()
+        self.visual, self.head = visual, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.visual(x))
+
+
 def plain_rate(ds, dec, bundle, args) -> float:
     """The loop a researcher would write by hand, timed like the job's ThroughputMeter."""
     from mtmg.engine.loop import ThroughputMeter
-    from mtmg.stages.patch.driver import ImageClassifier
-
     device = torch.device(args.device)
     w = heads.build_zeroshot_weights(bundle.model, bundle.tokenizer, ds.prompt_names(),
                                      ds.manifest["templates"])  # fmt: skip

@@ -13,14 +13,15 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mtmg import prep, rundir, synth
+from mtmg import faults, prep, rundir, synth
 from mtmg.data import loader as data
 from mtmg.data import shards
-from mtmg.engine import loop as training
+from mtmg.engine import loop
 from mtmg.models import clip as models
 from mtmg.models import heads
 from mtmg.models import student as st
 from mtmg.stages.align import driver as align
+from mtmg.stages.align import loss
 from mtmg.stages.patch import driver as patch
 from mtmg.stages.pretrain import driver as pretrain
 
@@ -71,13 +72,14 @@ def _value(rows, **match):
     return got[0]
 
 
-def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path):
+def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path, monkeypatch):
     """Through Ray Train: losses fall, the student lands near the teacher, evaluation numbers,
     outputs; a worker killed mid-run resumes from the epoch checkpoint."""
     marker = tmp_path / "failed-once"
     cfg = _cfg(sets, tmp_path / "run", epochs=12, eval_data=(sets["ems"],), eval_every=6)
-    steps = training.train_steps(data.ShardSet.open(sets["ben"]), cfg.batch_size, 1, 0, 1)[0]
-    summary = align.run(cfg, fail_once=(str(marker), 3 * steps + 2))
+    steps = loop.train_steps(data.ShardSet.open(sets["ben"]), cfg.batch_size, 1, 0, 1)[0]
+    monkeypatch.setenv(faults.ENV, f"fail_step={marker}@{3 * steps + 2}")
+    summary = align.run(cfg)
     out = tmp_path / "run"
     assert marker.exists()  # the failure happened, and the run still finished
     for name in ("config.yaml", "metrics.parquet", "metrics.csv", "loss_curves.png",
@@ -174,19 +176,19 @@ def test_a_zero_weight_removes_its_term(sets, tmp_path, weights):
 def test_distances_and_kd_by_hand():
     s = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     t = torch.tensor([[0.0, 5.0], [2.0, 0.0]])
-    assert align.distance(s, t, "mse").item() == pytest.approx((9 + 1 + 1 + 0) / 4)
+    assert loss.distance(s, t, "mse").item() == pytest.approx((9 + 1 + 1 + 0) / 4)
     # normalised: [.6,.8] vs [0,1] and [1,0] vs [1,0]
-    assert align.distance(s, t, "mse-norm").item() == pytest.approx((0.36 + 0.04) / 4)
-    assert align.distance(s, t, "cosine").item() == pytest.approx((1 - 0.8 + 0) / 2)
+    assert loss.distance(s, t, "mse-norm").item() == pytest.approx((0.36 + 0.04) / 4)
+    assert loss.distance(s, t, "cosine").item() == pytest.approx((1 - 0.8 + 0) / 2)
     # KL of identical logits is 0; of different ones, the textbook value
     a = torch.tensor([[2.0, 0.0]])
-    assert align.kd_loss(a, a, 2.0, False).item() == pytest.approx(0, abs=1e-7)
-    assert align.kd_loss(a, a, 1.0, True).item() == pytest.approx(0, abs=1e-7)
+    assert loss.kd_loss(a, a, 2.0, False).item() == pytest.approx(0, abs=1e-7)
+    assert loss.kd_loss(a, a, 1.0, True).item() == pytest.approx(0, abs=1e-7)
     p, q = torch.softmax(torch.tensor([0.0, 0.0]), 0), torch.softmax(torch.tensor([2.0, 0.0]), 0)
     want = float((p * (p / q).log()).sum())  # KL(teacher p || student q)
-    assert align.kd_loss(a, torch.zeros(1, 2), 1.0, False).item() == pytest.approx(want, rel=1e-5)
+    assert loss.kd_loss(a, torch.zeros(1, 2), 1.0, False).item() == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="unknown distance"):
-        align.distance(s, t, "l1")
+        loss.distance(s, t, "l1")
 
 
 def test_ssl4eo_checkpoints_bare_wrapped_and_refused(tmp_path):
