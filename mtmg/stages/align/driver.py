@@ -14,9 +14,7 @@ at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -25,12 +23,11 @@ from typing import Any
 import torch
 import yaml
 
-from mtmg import config, errors, faults, rundir
+from mtmg import config
 from mtmg.data import loader, transforms
 from mtmg.models import clip, heads, student
 from mtmg.report import tables
-from mtmg.runtime import train
-from mtmg.runtime.cluster import init_ray
+from mtmg.stages import cli, job
 from mtmg.stages.align.config import DISTANCES, AlignConfig
 from mtmg.stages.align.loop import worker
 from mtmg.stages.align.scoring import headline
@@ -117,14 +114,12 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
     """The whole stage; returns the summary also written to OUT/summary.json."""
     t0 = time.perf_counter()
     sets = validate(cfg)
-    with rundir.claim("align", cfg, cfg.out, overwrite=cfg.overwrite):
-        return _align(cfg, sets, t0)
+    with job.claimed("align", cfg) as out:
+        return _align(cfg, sets, t0, out)
 
 
-def _align(cfg: AlignConfig, sets: Sets, t0: float) -> dict[str, Any]:
+def _align(cfg: AlignConfig, sets: Sets, t0: float, out: Path) -> dict[str, Any]:
     """`run` once OUT is this run's: teacher, heads, student, the Ray Train job, the outputs."""
-    out = Path(cfg.out).resolve()
-    init_ray(cfg.cluster)  # no cluster: an error before anything is written
     name, pretrained, model_config = resolve_teacher(cfg)
     torch.manual_seed(cfg.seed)
     tb = clip.load_clip(name, pretrained, model_config=model_config)
@@ -136,7 +131,6 @@ def _align(cfg: AlignConfig, sets: Sets, t0: float) -> dict[str, Any]:
     if model_config:
         shutil.copyfile(model_config, out / "teacher_model_config.json")
     conf = {
-        "cfg": dataclasses.asdict(cfg),
         "teacher": {
             "model": name,
             "config": str(Path(model_config).resolve()) if model_config else None,
@@ -144,15 +138,14 @@ def _align(cfg: AlignConfig, sets: Sets, t0: float) -> dict[str, Any]:
         },
         "spec": net.spec.to_json(),
         "sets": sets,
-        "faults": faults.current(),
     }
     shared = {
         "teacher_visual": tb.model.visual.state_dict(),
         "student_init": net.state_dict(),
         "heads": head_weights,
     }
-    tensors, state = train.run_job(
-        worker, conf, cfg, shared=shared, out=out, name="align", weights="student"
+    tensors, state = job.fit(
+        worker, cfg, conf, shared=shared, out=out, name="align", weights="student"
     )
     net.load_state_dict(tensors, strict=True)
     teacher = {"model": name, "pretrained": pretrained, "dir": cfg.teacher}
@@ -194,10 +187,8 @@ def write_outputs(cfg, out: Path, net, state, teacher, report, seconds) -> dict[
         "untrained_test": init,
         "student_dir": str(out),
         "load_with": f"mtmg.models.student.load_student({str(out)!r}).encode(x)",
-        "seconds": round(seconds, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return job.write_summary(out, summary, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,13 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         "(mtmg.models.student.load_student(DIR).encode(x)), summary.json.\n"
         "Re-running with the same --out resumes from the last epoch checkpoint.",
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        summary = run(cfg)
-    except errors.USER_ERRORS as e:
-        return errors.failed(e)
-    except KeyboardInterrupt:
-        return errors.interrupted(errors.RESUME_RUN)
+    return cli.run_command(cfg, run, _show)
+
+
+def _show(cfg: AlignConfig, summary: dict[str, Any]) -> None:
     before = {(r["dataset"], r["metric"]): r["value"] for r in summary["untrained_test"]}
     print(f"{'dataset':<15} {'split':<5} {'encoder':<8} {'metric':<16} {'value':>7} untrained")
     for r in summary["test"]:
@@ -229,4 +217,3 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['value']:>7.2f} {'' if b is None else f'{b:.2f}':>9}"
         )
     print(f"outputs in {Path(cfg.out).resolve()}")
-    return 0

@@ -3,8 +3,7 @@ as configured. Plain PyTorch, run by Ray Train on each DDP worker or alone."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,10 +13,9 @@ from mtmg.data import loader, transforms
 from mtmg.engine import loop
 from mtmg.engine.context import WorkerContext
 from mtmg.models import clip, heads, student
+from mtmg.stages import skeleton
 from mtmg.stages.align import loss, scoring
 from mtmg.stages.align.config import AlignConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,9 +48,7 @@ def worker(conf: dict[str, Any], ctx: WorkerContext | None = None) -> dict[str, 
     """Align, evaluating as configured; returns the student's weights and the run's state. Runs
     on each DDP worker (`mtmg.runtime.train.fit`), or alone (a test, a Tune trial: pass `ctx`
     with a reporter there)."""
-    cfg = AlignConfig(**conf["cfg"])
-    ctx = ctx or WorkerContext()
-    torch.manual_seed(cfg.seed)
+    cfg, ctx, hooks = skeleton.start(AlignConfig, conf, ctx)
     teacher = conf["teacher"]
     tb = clip.load_clip(
         teacher["model"],
@@ -71,86 +67,67 @@ def worker(conf: dict[str, Any], ctx: WorkerContext | None = None) -> dict[str, 
         tb.mean,
         tb.std,
     )
-    state = _train(cfg, ctx, m, conf["sets"], conf.get("faults", faults.NONE))
+    state = _train(cfg, ctx, m, conf["sets"], hooks)
     return {"student": net.state_dict(), **state}
 
 
-def _train(cfg: AlignConfig, ctx, m: Models, sets, hooks: faults.Faults) -> dict[str, Any]:
-    """The alignment loop; resumes from the latest Ray Train checkpoint when there is one."""
+def _train(cfg: AlignConfig, ctx, m: Models, sets, hooks: faults.Faults) -> skeleton.State:
+    """The alignment loop, resumed from the latest epoch checkpoint when there is one; the
+    untrained student is evaluated first (`--eval-init`), the trained one on the test splits."""
     ds = loader.ShardSet.open(sets[0][0])
-    defer = cfg.augment and (
-        cfg.gpu_augment or (cfg.gpu_augment is None and ctx.device.type == "cuda")
-    )
     augment = transforms.Augment() if cfg.augment else None
+    defer = cfg.defer_augment(ctx.device)
     decoder = m.decoder(ds, sets[0][1], augment=augment, seed=cfg.seed, defer_augment=defer)
-    multi_label = ds.task == "multi-label"
     steps = loop.train_steps(ds, cfg.batch_size, cfg.epochs, cfg.seed, ctx.world)
     params = [p for p in m.student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, loop.lr_lambda(cfg.warmup_steps, sum(steps)))
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "losses": [], "stats": [], "rows": []}
-    saved = loop.load_epoch(ctx, "student", opt, sched)
-    if saved:
-        tensors, state = saved
-        m.student.load_state_dict(tensors, strict=True)
-        if state.get("done"):
-            return state
-        log.info("resuming at epoch %d, step %d", state["epoch"], state["step"])
-    elif cfg.eval_init:
+    run = skeleton.Run(cfg, ctx, "student", params, sum(steps), hooks)
+    state, finished = run.resume(
+        {"epoch": 0, "step": 0, "losses": [], "stats": [], "rows": []},
+        lambda tensors: m.student.load_state_dict(tensors, strict=True),
+        lambda st: bool(st.get("done")),
+    )
+    if finished:
+        return state
+    if cfg.eval_init and state["epoch"] == 0:  # a fresh run: no epoch checkpoint yet
         state["rows"] += scoring.score(cfg, ctx, m, sets, "val", 0)
         state["rows"] += scoring.score(cfg, ctx, m, sets, "test", 0)
     model = ctx.wrap(m.student)
-    amp = loop.amp_dtype(cfg.precision, ctx.device)
-    head = m.heads[0]
-    for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
-        batches = loader.make_loader(
-            ds,
-            "train",
-            replace(decoder, epoch=epoch),
-            batch_size=max(1, cfg.batch_size // ctx.world),
-            train=True,
-            rank=ctx.rank,
-            world=ctx.world,
-            num_workers=cfg.loader_workers,
-            seed=cfg.seed,
-            epoch=epoch,
-        )
-        total = torch.zeros(2, device=ctx.device)
-        meter = loop.ThroughputMeter(ctx.device)
-        for batch in batches:
-            batch = loader.device_batch(batch, decoder, ctx.device)
-            x, y = batch[m.student.spec.input], batch["target"]
-            with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
-                with torch.no_grad():
-                    t_emb = m.teacher(batch["rgb"])
-                s_emb = model(x)
-            value, parts = loss.loss_parts(cfg, s_emb.float(), t_emb.float(), head, y, multi_label)
-            loop.optimizer_step(value, opt, sched, params, cfg.grad_clip, state["step"])
-            state["step"] += 1
-            meter.step(len(y))
-            hooks.at_step(state["step"])
-            size = torch.tensor(len(y), device=ctx.device)
-            total += torch.stack([value.detach() * len(y), size])
-            terms = {k: parts[k].item() if k in parts else None for k in ("img", "txt", "kd")}
-            state["losses"].append({"step": state["step"], "loss": value.item(), **terms})
-        if ctx.world > 1:
-            torch.distributed.all_reduce(total)
-        stats = {
-            "epoch": epoch + 1,
-            "step": state["step"],
-            "train_loss": float(total[0] / total[1]),
-            "samples_per_s": meter.rate(),
-        }
-        state["stats"].append(stats)
-        state["epoch"] = epoch + 1
-        log.info("epoch %d: %s", epoch + 1, stats)
+
+    def evaluate_every(epoch: int, stats: dict[str, Any]) -> None:
         if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             val = scoring.score(cfg, ctx, m, sets, "val", epoch + 1)
             state["rows"] += val
             stats.update(scoring.headline(val, ds.name, m.student.spec.input, "val"))
-        loop.save_epoch(ctx, "student", m.student.state_dict(), state, stats, opt, sched)
+
+    run.epochs(
+        state,
+        lambda epoch: _epoch(cfg, ctx, m, model, run, ds, decoder, state, epoch),
+        m.student.state_dict,
+        evaluate_every,
+    )
     state["rows"] += scoring.score(cfg, ctx, m, sets, "test", cfg.epochs, teacher=True)
     state["done"] = True
-    loop.save_epoch(ctx, "student", m.student.state_dict(), state, {"done": 1})
+    run.finish(m.student.state_dict(), state, {"done": 1})
     return state
+
+
+def _epoch(cfg, ctx, m: Models, model, run: skeleton.Run, ds, decoder, state, epoch: int):
+    """One epoch of distillation; appends to the state's losses and returns the statistics."""
+    model.train()
+    multi_label = ds.task == "multi-label"
+    batch_size = max(1, cfg.batch_size // ctx.world)
+    batches = skeleton.train_loader(cfg, ctx, ds, decoder, epoch, batch_size, cfg.loader_workers)
+    totals, head = skeleton.EpochTotals(ctx.device), m.heads[0]
+    for batch in batches:
+        batch = loader.device_batch(batch, decoder, ctx.device)
+        x, y = batch[m.student.spec.input], batch["target"]
+        with torch.autocast(ctx.device.type, dtype=run.amp, enabled=run.amp is not None):
+            with torch.no_grad():
+                t_emb = m.teacher(batch["rgb"])
+            s_emb = model(x)
+        value, parts = loss.loss_parts(cfg, s_emb.float(), t_emb.float(), head, y, multi_label)
+        state["step"] = run.step(value, state["step"])
+        totals.add(value, len(y))
+        terms = {k: parts[k].item() if k in parts else None for k in ("img", "txt", "kd")}
+        state["losses"].append({"step": state["step"], "loss": value.item(), **terms})
+    return totals.stats(ctx, epoch, state["step"])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mtmg.data import loader
 from mtmg.engine import evaluate, loop, metrics
 from mtmg.engine.context import WorkerContext
+from mtmg.stages import skeleton
 from mtmg.stages.align.config import AlignConfig
 
 if TYPE_CHECKING:
@@ -53,16 +54,7 @@ def score(
         sp = split if ds.count(split) else ("val" if split == "test" and ds.count("val") else None)
         if sp is None:
             continue
-        batches = loader.make_loader(
-            ds,
-            sp,
-            m.decoder(ds, nomen),
-            batch_size=cfg.eval_batch_size,
-            train=False,
-            rank=ctx.rank,
-            world=ctx.world,
-            num_workers=cfg.loader_workers,
-        )
+        batches = skeleton.eval_loader(cfg, ctx, ds, sp, m.decoder(ds, nomen))
 
         def both(b: dict[str, torch.Tensor]) -> torch.Tensor:
             return torch.cat([m.student(b[inp]), m.teacher(b["rgb"])], 1)

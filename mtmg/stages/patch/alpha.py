@@ -12,9 +12,8 @@ from mtmg.data import loader
 from mtmg.engine import evaluate, loop, select
 from mtmg.engine.context import WorkerContext
 from mtmg.models import clip, heads, weights
-from mtmg.stages.patch.config import PatchConfig
-
-Sets = list[tuple[str, str, str | None]]  # (role, absolute path, nomenclature) of every dataset
+from mtmg.stages import skeleton
+from mtmg.stages.patch.config import PatchConfig, Sets
 
 
 def search(
@@ -46,16 +45,7 @@ def search(
                 bundle.mean,
                 bundle.std,
             )
-            batch_loader = loader.make_loader(
-                ds,
-                split,
-                dec,
-                batch_size=cfg.eval_batch_size,
-                train=False,
-                rank=ctx.rank,
-                world=ctx.world,
-                num_workers=cfg.loader_workers,
-            )
+            batch_loader = skeleton.eval_loader(cfg, ctx, ds, split, dec)
             cached[(i, split)] = evaluate.materialize(batch_loader, budget) or batch_loader
         return cached[(i, split)]
 

@@ -31,8 +31,6 @@ mtmg's choice:
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import shutil
 import sys
 import time
@@ -43,19 +41,16 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from mtmg import config, errors, faults, rundir
+from mtmg import config
 from mtmg.data import loader
 from mtmg.engine import select
 from mtmg.models import clip, heads, weights
 from mtmg.report import tables
-from mtmg.runtime import train
-from mtmg.runtime.cluster import init_ray
-from mtmg.stages.patch.config import ALPHAS, PatchConfig
+from mtmg.stages import cli, job
+from mtmg.stages.patch.config import ALPHAS, PatchConfig, Sets
 from mtmg.stages.patch.loop import worker
 
 __all__ = ["ALPHAS", "PatchConfig", "build_heads", "main", "run", "validate", "worker"]
-
-Sets = list[tuple[str, str, str | None]]  # (role, absolute path, nomenclature) of every dataset
 
 
 def validate(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
@@ -63,13 +58,13 @@ def validate(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
 
     Returns the (role, absolute path, nomenclature) of every dataset, the patching sets first.
     """
-    paths = [_abs(p) for p in cfg.patching]
+    paths = [job.absolute(p) for p in cfg.patching]
     if len(set(paths)) != len(paths):
         raise ValueError(f"--data/--joint-data: a shard set is given twice ({', '.join(paths)})")
     nomens = _nomenclatures(cfg.nomenclature, paths)
     sets = [("patching", p, n) for p, n in zip(paths, nomens, strict=True)]
-    sets += [("supported", _abs(p), None) for p in cfg.supported]
-    sets += [("eval", _abs(p), None) for p in cfg.eval_data]
+    sets += [("supported", job.absolute(p), None) for p in cfg.supported]
+    sets += [("eval", job.absolute(p), None) for p in cfg.eval_data]
     for role, path, nomen in sets:
         ds = loader.ShardSet.open(path)
         need = ("train", "val") if role == "patching" else ()
@@ -98,11 +93,6 @@ def _nomenclatures(name: str | None, paths: Sequence[str]) -> list[str | None]:
     return [name if h else None for h in have]
 
 
-def _abs(path: str) -> str:
-    """An absolute local path (Ray workers change their cwd); URIs unchanged."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
 def build_heads(cfg: PatchConfig, bundle: clip.ClipBundle, sets: Sets) -> list[torch.Tensor]:
     """Zero-shot head weights of every dataset (patching task in its nomenclature), cached."""
     datasets = [(loader.ShardSet.open(p), n if role == "patching" else None) for role, p, n in sets]
@@ -116,42 +106,31 @@ def run(cfg: PatchConfig, *, on_train_start: Callable[[], None] | None = None) -
     only waits for it (see `mtmg.runtime.train.fit`)."""
     t0 = time.perf_counter()
     bundle, sets = validate(cfg)
-    with rundir.claim("patch", cfg, cfg.out, overwrite=cfg.overwrite):
-        return _fine_tune(cfg, bundle, sets, t0, on_train_start)
-
-
-def _fine_tune(cfg, bundle, sets, t0, on_train_start) -> dict[str, Any]:
-    """`run` once OUT is this run's: the heads, the Ray Train job, the outputs."""
-    out = Path(cfg.out).resolve()
-    init_ray(cfg.cluster)  # no cluster: an error before anything is written
-    tables.save_config(config.to_dict(cfg), out / "config.yaml")
-    head_weights = build_heads(cfg, bundle, sets)
-    theta_zs = weights.image_state(bundle.model)
-    save_file(theta_zs, str(out / "theta_zs.safetensors"))
-    job = dataclasses.replace(
-        cfg, data=_abs(cfg.data), joint_data=tuple(_abs(p) for p in cfg.joint_data)
-    )
-    conf = {
-        "cfg": dataclasses.asdict(job),
-        "build_kwargs": bundle.build_kwargs,
-        "sets": [(r, _abs(p), n) for r, p, n in sets],
-        "faults": faults.current(),
-    }
-    shared = {
-        "zeroshot": {k: v.cpu() for k, v in bundle.model.state_dict().items()},
-        "heads": head_weights,
-    }
-    theta_ft, state = train.run_job(
-        worker,
-        conf,
-        cfg,
-        shared=shared,
-        out=out,
-        name="patch",
-        weights="visual",
-        on_start=on_train_start,
-    )
-    return write_outputs(cfg, out, bundle, theta_zs, theta_ft, state, time.perf_counter() - t0)
+    with job.claimed("patch", cfg) as out:
+        tables.save_config(config.to_dict(cfg), out / "config.yaml")
+        head_weights = build_heads(cfg, bundle, sets)
+        theta_zs = weights.image_state(bundle.model)
+        save_file(theta_zs, str(out / "theta_zs.safetensors"))
+        absolute = dataclasses.replace(
+            cfg, data=job.absolute(cfg.data), joint_data=tuple(map(job.absolute, cfg.joint_data))
+        )
+        conf = {"build_kwargs": bundle.build_kwargs, "sets": sets}
+        shared = {
+            "zeroshot": {k: v.cpu() for k, v in bundle.model.state_dict().items()},
+            "heads": head_weights,
+        }
+        theta_ft, state = job.fit(
+            worker,
+            absolute,
+            conf,
+            shared=shared,
+            out=out,
+            name="patch",
+            weights="visual",
+            on_start=on_train_start,
+        )
+        seconds = time.perf_counter() - t0
+        return write_outputs(cfg, out, bundle, theta_zs, theta_ft, state, seconds)
 
 
 def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) -> dict[str, Any]:
@@ -173,7 +152,7 @@ def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) ->
     test = [r for r in rows if r["split"] != "val" or r.get("selected") is not None]
     summary = {
         "model": cfg.model,
-        "patching": [_abs(p) for p in cfg.patching],
+        "patching": [job.absolute(p) for p in cfg.patching],
         "alpha": chosen,
         "selection": cfg.selection,
         "steps": state["step"],
@@ -182,10 +161,8 @@ def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) ->
         "test": [r for r in test if r.get("selected") is not None],
         "patched_checkpoint": str(checkpoint),
         "load_with": f"open_clip.create_model({cfg.model!r}, pretrained='patched.safetensors')",
-        "seconds": round(seconds, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return job.write_summary(out, summary, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,13 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         "open_clip checkpoint: open_clip.create_model(NAME, pretrained=PATH)), summary.json.\n"
         "Re-running with the same --out resumes from the last epoch checkpoint.",
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        summary = run(cfg)
-    except errors.USER_ERRORS as e:
-        return errors.failed(e)
-    except KeyboardInterrupt:
-        return errors.interrupted(errors.RESUME_RUN)
+    return cli.run_command(cfg, run, _show)
+
+
+def _show(cfg: PatchConfig, summary: dict[str, Any]) -> None:
     print(f"chosen alpha = {summary['alpha']:g} ({cfg.selection} rule on validation)")
     for r in summary["test"]:
         mark = "*" if r["selected"] else " "
@@ -222,4 +196,3 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['metric']}={r['value']:.2f}"
         )
     print(f"outputs in {Path(cfg.out).resolve()}")
-    return 0

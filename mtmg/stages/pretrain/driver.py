@@ -28,16 +28,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import torch
 
-from mtmg import config, errors
+from mtmg import config
 from mtmg.data import labels
 from mtmg.models import clip, weights
+from mtmg.stages import cli
 from mtmg.stages.pretrain import contrastive, render
 from mtmg.stages.pretrain.config import (
     CHECKPOINT,
@@ -132,6 +132,8 @@ example:
   ... --model mtmg-demo-vit --pretrained runs/pretrain/clip.safetensors
 """
 
+RETRAIN = "run the same command again to train from the start"
+
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m mtmg.pretrain --out DIR [options]`."""
@@ -142,14 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         "so that it is zero-shot capable there (a stand-in for real CLIP weights).",
         EPILOG,
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        ckpt = pretrain(cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return errors.interrupted("run the same command again to train from the start")
+    return cli.run_command(cfg, pretrain, _show, RETRAIN)
+
+
+def _show(cfg: PretrainConfig, ckpt: Path) -> None:
     res = read_result(cfg.out) or {}
     print(
         f"zero-shot top-1 {res.get('zeroshot_top1', float('nan')):.1f}% on "
@@ -158,4 +156,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"checkpoint: {ckpt}")
     print(f"use it as: --model {cfg.model} --pretrained {ckpt}")
-    return 0
