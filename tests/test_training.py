@@ -85,12 +85,12 @@ def test_a_non_finite_checkpoint_is_not_resumed_from(tmp_path):
 def test_a_worker_s_non_finite_loss_reaches_the_driver_as_itself(ray_session, tmp_path):
     """Under Ray Train the worker's error comes back as the NonFiniteError it raised (a
     ValueError: commands print it as `error: ...`), not as Ray Train's wrapper."""
-    from mtmg.runtime import train as trainers
+    from mtmg.runtime import train
 
     def diverges(config: dict, ctx) -> None:  # a closure: pickled by value for the worker
         loop.check_finite(torch.tensor(float("nan")), step=4)
 
     with pytest.raises(loop.NonFiniteError, match="loss is nan at step 5") as info:
-        trainers.fit(diverges, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
-                     name="nan", max_failures=0)  # fmt: skip
+        train.fit(diverges, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
+                  name="nan", max_failures=0)  # fmt: skip
     assert type(info.value) is loop.NonFiniteError
