@@ -32,21 +32,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import wait_quiet  # noqa: E402
 from patch_step import make_shards  # noqa: E402
 
-from mtmg.data import loader as data
-from mtmg.data import transforms
+from mtmg.data import loader, transforms
 from mtmg.engine.loop import ThroughputMeter  # noqa: E402
-from mtmg.models import clip as models
-from mtmg.models import heads, student
+from mtmg.models import clip, heads, student
 from mtmg.stages.align import driver as align  # noqa: E402
 
 SMALL_STUDENT = '{"depth": 4, "embed_dim": 192, "num_heads": 3, "patch_size": 8}'
 
 
-def plain_rate(ds: data.ShardSet, args) -> float:
+def plain_rate(ds: loader.ShardSet, args) -> float:
     """The loop a researcher would write by hand, timed like the job's ThroughputMeter."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    tb = models.load_clip(args.teacher, None)
+    tb = clip.load_clip(args.teacher, None)
     w = heads.build_zeroshot_weights(tb.model, tb.tokenizer, ds.prompt_names(),
                                      ds.manifest["templates"])  # fmt: skip
     head = heads.ZeroShotHead.from_weights(w).to(device)
@@ -55,17 +53,17 @@ def plain_rate(ds: data.ShardSet, args) -> float:
                                timm_args=json.loads(args.student_args))  # fmt: skip
     net = student.build_student(spec).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01)
-    dec = data.Decoder(
-        tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb+ms", data.Targets.of(ds),
+    dec = loader.Decoder(
+        tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb+ms", loader.Targets.of(ds),
         tb.image_size, args.student_size, tb.mean, tb.std, transforms.Augment(),
         defer_augment=args.gpu_augment,
     )  # fmt: skip
-    loader = data.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
+    batches = loader.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
                               num_workers=args.loader_workers)  # fmt: skip
     amp = torch.bfloat16 if args.precision == "bf16" else None
     meter = ThroughputMeter(device)
-    for batch in loader:
-        batch = data.device_batch(batch, dec, device)
+    for batch in batches:
+        batch = loader.device_batch(batch, dec, device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             with torch.no_grad():
                 t = teacher(batch["rgb"])
@@ -81,7 +79,7 @@ def plain_rate(ds: data.ShardSet, args) -> float:
     return meter.rate()
 
 
-def ray_train_rate(ds: data.ShardSet, args, work: Path) -> dict:
+def ray_train_rate(ds: loader.ShardSet, args, work: Path) -> dict:
     cfg = align.AlignConfig(
         data=ds.root, out=str(work / "job"), model=args.teacher, pretrained=None,
         student_args=args.student_args, student_size=args.student_size,

@@ -28,14 +28,12 @@ import torch
 from common import cpu_busy_percent, wait_quiet
 
 from mtmg import synth
-from mtmg.data import loader as data
-from mtmg.data import storage, transforms
+from mtmg.data import loader, storage, transforms
 from mtmg.data.raw import make_layout
-from mtmg.models import clip as models
-from mtmg.models import heads
+from mtmg.models import clip, heads
 
 
-def make_shards(work: Path, n: int, size: int) -> data.ShardSet:
+def make_shards(work: Path, n: int, size: int) -> loader.ShardSet:
     """Generated BigEarthNet patches, sharded without Ray (the loader benchmark needs none)."""
     import dataclasses
 
@@ -51,22 +49,22 @@ def make_shards(work: Path, n: int, size: int) -> data.ShardSet:
     write_index(storage.location(str(out)), res)
     manifest = build_manifest({"dataset": "bigearthnet", "resample": "nearest"}, layout, plan, res)
     storage.write_json_atomic(storage.location(str(out)).fs, str(out / "manifest.json"), manifest)
-    return data.ShardSet.open(str(out))
+    return loader.ShardSet.open(str(out))
 
 
-def decoder(ds: data.ShardSet, bundle: models.ClipBundle, defer: bool) -> data.Decoder:
-    return data.Decoder(
-        tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", data.Targets.of(ds),
+def decoder(ds: loader.ShardSet, bundle: clip.ClipBundle, defer: bool) -> loader.Decoder:
+    return loader.Decoder(
+        tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", loader.Targets.of(ds),
         bundle.image_size, bundle.image_size, bundle.mean, bundle.std, transforms.Augment(),
         defer_augment=defer,
     )  # fmt: skip
 
 
 def loader_rate(ds, dec, args) -> float:
-    loader = data.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
+    batches = loader.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
                               num_workers=args.loader_workers)  # fmt: skip
     n, t0 = 0, None
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(batches):
         if i == 1:
             t0 = time.perf_counter()
         elif i > 1:
@@ -74,11 +72,20 @@ def loader_rate(ds, dec, args) -> float:
     return n / (time.perf_counter() - t0)
 
 
+class ImageClassifier(torch.nn.Module):
+    """Image tower + frozen zero-shot head: what patching fine-tunes on one set."""
+
+    def __init__(self, visual: torch.nn.Module, head: heads.ZeroShotHead) -> None:
+        super().__init__()
+        self.visual, self.head = visual, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.visual(x))
+
+
 def plain_rate(ds, dec, bundle, args) -> float:
     """The loop a researcher would write by hand, timed like the job's ThroughputMeter."""
     from mtmg.engine.loop import ThroughputMeter
-    from mtmg.stages.patch.driver import ImageClassifier
-
     device = torch.device(args.device)
     w = heads.build_zeroshot_weights(bundle.model, bundle.tokenizer, ds.prompt_names(),
                                      ds.manifest["templates"])  # fmt: skip
@@ -86,12 +93,12 @@ def plain_rate(ds, dec, bundle, args) -> float:
     opt = torch.optim.AdamW([p for p in model.visual.parameters()], lr=1e-5, weight_decay=0.5)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     amp = torch.bfloat16 if args.precision == "bf16" else None
-    loader = data.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
+    batches = loader.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
                               num_workers=args.loader_workers)  # fmt: skip
     meter = ThroughputMeter(device)
     model.train()
-    for batch in loader:
-        batch = data.device_batch(batch, dec, device)
+    for batch in batches:
+        batch = loader.device_batch(batch, dec, device)
         x, y = batch["rgb"], batch["target"]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = loss_fn(model(x).float(), y)
@@ -156,7 +163,7 @@ def main() -> None:
     try:
         ds = make_shards(work, args.patches, args.size)
         torch.manual_seed(0)
-        bundle = models.load_clip(args.model, None)
+        bundle = clip.load_clip(args.model, None)
         dec = decoder(ds, bundle, defer=args.gpu_augment)
         result = {
             "bench": "patch_step",
@@ -172,7 +179,7 @@ def main() -> None:
         for r in range(args.repeats):  # alternated, medians reported: this machine is noisy
             torch.manual_seed(0)
             waited.append(wait_quiet())
-            plain.append(plain_rate(ds, dec, models.load_clip(args.model, None), args))
+            plain.append(plain_rate(ds, dec, clip.load_clip(args.model, None), args))
             if args.no_ray:
                 continue
             import ray
@@ -189,7 +196,7 @@ def main() -> None:
             # the same plain loop with Ray's daemons running beside it, as the job had
             torch.manual_seed(0)
             waited.append(wait_quiet())
-            plain_up.append(plain_rate(ds, dec, models.load_clip(args.model, None), args))
+            plain_up.append(plain_rate(ds, dec, clip.load_clip(args.model, None), args))
             if r == args.repeats - 1:
                 result["ray_data_samples_per_s"] = round(ray_data_rate(ds, dec, args), 1)
             ray.shutdown()

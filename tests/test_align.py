@@ -13,14 +13,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mtmg import prep, rundir, synth
-from mtmg.data import loader as data
-from mtmg.data import shards
-from mtmg.engine import loop as training
-from mtmg.models import clip as models
-from mtmg.models import heads
-from mtmg.models import student as st
+from mtmg import faults, prep, rundir, synth
+from mtmg.data import loader, shards
+from mtmg.engine import loop
+from mtmg.models import clip, heads, student
 from mtmg.stages.align import driver as align
+from mtmg.stages.align import loss
 from mtmg.stages.patch import driver as patch
 from mtmg.stages.pretrain import driver as pretrain
 
@@ -45,13 +43,13 @@ def sets(tmp_path_factory, ray_session):
     # the teacher: a tiny CLIP that is really zero-shot capable (mtmg.pretrain), then patched
     # (the shapes-only tiny CLIP: its quick patching gives the well-spread teacher embeddings
     # that retrieval over 48 test patches needs in the 30-epoch run below)
-    clip = pretrain.pretrain(pretrain.PretrainConfig(
+    pretrained = pretrain.pretrain(pretrain.PretrainConfig(
         out=str(root / "clip"), model="mtmg-tiny-vit", words=(), progress=False
     ))  # fmt: skip
     teacher = root / "patch-run"
     patch.run(patch.PatchConfig(
         data=str(root / "ben-shards"), out=str(teacher), model="mtmg-tiny-vit",
-        pretrained=str(clip),
+        pretrained=str(pretrained),
         lr=1e-3, warmup_steps=5, batch_size=16, epochs=6, alphas=(0.0, 0.5, 1.0), loader_workers=1,
         cache_dir=str(root / "cache"),
     ))  # fmt: skip
@@ -71,13 +69,14 @@ def _value(rows, **match):
     return got[0]
 
 
-def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path):
+def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path, monkeypatch):
     """Through Ray Train: losses fall, the student lands near the teacher, evaluation numbers,
     outputs; a worker killed mid-run resumes from the epoch checkpoint."""
     marker = tmp_path / "failed-once"
     cfg = _cfg(sets, tmp_path / "run", epochs=12, eval_data=(sets["ems"],), eval_every=6)
-    steps = training.train_steps(data.ShardSet.open(sets["ben"]), cfg.batch_size, 1, 0, 1)[0]
-    summary = align.run(cfg, fail_once=(str(marker), 3 * steps + 2))
+    steps = loop.train_steps(loader.ShardSet.open(sets["ben"]), cfg.batch_size, 1, 0, 1)[0]
+    monkeypatch.setenv(faults.ENV, f"fail_step={marker}@{3 * steps + 2}")
+    summary = align.run(cfg)
     out = tmp_path / "run"
     assert marker.exists()  # the failure happened, and the run still finished
     for name in ("config.yaml", "metrics.parquet", "metrics.csv", "loss_curves.png",
@@ -110,15 +109,15 @@ def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path):
         align.run(dataclasses.replace(cfg, eval_data=()))
 
     # the saved student loads back and reproduces the embeddings behind the metrics
-    enc = st.load_student(out)
+    enc = student.load_student(out)
     assert enc.spec.in_chans == 13 and enc.meta["teacher"]["dir"] == sets["teacher"]
-    ds = data.ShardSet.open(sets["ben"])
-    teacher = models.load_clip("mtmg-tiny-vit", f"{sets['teacher']}/patched.safetensors")
-    dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb+ms",
-                       data.Targets.of(ds), teacher.image_size, 32, teacher.mean,
-                       teacher.std)  # fmt: skip
-    batch = next(iter(data.make_loader(ds, split, dec, batch_size=512, train=False,
-                                       num_workers=0)))  # fmt: skip
+    ds = loader.ShardSet.open(sets["ben"])
+    teacher = clip.load_clip("mtmg-tiny-vit", f"{sets['teacher']}/patched.safetensors")
+    dec = loader.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb+ms",
+                         loader.Targets.of(ds), teacher.image_size, 32, teacher.mean,
+                         teacher.std)  # fmt: skip
+    batch = next(iter(loader.make_loader(ds, split, dec, batch_size=512, train=False,
+                                         num_workers=0)))  # fmt: skip
     with torch.no_grad():
         cos = F.cosine_similarity(enc.encode(batch["ms"]), teacher.model.visual(batch["rgb"]))
     assert float(cos.mean()) == pytest.approx(cos1, abs=1e-4)
@@ -134,13 +133,13 @@ def _plain_run(sets, tmp_path, **kw) -> dict:
     cfg = _cfg(sets, tmp_path / "plain", **kw)
     datasets = align.validate(cfg)
     name, pretrained, mc = align.resolve_teacher(cfg)
-    tb = models.load_clip(name, pretrained, model_config=mc)
-    hw = heads.dataset_heads(tb, name, [(data.ShardSet.open(p), n) for p, n in datasets],
+    tb = clip.load_clip(name, pretrained, model_config=mc)
+    hw = heads.dataset_heads(tb, name, [(loader.ShardSet.open(p), n) for p, n in datasets],
                              cfg.cache_dir)  # fmt: skip
-    student, _ = align.build_student(cfg, hw[0].shape[1])
+    net, _ = align.build_student(cfg, hw[0].shape[1])
     conf = {"cfg": dataclasses.asdict(cfg), "teacher": {"model": name, "config": mc},
-            "teacher_visual": tb.model.visual.state_dict(), "spec": student.spec.to_json(),
-            "student_init": student.state_dict(), "heads": hw, "sets": datasets}  # fmt: skip
+            "teacher_visual": tb.model.visual.state_dict(), "spec": net.spec.to_json(),
+            "student_init": net.state_dict(), "heads": hw, "sets": datasets}  # fmt: skip
     return align.worker(conf)
 
 
@@ -174,23 +173,24 @@ def test_a_zero_weight_removes_its_term(sets, tmp_path, weights):
 def test_distances_and_kd_by_hand():
     s = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     t = torch.tensor([[0.0, 5.0], [2.0, 0.0]])
-    assert align.distance(s, t, "mse").item() == pytest.approx((9 + 1 + 1 + 0) / 4)
+    assert loss.distance(s, t, "mse").item() == pytest.approx((9 + 1 + 1 + 0) / 4)
     # normalised: [.6,.8] vs [0,1] and [1,0] vs [1,0]
-    assert align.distance(s, t, "mse-norm").item() == pytest.approx((0.36 + 0.04) / 4)
-    assert align.distance(s, t, "cosine").item() == pytest.approx((1 - 0.8 + 0) / 2)
+    assert loss.distance(s, t, "mse-norm").item() == pytest.approx((0.36 + 0.04) / 4)
+    assert loss.distance(s, t, "cosine").item() == pytest.approx((1 - 0.8 + 0) / 2)
     # KL of identical logits is 0; of different ones, the textbook value
     a = torch.tensor([[2.0, 0.0]])
-    assert align.kd_loss(a, a, 2.0, False).item() == pytest.approx(0, abs=1e-7)
-    assert align.kd_loss(a, a, 1.0, True).item() == pytest.approx(0, abs=1e-7)
+    assert loss.kd_loss(a, a, 2.0, False).item() == pytest.approx(0, abs=1e-7)
+    assert loss.kd_loss(a, a, 1.0, True).item() == pytest.approx(0, abs=1e-7)
     p, q = torch.softmax(torch.tensor([0.0, 0.0]), 0), torch.softmax(torch.tensor([2.0, 0.0]), 0)
     want = float((p * (p / q).log()).sum())  # KL(teacher p || student q)
-    assert align.kd_loss(a, torch.zeros(1, 2), 1.0, False).item() == pytest.approx(want, rel=1e-5)
+    assert loss.kd_loss(a, torch.zeros(1, 2), 1.0, False).item() == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="unknown distance"):
-        align.distance(s, t, "l1")
+        loss.distance(s, t, "l1")
 
 
 def test_ssl4eo_checkpoints_bare_wrapped_and_refused(tmp_path):
-    spec = st.StudentSpec(input="ms", img_size=32, embed_dim=32, timm_args=json.loads(TINY_STUDENT))
+    spec = student.StudentSpec(input="ms", img_size=32, embed_dim=32,
+                               timm_args=json.loads(TINY_STUDENT))  # fmt: skip
     torch.manual_seed(1)
     # an SSL4EO-style checkpoint: a timm ViT on 13 bands at 224 px, with a classifier head
     ref = timm.create_model("vit_small_patch16_224", in_chans=13, num_classes=10,
@@ -203,21 +203,22 @@ def test_ssl4eo_checkpoints_bare_wrapped_and_refused(tmp_path):
             for k, v in sd.items()}  # fmt: skip
     torch.save({"state_dict": moco, "epoch": 99}, tmp_path / "moco.pth")  # SSL4EO's own files
     for name in ("bare.pth", "wrapped.pth", "moco.pth"):
-        student = st.build_student(spec)
-        report = st.load_trunk(student, str(tmp_path / name))
+        net = student.build_student(spec)
+        report = student.load_trunk(net, str(tmp_path / name))
         assert not report.missing and report.ignored == ["head.bias", "head.weight"]
-        got = student.trunk.state_dict()
+        got = net.trunk.state_dict()
         assert torch.equal(got["blocks.1.mlp.fc2.weight"], sd["blocks.1.mlp.fc2.weight"])
         assert got["pos_embed"].shape[1] == 1 + 16  # resampled from 8x8 to the 4x4 grid
     # the trunk would stay uninitialised: refused, unless allowed
     torch.save({"model": {f"net.{k}": v for k, v in sd.items()}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="uninitialised.*allow-partial-init"):
-        st.load_trunk(st.build_student(spec), str(tmp_path / "other.pth"))
-    report = st.load_trunk(st.build_student(spec), str(tmp_path / "other.pth"), allow_partial=True)
+        student.load_trunk(student.build_student(spec), str(tmp_path / "other.pth"))
+    report = student.load_trunk(student.build_student(spec), str(tmp_path / "other.pth"),
+                                allow_partial=True)  # fmt: skip
     assert report.loaded == 0 and len(report.unexpected) == len(sd)
     # a checkpoint for another number of bands
     with pytest.raises(ValueError, match="takes 3 bands, the student 13"):
-        st.load_trunk(st.build_student(spec), str(_rgb_checkpoint(tmp_path)))
+        student.load_trunk(student.build_student(spec), str(_rgb_checkpoint(tmp_path)))
 
 
 def test_sentinel1_student(sets, tmp_path):

@@ -17,14 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtmg import prep, rundir, synth
-from mtmg.data import loader as data
-from mtmg.engine import evaluate
-from mtmg.engine import loop as training
+from mtmg import faults, prep, rundir, synth
+from mtmg.data import loader
+from mtmg.engine import evaluate, loop
 from mtmg.engine.context import WorkerContext
-from mtmg.models import clip as models
-from mtmg.models import heads, weights
+from mtmg.models import clip, heads, weights
 from mtmg.stages.patch import driver as patch
+from mtmg.stages.patch.loop import epoch_batches, tasks
 
 from conftest import REPO
 
@@ -57,18 +56,18 @@ def _test_metric(cfg, out: Path, path: str, theta: dict) -> float:
     """The main test metric of `path` with the image tower set to `theta`, evaluated here
     without Ray, with the text tower from the exported checkpoint (never fine-tuned)."""
     model = open_clip.create_model(cfg.model, pretrained=str(out / "patched.safetensors")).eval()
-    ds = data.ShardSet.open(path)
+    ds = loader.ShardSet.open(path)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     head = heads.ZeroShotHead.from_weights(
         heads.build_zeroshot_weights(model, tokenizer, ds.prompt_names(), ds.manifest["templates"])
     )
     size = model.visual.image_size[0]
-    dec = data.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
-                       data.Targets.of(ds), size, size)  # fmt: skip
+    dec = loader.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
+                         loader.Targets.of(ds), size, size)  # fmt: skip
     weights.load_image_state(model, theta)
-    loader = data.make_loader(ds, "test", dec, batch_size=64, train=False, num_workers=0)
+    batches = loader.make_loader(ds, "test", dec, batch_size=64, train=False, num_workers=0)
     m = evaluate.classification(
-        WorkerContext(), lambda b: head(model.visual(b["rgb"])), loader, ds.task
+        WorkerContext(), lambda b: head(model.visual(b["rgb"])), batches, ds.task
     )
     return m["mAP" if ds.task == "multi-label" else "top1"]
 
@@ -110,12 +109,13 @@ def test_patching_end_to_end(sets, tmp_path):
         torch.testing.assert_close(v, want[k])
 
 
-def test_training_loss_falls_and_resume_continues_the_step_count(sets, tmp_path):
+def test_training_loss_falls_and_resume_continues_the_step_count(sets, tmp_path, monkeypatch):
     cfg = _cfg(sets, tmp_path / "run", epochs=2, alphas=(0.0, 1.0))
-    ds = data.ShardSet.open(sets[0])
-    steps = training.train_steps(ds, cfg.batch_size, cfg.epochs, cfg.seed, 1)
+    ds = loader.ShardSet.open(sets[0])
+    steps = loop.train_steps(ds, cfg.batch_size, cfg.epochs, cfg.seed, 1)
     marker = tmp_path / "failed-once"
-    summary = patch.run(cfg, fail_once=(str(marker), steps[0] + 2))
+    monkeypatch.setenv(faults.ENV, f"fail_step={marker}@{steps[0] + 2}")
+    summary = patch.run(cfg)
     assert marker.exists()  # the worker really died in epoch 2 and Ray Train restarted it
     assert summary["steps"] == sum(steps)  # resumed from the epoch-1 checkpoint, not from 0
     ckpts = sorted(
@@ -127,16 +127,17 @@ def test_training_loss_falls_and_resume_continues_the_step_count(sets, tmp_path)
     assert sum(v for _, v in last) / len(last) < 0.8 * sum(v for _, v in first) / len(first)
 
 
-def test_joint_patching_trains_both_sets_and_resumes(sets, tmp_path):
+def test_joint_patching_trains_both_sets_and_resumes(sets, tmp_path, monkeypatch):
     """PAINT's joint patching of a multi-label and a single-label set, through a worker failure:
     both patching metrics rise on held-out data, alpha is chosen with the mean of both."""
     cfg = _cfg(sets, tmp_path / "run", joint_data=(sets[2],), epochs=8)
-    per_set = [training.train_steps(data.ShardSet.open(p), cfg.batch_size // 2, cfg.epochs,
-                                    cfg.seed, 1) for p in cfg.patching]  # fmt: skip
+    per_set = [loop.train_steps(loader.ShardSet.open(p), cfg.batch_size // 2, cfg.epochs,
+                                cfg.seed, 1) for p in cfg.patching]  # fmt: skip
     steps = [max(s) for s in zip(*per_set, strict=True)]  # an epoch: the longest set's steps
     assert per_set[0] != per_set[1]  # so one set starts over within an epoch
     marker = tmp_path / "failed-once"
-    summary = patch.run(cfg, fail_once=(str(marker), steps[0] + 2))
+    monkeypatch.setenv(faults.ENV, f"fail_step={marker}@{steps[0] + 2}")
+    summary = patch.run(cfg)
     out = tmp_path / "run"
     assert marker.exists() and summary["steps"] == sum(steps)  # resumed after epoch 1
     ckpts = sorted(p for p in (out / "ray" / "patch").glob("checkpoint_*") if p.is_dir())
@@ -167,14 +168,14 @@ def test_joint_batches_are_the_same_on_every_rank(sets, tmp_path):
     """DDP: every rank runs the longest set's steps, one batch of each set per step, and the
     ranks read disjoint samples; the shorter set starts over within the epoch."""
     cfg = _cfg(sets, tmp_path / "run", joint_data=(sets[2],), epochs=2, loader_workers=0)
-    bundle = models.load_clip(cfg.model)
-    patching = [(data.ShardSet.open(p), None) for p in cfg.patching]
+    bundle = clip.load_clip(cfg.model)
+    patching = [(loader.ShardSet.open(p), None) for p in cfg.patching]
     keys = []
     for rank in (0, 1):
         ctx = WorkerContext(rank=rank, world=2)
-        tasks = patch._tasks(cfg, ctx, bundle, patching)
-        steps = [t.steps[1] for t in tasks]  # epoch 1: the sets' steps differ there
-        batches = list(patch._epoch_batches(cfg, ctx, tasks, 1))
+        task_list = tasks(cfg, ctx, bundle, patching)
+        steps = [t.steps[1] for t in task_list]  # epoch 1: the sets' steps differ there
+        batches = list(epoch_batches(cfg, ctx, task_list, 1))
         # the longest set's steps, so the shorter set gave more batches than one pass has
         assert len(batches) == max(steps) and min(steps) < max(steps)
         assert {len(b["__key__"]) for step in batches for b in step} == {16 // 2 // 2}
@@ -205,7 +206,7 @@ def test_bad_input_fails_before_training(sets, tmp_path, capsys):
     assert patch.main([*base, "--model", "ViT-Q-99"]) == 2
     assert "ViT-Q-99" in capsys.readouterr().err
     other = tmp_path / "small.safetensors"
-    weights.save_checkpoint(models.load_clip("mtmg-small-vit").model, other)
+    weights.save_checkpoint(clip.load_clip("mtmg-small-vit").model, other)
     assert patch.main([*base[:-1], str(other)]) == 2
     assert str(other) in capsys.readouterr().err
     assert not (tmp_path / "o" / "ray").exists()

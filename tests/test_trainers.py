@@ -7,8 +7,7 @@ import json
 import os
 import signal
 
-from mtmg.runtime import cluster
-from mtmg.runtime import train as trainers
+from mtmg.runtime import cluster, train
 
 
 def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):
@@ -17,7 +16,7 @@ def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):
     the knobs reach the workers and leave the driver's environment as it was."""
     assert cluster.is_embedded()
     before, handler = dict(os.environ), signal.getsignal(signal.SIGINT)
-    knobs = list(trainers.LEAN_ENV)
+    knobs = list(train.LEAN_ENV)
     seen = tmp_path / "seen.json"  # absolute: Train workers change their working directory
 
     # nested functions: pickled by value (Ray's workers cannot import the tests)
@@ -58,7 +57,7 @@ def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):
         calls.append(1)
         started.touch()
 
-    trainers.fit(probe, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
+    train.fit(probe, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
                  name="probe", max_failures=0, on_start=on_start)  # fmt: skip
     m = json.loads(seen.read_text())
     assert calls == [1] and m["on_start_before"]  # called once, before the job ran
@@ -107,7 +106,7 @@ def test_embedded_train_job_listens_on_loopback_only(ray_session, tmp_path):
             Path(config["out"]).write_text(json.dumps({"rows": rows, "store": store}))
         dist.barrier()  # rank 1 keeps its sockets until rank 0 has looked
 
-    trainers.fit(probe, {"out": str(seen), "driver": os.getpid()}, workers=2, use_gpu=False,
+    train.fit(probe, {"out": str(seen), "driver": os.getpid()}, workers=2, use_gpu=False,
                  storage_path=str(tmp_path), name="listen", max_failures=0)  # fmt: skip
     m = json.loads(seen.read_text())
     assert m["store"] in [port for _, port, _ in m["rows"]], m  # the check sees the store

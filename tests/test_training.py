@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mtmg.engine import loop as training
+from mtmg.engine import loop
 from mtmg.engine.context import WorkerContext
 
 
@@ -40,7 +40,7 @@ def _model_and_opt():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, training.lr_lambda(1, 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, loop.lr_lambda(1, 10))
     return model, opt, sched
 
 
@@ -48,12 +48,12 @@ def test_a_non_finite_loss_stops_before_the_weights_change():
     model, opt, sched = _model_and_opt()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss = model(torch.full((3, 4), float("nan"))).sum()
-    with pytest.raises(training.NonFiniteError, match=r"loss is nan at step 8.*resumes from"):
-        training.optimizer_step(loss, opt, sched, list(model.parameters()), 1.0, step=7)
+    with pytest.raises(loop.NonFiniteError, match=r"loss is nan at step 8.*resumes from"):
+        loop.optimizer_step(loss, opt, sched, list(model.parameters()), 1.0, step=7)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     # a finite loss steps as before
-    training.optimizer_step(
+    loop.optimizer_step(
         model(torch.ones(3, 4)).sum(), opt, sched, list(model.parameters()), 1.0
     )
     assert not torch.equal(model.weight, before["weight"])
@@ -63,11 +63,11 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     ctx = Recorder(tmp_path)
     model, opt, sched = _model_and_opt()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    training.save_epoch(ctx, "visual", state, {"epoch": 1}, {"epoch": 1}, opt, sched)
+    loop.save_epoch(ctx, "visual", state, {"epoch": 1}, {"epoch": 1}, opt, sched)
     assert len(ctx.reports) == 1 and ctx.reports[0][1] is not None
     state["weight"][0, 0] = float("inf")
-    with pytest.raises(training.NonFiniteError, match="weight"):
-        training.save_epoch(ctx, "visual", state, {"epoch": 2}, {"epoch": 2}, opt, sched)
+    with pytest.raises(loop.NonFiniteError, match="weight"):
+        loop.save_epoch(ctx, "visual", state, {"epoch": 2}, {"epoch": 2}, opt, sched)
     assert len(ctx.reports) == 1  # nothing reported, no checkpoint written
 
 
@@ -78,19 +78,19 @@ def test_a_non_finite_checkpoint_is_not_resumed_from(tmp_path):
     ckpt.mkdir()
     save_file({"weight": torch.tensor([[float("nan"), 1.0]])}, str(ckpt / "visual.safetensors"))
     (ckpt / "state.json").write_text(json.dumps({"epoch": 1, "step": 3}))
-    with pytest.raises(training.NonFiniteError, match=rf"checkpoint {ckpt}.*weight"):
-        training.load_epoch(Recorder(tmp_path, str(ckpt)), "visual")
+    with pytest.raises(loop.NonFiniteError, match=rf"checkpoint {ckpt}.*weight"):
+        loop.load_epoch(Recorder(tmp_path, str(ckpt)), "visual")
 
 
 def test_a_worker_s_non_finite_loss_reaches_the_driver_as_itself(ray_session, tmp_path):
     """Under Ray Train the worker's error comes back as the NonFiniteError it raised (a
     ValueError: commands print it as `error: ...`), not as Ray Train's wrapper."""
-    from mtmg.runtime import train as trainers
+    from mtmg.runtime import train
 
     def diverges(config: dict, ctx) -> None:  # a closure: pickled by value for the worker
-        training.check_finite(torch.tensor(float("nan")), step=4)
+        loop.check_finite(torch.tensor(float("nan")), step=4)
 
-    with pytest.raises(training.NonFiniteError, match="loss is nan at step 5") as info:
-        trainers.fit(diverges, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
-                     name="nan", max_failures=0)  # fmt: skip
-    assert type(info.value) is training.NonFiniteError
+    with pytest.raises(loop.NonFiniteError, match="loss is nan at step 5") as info:
+        train.fit(diverges, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
+                  name="nan", max_failures=0)  # fmt: skip
+    assert type(info.value) is loop.NonFiniteError

@@ -86,14 +86,6 @@ def optimizer_step(loss: torch.Tensor, opt, sched, params, grad_clip: float, ste
     sched.step()
 
 
-def inject_failure(fail_once: tuple[str, int] | None, step: int) -> None:
-    """Tests: `fail_once=(marker, step)` kills the worker once at that step, to exercise resume
-    (the marker file says it happened)."""
-    if fail_once and step == fail_once[1] and not os.path.exists(fail_once[0]):
-        Path(fail_once[0]).touch()
-        raise RuntimeError(f"injected worker failure at step {step}")
-
-
 class ThroughputMeter:
     """Training samples/s in steady state: from the end of the second step (start-up and the
     first batches of the data loader excluded) to the last, synchronised with the GPU."""
