@@ -13,12 +13,13 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from mtmg import faults, prep, rundir, synth
+from mtmg import config, faults, prep, rundir, synth
 from mtmg.data import loader, shards
 from mtmg.engine import loop
 from mtmg.models import clip, heads, student
 from mtmg.stages.align import driver as align
 from mtmg.stages.align import loss
+from mtmg.stages.align.config import AUGMENT
 from mtmg.stages.patch import driver as patch
 from mtmg.stages.pretrain import driver as pretrain
 
@@ -168,6 +169,23 @@ def test_a_zero_weight_removes_its_term(sets, tmp_path, weights):
             assert (r[part] is None) == (w[part] == 0), (part, r)
         total = sum(w[p] * r[p] for p in ("img", "txt", "kd") if r[p] is not None)
         assert r["loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_defaults_are_the_paper_codes():
+    """Read from the resolved config: grad clip 1.0, drop path 0.2 (deepest block), and the
+    crop-only augmentation that acts on both views alike."""
+    cfg = align.AlignConfig(data="d", out="o")
+    resolved = config.to_dict(cfg)
+    assert resolved["grad_clip"] == 1.0 and resolved["drop_path"] == 0.2 and resolved["augment"]
+    aug = AUGMENT
+    assert (aug.scale, aug.flips, aug.color) == ((0.9, 1.0), False, False)
+    net, _ = align.build_student(dataclasses.replace(cfg, student_args=TINY_STUDENT), 32)
+    rates = [m.drop_prob for m in net.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.2)
+    off, _ = align.build_student(
+        dataclasses.replace(cfg, student_args=TINY_STUDENT, drop_path=0.0), 32
+    )
+    assert not [m for m in off.modules() if type(m).__name__ == "DropPath"]
 
 
 def test_distances_and_kd_by_hand():

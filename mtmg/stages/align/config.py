@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtmg import config
+from mtmg.data import transforms
 from mtmg.stages.config import StageConfig, with_default
 
 option = config.option
 DISTANCES = ("mse", "mse-norm", "cosine")
+# the paper code's alignment augmentation: CLIP's random-resized crop only
+AUGMENT = transforms.Augment(flips=False, color=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,8 +28,10 @@ class AlignConfig(StageConfig):
     warmup_steps: int = with_default("warmup_steps", 2000)
     epochs: int = with_default("epochs", 5)
     batch_size: int = with_default("batch_size", 256)
-    grad_clip: float = option(0.0, help="gradient-norm clip (0: off, as the paper's code)")
-    augment: bool = option(True, help="random-resized crop and flips, the same for both views")
+    grad_clip: float = option(1.0, help="gradient-norm clip (0: off; the paper's code: 1.0)")
+    augment: bool = option(
+        True, help="random-resized crop 0.9-1.0, the same for both views (no flips, no colour)"
+    )
     gpu_augment: bool | None = option(
         None, help="crop/resize batches on the accelerator (default: on a GPU)"
     )
@@ -38,6 +43,7 @@ class AlignConfig(StageConfig):
         None, help="JSON of timm keyword overrides, e.g. '{\"depth\": 6}'"
     )
     student_size: int | None = option(None, help="student input size (default: the arch's)")
+    drop_path: float = option(0.2, help="the student's stochastic-depth rate (timm drop_path_rate)")
     student_input: str = option(
         "ms", help="ms: 13 Sentinel-2 bands; s1: VV, VH", choices=["ms", "s1"]
     )

@@ -100,6 +100,8 @@ def build_student(
         raise ValueError(f"--student-args is not JSON: {e}") from e
     if not isinstance(args, dict):
         raise ValueError("--student-args must be a JSON object of timm keyword arguments")
+    if cfg.drop_path:
+        args = {"drop_path_rate": cfg.drop_path, **args}
     size = cfg.student_size or student.default_img_size(cfg.student)
     spec = student.StudentSpec(cfg.student, cfg.student_input, size, embed_dim, args)
     torch.manual_seed(cfg.seed)

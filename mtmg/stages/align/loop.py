@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from mtmg import faults
-from mtmg.data import loader, transforms
+from mtmg.data import loader
 from mtmg.engine import loop
 from mtmg.engine.context import WorkerContext
 from mtmg.models import clip, heads, student
 from mtmg.stages import skeleton
 from mtmg.stages.align import loss, scoring
-from mtmg.stages.align.config import AlignConfig
+from mtmg.stages.align.config import AUGMENT, AlignConfig
 
 
 @dataclass
@@ -75,7 +75,7 @@ def _train(cfg: AlignConfig, ctx, m: Models, sets, hooks: faults.Faults) -> skel
     """The alignment loop, resumed from the latest epoch checkpoint when there is one; the
     untrained student is evaluated first (`--eval-init`), the trained one on the test splits."""
     ds = loader.ShardSet.open(sets[0][0])
-    augment = transforms.Augment() if cfg.augment else None
+    augment = AUGMENT if cfg.augment else None
     defer = cfg.defer_augment(ctx.device)
     decoder = m.decoder(ds, sets[0][1], augment=augment, seed=cfg.seed, defer_augment=defer)
     steps = loop.train_steps(ds, cfg.batch_size, cfg.epochs, cfg.seed, ctx.world)
