@@ -30,16 +30,10 @@ from __future__ import annotations
 from mtmg.synth.bigearthnet import CLC_CODES, make_bigearthnet
 from mtmg.synth.bigearthnet_v2 import make_bigearthnet_v2
 from mtmg.synth.cli import main
-from mtmg.synth.common import seeded
 from mtmg.synth.folders import make_eurosat_ms, make_eurosat_rgb, make_imagefolder, make_resisc45
 from mtmg.synth.sen12ms import make_sen12ms
-from mtmg.synth.shapes import SHAPE_CLASSES, parse_shape_class, shape_image
+from mtmg.synth.shapes import SHAPE_CLASSES
 from mtmg.synth.signatures import sar_signature, spectral_signature
-
-# the names the pretrain driver draws its pictures with
-_rng = seeded
-_parse_shape_class = parse_shape_class
-_shape_image = shape_image
 
 __all__ = [
     "spectral_signature",

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtmg import config, synth
+from mtmg import config
 from mtmg.data import labels
 from mtmg.models import heads
+from mtmg.synth.shapes import SHAPE_CLASSES, parse_shape_class
 
 option = config.option
 
@@ -19,7 +20,7 @@ CHECKPOINT = "clip.safetensors"
 RESULT = "pretrain.json"
 FORMAT_VERSION = 2  # bump when training changes: older cached results stop matching
 
-DEFAULT_CLASSES: tuple[str, ...] = synth.SHAPE_CLASSES
+DEFAULT_CLASSES: tuple[str, ...] = SHAPE_CLASSES
 # Training-only classes: other colour/shape pairings, so that the text tower learns colour and
 # shape words separately rather than six opaque captions.
 DEFAULT_EXTRA: tuple[str, ...] = (
@@ -107,7 +108,7 @@ def read_result(out: str | os.PathLike) -> dict[str, Any] | None:
 def check(cfg: PretrainConfig) -> None:
     """Refuse options that cannot train (ValueError naming the option)."""
     for name in (*cfg.classes, *cfg.extra_classes):
-        synth._parse_shape_class(name)  # raises ValueError naming colours and shapes
+        parse_shape_class(name)  # raises ValueError naming colours and shapes
     if len(set(cfg.classes)) != len(cfg.classes) or not cfg.classes:
         raise ValueError(f"classes must be distinct and non-empty: {list(cfg.classes)}")
     heads._check_templates(list(cfg.templates), "templates")

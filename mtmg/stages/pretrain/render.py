@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mtmg import synth
 from mtmg.models import clip
 from mtmg.stages.pretrain.config import PretrainConfig
+from mtmg.synth.common import seeded
+from mtmg.synth.shapes import shape_image
 
 
 def shapes(seed: int, namespace: str, classes: Sequence[str], n: int, size: int):
@@ -19,7 +20,7 @@ def shapes(seed: int, namespace: str, classes: Sequence[str], n: int, size: int)
     for ci, cls in enumerate(classes):
         for k in range(1, n + 1):
             key = f"{cls.replace(' ', '_')}_{k}"
-            images.append(synth._shape_image(synth._rng(seed, namespace, key), cls, size))
+            images.append(shape_image(seeded(seed, namespace, key), cls, size))
             ys.append(ci)
     return np.stack(images), np.asarray(ys, dtype=np.int64)
 
@@ -30,7 +31,7 @@ def word_image(rng: np.random.Generator, word: str, size: int) -> np.ndarray:
     The word fixes a pattern (stripes, checks, dots, waves or rings), its orientation, frequency
     and two colours; `rng` varies phase, colours and grain from picture to picture.
     """
-    style = synth._rng(0, "word", word)
+    style = seeded(0, "word", word)
     kind = int(style.integers(5))
     angle, freq = style.uniform(0, np.pi), style.uniform(1.5, 4.5) / size
     colours = style.uniform(20, 235, size=(2, 3))
@@ -59,9 +60,7 @@ def word_image(rng: np.random.Generator, word: str, size: int) -> np.ndarray:
 def words(seed: int, names: Sequence[str], n: int, size: int):
     """uint8 texture pictures [N, size, size, 3] and word indices [N]: n per word."""
     images = [
-        word_image(synth._rng(seed, "pretrain-words", w, k), w, size)
-        for w in names
-        for k in range(n)
+        word_image(seeded(seed, "pretrain-words", w, k), w, size) for w in names for k in range(n)
     ]
     ys = np.repeat(np.arange(len(names), dtype=np.int64), n)
     return np.stack(images), ys
