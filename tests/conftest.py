@@ -13,8 +13,8 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-DATA = Path(__file__).parent / "data"
-REAL = DATA / "real"
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL = FIXTURES / "real"
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -26,7 +26,8 @@ from mtmg import synth
 from mtmg.data import bands
 from mtmg.data import labels as lbl
 
-REAL = Path(__file__).parent / "data" / "real"
+from conftest import REAL
+
 BAND_PX = {b: 120 // (bands.S2_GSD[b] // 10) for b in bands.S2_L2A}  # 120 / 60 / 20
 
 

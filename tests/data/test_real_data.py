@@ -21,7 +21,8 @@ from rasterio.enums import Compression, Interleaving
 from mtmg.data import bands
 from mtmg.data import labels as lbl
 
-REAL = Path(__file__).parent / "data" / "real"
+from conftest import REAL
+
 V1_S2 = REAL / "bigearthnet_v1" / "BigEarthNet-v1.0"
 V1_S1 = REAL / "bigearthnet_v1" / "BigEarthNet-S1-v1.0"
 V2 = REAL / "bigearthnet_v2"
