@@ -45,21 +45,34 @@ def plain_rate(ds: loader.ShardSet, args) -> float:
     device = torch.device(args.device)
     torch.manual_seed(0)
     tb = clip.load_clip(args.teacher, None)
-    w = heads.build_zeroshot_weights(tb.model, tb.tokenizer, ds.prompt_names(),
-                                     ds.manifest["templates"])  # fmt: skip
+    w = heads.build_zeroshot_weights(
+        tb.model, tb.tokenizer, ds.prompt_names(), ds.manifest["templates"]
+    )
     head = heads.ZeroShotHead.from_weights(w).to(device)
     teacher = tb.model.visual.to(device).eval().requires_grad_(False)
-    spec = student.StudentSpec(input="ms", img_size=args.student_size, embed_dim=w.shape[1],
-                               timm_args=json.loads(args.student_args))  # fmt: skip
+    spec = student.StudentSpec(
+        input="ms",
+        img_size=args.student_size,
+        embed_dim=w.shape[1],
+        timm_args=json.loads(args.student_args),
+    )
     net = student.build_student(spec).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01)
     dec = loader.Decoder(
-        tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb+ms", loader.Targets.of(ds),
-        tb.image_size, args.student_size, tb.mean, tb.std, transforms.Augment(),
+        tuple(ds.manifest["bands"]),
+        ds.manifest["modality"],
+        "rgb+ms",
+        loader.Targets.of(ds),
+        tb.image_size,
+        args.student_size,
+        tb.mean,
+        tb.std,
+        transforms.Augment(),
         defer_augment=args.gpu_augment,
-    )  # fmt: skip
-    batches = loader.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
-                              num_workers=args.loader_workers)  # fmt: skip
+    )
+    batches = loader.make_loader(
+        ds, "train", dec, batch_size=args.batch_size, train=True, num_workers=args.loader_workers
+    )
     amp = torch.bfloat16 if args.precision == "bf16" else None
     meter = ThroughputMeter(device)
     for batch in batches:
@@ -81,17 +94,29 @@ def plain_rate(ds: loader.ShardSet, args) -> float:
 
 def ray_train_rate(ds: loader.ShardSet, args, work: Path) -> dict:
     cfg = align.AlignConfig(
-        data=ds.root, out=str(work / "job"), model=args.teacher, pretrained=None,
-        student_args=args.student_args, student_size=args.student_size,
-        batch_size=args.batch_size, epochs=1, precision=args.precision, eval_every=0,
-        eval_init=False, loader_workers=args.loader_workers,
-        cpus_per_worker=float(os.cpu_count() or 1), cache_dir=str(work / "cache"),
-        gpu=args.device == "cuda", gpu_augment=args.gpu_augment,
-    )  # fmt: skip
+        data=ds.root,
+        out=str(work / "job"),
+        model=args.teacher,
+        pretrained=None,
+        student_args=args.student_args,
+        student_size=args.student_size,
+        batch_size=args.batch_size,
+        epochs=1,
+        precision=args.precision,
+        eval_every=0,
+        eval_init=False,
+        loader_workers=args.loader_workers,
+        cpus_per_worker=float(os.cpu_count() or 1),
+        cache_dir=str(work / "cache"),
+        gpu=args.device == "cuda",
+        gpu_augment=args.gpu_augment,
+    )
     t0 = time.perf_counter()
     summary = align.run(cfg)
-    return {"samples_per_s": summary["epochs"][0]["samples_per_s"],
-            "job_wall_s": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "samples_per_s": summary["epochs"][0]["samples_per_s"],
+        "job_wall_s": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -114,14 +139,21 @@ def main() -> None:
         ds = make_shards(work, args.patches, args.size)
         result = {
             "bench": "align_step",
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                        "torch_threads": torch.get_num_threads()},  # fmt: skip
-            "teacher": args.teacher, "student": "vit_small_patch16_224",
-            "student_args": json.loads(args.student_args), "student_size": args.student_size,
-            "batch_size": args.batch_size, "precision": args.precision,
-            "train_samples": ds.count("train"), "gpu_augment": args.gpu_augment,
-        }  # fmt: skip
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                "torch_threads": torch.get_num_threads(),
+            },
+            "teacher": args.teacher,
+            "student": "vit_small_patch16_224",
+            "student_args": json.loads(args.student_args),
+            "student_size": args.student_size,
+            "batch_size": args.batch_size,
+            "precision": args.precision,
+            "train_samples": ds.count("train"),
+            "gpu_augment": args.gpu_augment,
+        }
         plain, job, wall, waited = [], [], [], []
         for r in range(args.repeats):  # alternated: this machine is noisy
             waited.append(wait_quiet())
@@ -142,13 +174,17 @@ def main() -> None:
         result["waited_for_idle_cpus_s"] = waited
         result["plain_loop_samples_per_s"] = round(med(plain), 1)
         if job:
-            result.update({
-                "ray_train_samples_per_s": round(med(job), 1),
-                "ray_train_job_wall_s": round(med(wall), 1),
-                "ratio_ray_train_vs_plain": round(med(job) / med(plain), 3),
-                "runs": {"plain": [round(x, 1) for x in plain],
-                         "ray_train": [round(x, 1) for x in job]},
-            })  # fmt: skip
+            result.update(
+                {
+                    "ray_train_samples_per_s": round(med(job), 1),
+                    "ray_train_job_wall_s": round(med(wall), 1),
+                    "ratio_ray_train_vs_plain": round(med(job) / med(plain), 3),
+                    "runs": {
+                        "plain": [round(x, 1) for x in plain],
+                        "ray_train": [round(x, 1) for x in job],
+                    },
+                }
+            )
         result["goals"] = {"ray_train_vs_plain": ">= 0.9"}
         print(json.dumps(result, indent=1))
     finally:

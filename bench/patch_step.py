@@ -54,15 +54,23 @@ def make_shards(work: Path, n: int, size: int) -> loader.ShardSet:
 
 def decoder(ds: loader.ShardSet, bundle: clip.ClipBundle, defer: bool) -> loader.Decoder:
     return loader.Decoder(
-        tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", loader.Targets.of(ds),
-        bundle.image_size, bundle.image_size, bundle.mean, bundle.std, transforms.Augment(),
+        tuple(ds.manifest["bands"]),
+        ds.manifest["modality"],
+        "rgb",
+        loader.Targets.of(ds),
+        bundle.image_size,
+        bundle.image_size,
+        bundle.mean,
+        bundle.std,
+        transforms.Augment(),
         defer_augment=defer,
-    )  # fmt: skip
+    )
 
 
 def loader_rate(ds, dec, args) -> float:
-    batches = loader.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
-                              num_workers=args.loader_workers)  # fmt: skip
+    batches = loader.make_loader(
+        ds, "train", dec, batch_size=args.batch_size, train=True, num_workers=args.loader_workers
+    )
     n, t0 = 0, None
     for i, batch in enumerate(batches):
         if i == 1:
@@ -86,15 +94,18 @@ class ImageClassifier(torch.nn.Module):
 def plain_rate(ds, dec, bundle, args) -> float:
     """The loop a researcher would write by hand, timed like the job's ThroughputMeter."""
     from mtmg.engine.loop import ThroughputMeter
+
     device = torch.device(args.device)
-    w = heads.build_zeroshot_weights(bundle.model, bundle.tokenizer, ds.prompt_names(),
-                                     ds.manifest["templates"])  # fmt: skip
+    w = heads.build_zeroshot_weights(
+        bundle.model, bundle.tokenizer, ds.prompt_names(), ds.manifest["templates"]
+    )
     model = ImageClassifier(bundle.model.visual, heads.ZeroShotHead.from_weights(w)).to(device)
     opt = torch.optim.AdamW([p for p in model.visual.parameters()], lr=1e-5, weight_decay=0.5)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     amp = torch.bfloat16 if args.precision == "bf16" else None
-    batches = loader.make_loader(ds, "train", dec, batch_size=args.batch_size, train=True,
-                              num_workers=args.loader_workers)  # fmt: skip
+    batches = loader.make_loader(
+        ds, "train", dec, batch_size=args.batch_size, train=True, num_workers=args.loader_workers
+    )
     meter = ThroughputMeter(device)
     model.train()
     for batch in batches:
@@ -114,15 +125,26 @@ def ray_train_rate(ds, args, work: Path) -> dict:
     from mtmg.stages.patch import driver as patch
 
     cfg = patch.PatchConfig(
-        data=ds.root, out=str(work / "job"), model=args.model, pretrained=None,
-        batch_size=args.batch_size, epochs=1, alphas=(0.0,), precision=args.precision,
-        loader_workers=args.loader_workers, cpus_per_worker=float(os.cpu_count() or 1),
-        cache_dir=str(work / "cache"), gpu=args.device == "cuda", gpu_augment=args.gpu_augment,
-    )  # fmt: skip
+        data=ds.root,
+        out=str(work / "job"),
+        model=args.model,
+        pretrained=None,
+        batch_size=args.batch_size,
+        epochs=1,
+        alphas=(0.0,),
+        precision=args.precision,
+        loader_workers=args.loader_workers,
+        cpus_per_worker=float(os.cpu_count() or 1),
+        cache_dir=str(work / "cache"),
+        gpu=args.device == "cuda",
+        gpu_augment=args.gpu_augment,
+    )
     t0 = time.perf_counter()
     summary = patch.run(cfg)
-    return {"samples_per_s": summary["epochs"][0]["samples_per_s"],
-            "job_wall_s": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "samples_per_s": summary["epochs"][0]["samples_per_s"],
+        "job_wall_s": time.perf_counter() - t0,
+    }
 
 
 def ray_data_rate(ds, dec, args) -> float:
@@ -167,14 +189,20 @@ def main() -> None:
         dec = decoder(ds, bundle, defer=args.gpu_augment)
         result = {
             "bench": "patch_step",
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                        "torch_threads": torch.get_num_threads()},  # fmt: skip
-            "model": args.model, "image_size": bundle.image_size, "batch_size": args.batch_size,
-            "precision": args.precision, "train_samples": ds.count("train"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                "torch_threads": torch.get_num_threads(),
+            },
+            "model": args.model,
+            "image_size": bundle.image_size,
+            "batch_size": args.batch_size,
+            "precision": args.precision,
+            "train_samples": ds.count("train"),
             "gpu_augment": args.gpu_augment,
             "loader_samples_per_s": round(loader_rate(ds, dec, args), 1),
-        }  # fmt: skip
+        }
         plain, plain_up, job, wall, waited = [], [], [], [], []
         for r in range(args.repeats):  # alternated, medians reported: this machine is noisy
             torch.manual_seed(0)
@@ -207,19 +235,23 @@ def main() -> None:
             result["loader_samples_per_s"] / result["plain_loop_samples_per_s"], 2
         )
         if job:
-            result.update({
-                "plain_loop_with_ray_up_samples_per_s": round(med(plain_up), 1),
-                "ray_train_samples_per_s": round(med(job), 1),
-                "ray_train_job_wall_s": round(med(wall), 1),
-                "ratio_ray_train_vs_plain": round(med(job) / med(plain), 3),
-                "ratio_ray_train_vs_plain_with_ray_up": round(med(job) / med(plain_up), 3),
-                "ratio_ray_data_vs_webdataset_loader": round(
-                    result["ray_data_samples_per_s"] / result["loader_samples_per_s"], 2
-                ),
-                "runs": {"plain": [round(x, 1) for x in plain],
-                         "plain_with_ray_up": [round(x, 1) for x in plain_up],
-                         "ray_train": [round(x, 1) for x in job]},
-            })  # fmt: skip
+            result.update(
+                {
+                    "plain_loop_with_ray_up_samples_per_s": round(med(plain_up), 1),
+                    "ray_train_samples_per_s": round(med(job), 1),
+                    "ray_train_job_wall_s": round(med(wall), 1),
+                    "ratio_ray_train_vs_plain": round(med(job) / med(plain), 3),
+                    "ratio_ray_train_vs_plain_with_ray_up": round(med(job) / med(plain_up), 3),
+                    "ratio_ray_data_vs_webdataset_loader": round(
+                        result["ray_data_samples_per_s"] / result["loader_samples_per_s"], 2
+                    ),
+                    "runs": {
+                        "plain": [round(x, 1) for x in plain],
+                        "plain_with_ray_up": [round(x, 1) for x in plain_up],
+                        "ray_train": [round(x, 1) for x in job],
+                    },
+                }
+            )
         result["goals"] = {"ray_train_vs_plain": ">= 0.9", "loader_vs_plain_training": "> 1"}
         print(json.dumps(result, indent=1))
     finally:

@@ -47,9 +47,10 @@ def raw_reader(s2_dir: Path, keys: list[str]) -> float:
         for path in paths:
             with rasterio.open(path) as ds:
                 images.append(
-                    ds.read(1, out_shape=(120, 120), out_dtype="int32",
-                            resampling=Resampling.bilinear)
-                )  # fmt: skip
+                    ds.read(
+                        1, out_shape=(120, 120), out_dtype="int32", resampling=Resampling.bilinear
+                    )
+                )
         image = np.stack(images).astype(np.float32)
         with open(s2_dir / key / f"{key}_labels_metadata.json") as f:
             labels = json.load(f)["labels"]
@@ -59,8 +60,11 @@ def raw_reader(s2_dir: Path, keys: list[str]) -> float:
 
 def shard_rate(root: Path, out: Path, workers: int) -> dict[str, float]:
     t0 = time.perf_counter()
-    m = shard(ShardConfig("bigearthnet", str(root), str(out), workers=workers, shard_size=100,
-                          progress=False))  # fmt: skip
+    m = shard(
+        ShardConfig(
+            "bigearthnet", str(root), str(out), workers=workers, shard_size=100, progress=False
+        )
+    )
     wall = time.perf_counter() - t0
     n = m["summary"]["written"]
     # time inside the shard tasks (read + write), from the writer's resume records
@@ -106,8 +110,17 @@ def main() -> None:
     # Ray's worker processes import torch (through webdataset) once, ~1-2 s: a cost of the
     # first run in a session, measured here and kept out of the per-core comparison
     t0 = time.perf_counter()
-    shard(ShardConfig("bigearthnet", str(root), str(work / "warm"), workers=args.workers,
-                      shard_size=1, limit=args.workers, progress=False))  # fmt: skip
+    shard(
+        ShardConfig(
+            "bigearthnet",
+            str(root),
+            str(work / "warm"),
+            workers=args.workers,
+            shard_size=1,
+            limit=args.workers,
+            progress=False,
+        )
+    )
     cold_start = time.perf_counter() - t0
     runs = {}
     for w in sorted({1, args.workers}):

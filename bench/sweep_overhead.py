@@ -48,17 +48,30 @@ def make_sets(work: Path, n: int, per_class: int) -> tuple[str, str]:
     synth.make_bigearthnet(work / "ben", n_patches=n, s1=False, seed=1)
     synth.make_imagefolder(work / "img", n_per_class=per_class, size=64, seed=2)
     for kind, raw in (("bigearthnet", "ben"), ("imagefolder", "img")):
-        prep.shard(prep.ShardConfig(kind, str(work / raw), str(work / f"{raw}-shards"),
-                                    shard_size=100, progress=False))  # fmt: skip
+        prep.shard(
+            prep.ShardConfig(
+                kind, str(work / raw), str(work / f"{raw}-shards"), shard_size=100, progress=False
+            )
+        )
     return str(work / "ben-shards"), str(work / "img-shards")
 
 
 def patch_config(args, ben: str, img: str, out: Path) -> patch.PatchConfig:
     return patch.PatchConfig(
-        data=ben, supported=(img,), out=str(out), model=args.model, pretrained=None,
-        epochs=args.epochs, batch_size=32, lr=1e-4, warmup_steps=5, alphas=(0.0, 1.0),
-        loader_workers=1, eval_batch_size=64, cache_dir=str(out.parent / "cache"),
-    )  # fmt: skip
+        data=ben,
+        supported=(img,),
+        out=str(out),
+        model=args.model,
+        pretrained=None,
+        epochs=args.epochs,
+        batch_size=32,
+        lr=1e-4,
+        warmup_steps=5,
+        alphas=(0.0, 1.0),
+        loader_workers=1,
+        eval_batch_size=64,
+        cache_dir=str(out.parent / "cache"),
+    )
 
 
 def plain_loop(cfg: patch.PatchConfig, alphas: list[float]) -> dict[str, float]:
@@ -73,19 +86,32 @@ def plain_loop(cfg: patch.PatchConfig, alphas: list[float]) -> dict[str, float]:
     for (_, path, nomen), w in zip(sets, head_weights, strict=True):
         ds = data.ShardSet.open(path)
         dec = data.Decoder(
-            tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", data.Targets.of(ds, nomen),
-            bundle.image_size, bundle.image_size, bundle.mean, bundle.std,
-        )  # fmt: skip
-        loader = data.make_loader(ds, "val", dec, batch_size=cfg.eval_batch_size, train=False,
-                                  num_workers=cfg.loader_workers)  # fmt: skip
+            tuple(ds.manifest["bands"]),
+            ds.manifest["modality"],
+            "rgb",
+            data.Targets.of(ds, nomen),
+            bundle.image_size,
+            bundle.image_size,
+            bundle.mean,
+            bundle.std,
+        )
+        loader = data.make_loader(
+            ds,
+            "val",
+            dec,
+            batch_size=cfg.eval_batch_size,
+            train=False,
+            num_workers=cfg.loader_workers,
+        )
         jobs.append((list(loader), ZeroShotHead(w), ds.task))
     t1 = time.perf_counter()
     visual = bundle.model.visual.eval()
     for a in alphas:
         weights.load_image_state(bundle.model, weights.interpolate(zs, ft, a))
         for batches, head, task in jobs:
-            evaluate.classification(WorkerContext(), lambda b, h=head: h(visual(b["rgb"])),
-                                    batches, task)  # fmt: skip
+            evaluate.classification(
+                WorkerContext(), lambda b, h=head: h(visual(b["rgb"])), batches, task
+            )
     t2 = time.perf_counter()
     return {"prepare_s": t1 - t0, "evals_s": t2 - t1, "total_s": t2 - t0}
 
@@ -111,9 +137,19 @@ def main() -> None:
         init_ray(num_cpus=os.cpu_count())
         ray_init_s = time.perf_counter() - t0
         ben, img = make_sets(work, args.patches, args.per_class)
-        runs: dict[str, list] = {k: [] for k in ("baseline", "fine_tune", "plain_evals", "sweep",
-                                                 "sweep_fine_tune", "tune", "per_trial",
-                                                 "in_trial")}  # fmt: skip
+        runs: dict[str, list] = {
+            k: []
+            for k in (
+                "baseline",
+                "fine_tune",
+                "plain_evals",
+                "sweep",
+                "sweep_fine_tune",
+                "tune",
+                "per_trial",
+                "in_trial",
+            )
+        }
         for r in range(args.repeats):
             pcfg = patch_config(args, ben, img, work / f"base{r}")
             t = time.perf_counter()
@@ -126,10 +162,20 @@ def main() -> None:
 
             out = work / f"sweep{r}"
             scfg = alpha_sweep.AlphaSweepConfig(
-                out=str(out), data=ben, supported=(img,), model=args.model, pretrained="none",
-                epochs=args.epochs, batch_size=32, lr=1e-4, warmup_steps=5, loader_workers=1,
-                eval_batch_size=64, cache_dir=str(work / "cache"), alphas=tuple(alphas),
-            )  # fmt: skip
+                out=str(out),
+                data=ben,
+                supported=(img,),
+                model=args.model,
+                pretrained="none",
+                epochs=args.epochs,
+                batch_size=32,
+                lr=1e-4,
+                warmup_steps=5,
+                loader_workers=1,
+                eval_batch_size=64,
+                cache_dir=str(work / "cache"),
+                alphas=tuple(alphas),
+            )
             t = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):  # Tune's progress: stdout is the JSON
                 summary = alpha_sweep.run(scfg)
@@ -150,14 +196,14 @@ def main() -> None:
                 "device": "cpu",
                 "torch_threads": torch.get_num_threads(),
                 "ray": ray.__version__,
-            },  # fmt: skip
+            },
             "model": args.model,
             "image_size": models.load_clip(args.model, None).image_size,
             "alphas": len(alphas),
             "val_samples": {
                 "patching": ds.count("val"),
                 "supported": data.ShardSet.open(img).count("val"),
-            },  # fmt: skip
+            },
             "train_samples": ds.count("train"),
             "ray_init_s": round(ray_init_s, 2),
             "baseline_s": round(med(runs["baseline"]), 2),

@@ -102,57 +102,176 @@ def _steps(out: Path, patches: int, fresh: bool, quick: bool) -> dict:
     raw, sh, times = out / "raw", out / "shards", {}
     ben_raw, ems_raw, img_raw = raw / "bigearthnet", raw / "eurosat-ms", raw / "shapes"
     ben, ems, img = sh / "bigearthnet", sh / "eurosat-ms", sh / "shapes"
-    _step("generate BigEarthNet-S2 v1 + S1", ben_raw / "train.csv", fresh,
-          lambda: synth.make_bigearthnet(ben_raw, n_patches=patches, s1=True), times)  # fmt: skip
-    _step("generate EuroSAT-MS", ems_raw / "ds", fresh,
-          lambda: synth.make_eurosat_ms(ems_raw, n_per_class=max(6, patches // 20)),
-          times)  # fmt: skip
-    _step("generate shapes (supported task)", img_raw, fresh,
-          lambda: synth.make_imagefolder(img_raw, n_per_class=max(100, patches // 2), size=32),
-          times)  # fmt: skip
-    _step("shard BigEarthNet", ben / "manifest.json", fresh,
-          lambda: _shard("bigearthnet", ben_raw, ben, "--s1", str(ben_raw)), times)  # fmt: skip
-    _step("shard EuroSAT-MS", ems / "manifest.json", fresh,
-          lambda: _shard("eurosat-ms", ems_raw, ems), times)  # fmt: skip
-    _step("shard shapes", img / "manifest.json", fresh,
-          lambda: _shard("imagefolder", img_raw, img), times)  # fmt: skip
+    _step(
+        "generate BigEarthNet-S2 v1 + S1",
+        ben_raw / "train.csv",
+        fresh,
+        lambda: synth.make_bigearthnet(ben_raw, n_patches=patches, s1=True),
+        times,
+    )
+    _step(
+        "generate EuroSAT-MS",
+        ems_raw / "ds",
+        fresh,
+        lambda: synth.make_eurosat_ms(ems_raw, n_per_class=max(6, patches // 20)),
+        times,
+    )
+    _step(
+        "generate shapes (supported task)",
+        img_raw,
+        fresh,
+        lambda: synth.make_imagefolder(img_raw, n_per_class=max(100, patches // 2), size=32),
+        times,
+    )
+    _step(
+        "shard BigEarthNet",
+        ben / "manifest.json",
+        fresh,
+        lambda: _shard("bigearthnet", ben_raw, ben, "--s1", str(ben_raw)),
+        times,
+    )
+    _step(
+        "shard EuroSAT-MS",
+        ems / "manifest.json",
+        fresh,
+        lambda: _shard("eurosat-ms", ems_raw, ems),
+        times,
+    )
+    _step(
+        "shard shapes",
+        img / "manifest.json",
+        fresh,
+        lambda: _shard("imagefolder", img_raw, img),
+        times,
+    )
     for d in (ben, ems, img):
         m = shards.load_manifest(d)
-        print(f"{m['dataset']}: {m['modality']}, {m['task']}; "
-              + ", ".join(f"{k} {v['count']}" for k, v in m["splits"].items()))  # fmt: skip
+        print(
+            f"{m['dataset']}: {m['modality']}, {m['task']}; "
+            + ", ".join(f"{k} {v['count']}" for k, v in m["splits"].items())
+        )
 
     clip = out / "clip"
-    _step("pretrain a small zero-shot CLIP", clip / pretrain.CHECKPOINT, fresh,
-          lambda: pretrain.pretrain(pretrain.PretrainConfig(out=str(clip), model=MODEL)),
-          times)  # fmt: skip
+    _step(
+        "pretrain a small zero-shot CLIP",
+        clip / pretrain.CHECKPOINT,
+        fresh,
+        lambda: pretrain.pretrain(pretrain.PretrainConfig(out=str(clip), model=MODEL)),
+        times,
+    )
     common = ["--cache-dir", str(out / "cache")]
     sweep = out / "alpha-sweep"
-    _step("alpha sweep (fine-tune once + 11 alphas)", sweep / "summary.json", fresh,
-          lambda: _ok(alpha_sweep.main([
-              "--data", str(ben), "--supported", str(img), "--eval-data", str(ems),
-              "--model", MODEL, "--pretrained", str(clip / pretrain.CHECKPOINT),
-              *(FINE_TUNE_QUICK if quick else FINE_TUNE), "--warmup-steps", "10",
-              "--batch-size", "32", "--patch-config", str(_patch_options(out)),
-              "--selection", "constrained", "--tolerance", "5", "--out", str(sweep),
-              *_resume(sweep), *common]), "alpha sweep"),
-          times)  # fmt: skip
+    _step(
+        "alpha sweep (fine-tune once + 11 alphas)",
+        sweep / "summary.json",
+        fresh,
+        lambda: _ok(
+            alpha_sweep.main(
+                [
+                    "--data",
+                    str(ben),
+                    "--supported",
+                    str(img),
+                    "--eval-data",
+                    str(ems),
+                    "--model",
+                    MODEL,
+                    "--pretrained",
+                    str(clip / pretrain.CHECKPOINT),
+                    *(FINE_TUNE_QUICK if quick else FINE_TUNE),
+                    "--warmup-steps",
+                    "10",
+                    "--batch-size",
+                    "32",
+                    "--patch-config",
+                    str(_patch_options(out)),
+                    "--selection",
+                    "constrained",
+                    "--tolerance",
+                    "5",
+                    "--out",
+                    str(sweep),
+                    *_resume(sweep),
+                    *common,
+                ]
+            ),
+            "alpha sweep",
+        ),
+        times,
+    )
     aligned = out / "align"
-    student = ["--student-args", STUDENT_ARGS, "--student-size", "32", "--batch-size", "32",
-               "--warmup-steps", "20", "--loader-workers", "1"]  # fmt: skip
-    _step("align a multispectral student to the patched CLIP", aligned / "summary.json", fresh,
-          lambda: _ok(align.main([
-              "--data", str(ben), "--eval-data", str(ems), "--teacher", str(sweep),
-              "--out", str(aligned), "--epochs", "40", "--lr", "1e-3",
-              "--eval-every", "10", "--no-augment", *student, *common]), "alignment"),
-          times)  # fmt: skip
+    student = [
+        "--student-args",
+        STUDENT_ARGS,
+        "--student-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--warmup-steps",
+        "20",
+        "--loader-workers",
+        "1",
+    ]
+    _step(
+        "align a multispectral student to the patched CLIP",
+        aligned / "summary.json",
+        fresh,
+        lambda: _ok(
+            align.main(
+                [
+                    "--data",
+                    str(ben),
+                    "--eval-data",
+                    str(ems),
+                    "--teacher",
+                    str(sweep),
+                    "--out",
+                    str(aligned),
+                    "--epochs",
+                    "40",
+                    "--lr",
+                    "1e-3",
+                    "--eval-every",
+                    "10",
+                    "--no-augment",
+                    *student,
+                    *common,
+                ]
+            ),
+            "alignment",
+        ),
+        times,
+    )
     losses = out / "loss-sweep"
-    _step("loss sweep (w_txt)", losses / "summary.json", fresh,
-          lambda: _ok(loss_sweep.main([
-              "--data", str(ben), "--teacher", str(sweep), "--out", str(losses),
-              "--epochs", "2" if quick else "6", "--w-txt", "0", "0.05", "0.5",
-              "--align-config", str(aligned / "config.yaml"), *_resume(losses), *common]),
-              "loss sweep"),
-          times)  # fmt: skip
+    _step(
+        "loss sweep (w_txt)",
+        losses / "summary.json",
+        fresh,
+        lambda: _ok(
+            loss_sweep.main(
+                [
+                    "--data",
+                    str(ben),
+                    "--teacher",
+                    str(sweep),
+                    "--out",
+                    str(losses),
+                    "--epochs",
+                    "2" if quick else "6",
+                    "--w-txt",
+                    "0",
+                    "0.05",
+                    "0.5",
+                    "--align-config",
+                    str(aligned / "config.yaml"),
+                    *_resume(losses),
+                    *common,
+                ]
+            ),
+            "loss sweep",
+        ),
+        times,
+    )
     rep = out / "report"
     t0 = time.perf_counter()
     summary = report.build([sweep, aligned, losses], rep)
@@ -175,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = args.out.resolve()
     try:
-        summary: dict[str, Any] = run(out, patches=args.patches, fresh=args.fresh,
-                                      quick=args.quick)  # fmt: skip
+        summary: dict[str, Any] = run(out, patches=args.patches, fresh=args.fresh, quick=args.quick)
     except rundir.RunDirError as e:
         print(f"error: {e} (for the demo: --fresh)", file=sys.stderr)
         return 2

@@ -32,11 +32,26 @@ from mtmg.errors import MtmgError
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 # options that say how or where a run runs, not what it computes: they may change on a rerun
-OPERATIONAL = frozenset({
-    "out", "overwrite", "cluster", "cache_dir", "max_failures", "loader_workers",
-    "eval_cache_gb", "eval_batch_size", "cpus_per_worker", "cpus_per_trial", "gpus_per_trial",
-    "max_concurrent", "storage", "resume", "retry_failed", "spec",
-})  # fmt: skip
+OPERATIONAL = frozenset(
+    {
+        "out",
+        "overwrite",
+        "cluster",
+        "cache_dir",
+        "max_failures",
+        "loader_workers",
+        "eval_cache_gb",
+        "eval_batch_size",
+        "cpus_per_worker",
+        "cpus_per_trial",
+        "gpus_per_trial",
+        "max_concurrent",
+        "storage",
+        "resume",
+        "retry_failed",
+        "spec",
+    }
+)
 # what an earlier mtmg run leaves in OUT: with these and no run.json, its inputs are unknown
 _RUN_MARKERS = ("config.yaml", "summary.json", "spec.yaml")
 _HASHED_BYTES = 64 * 2**20  # larger input files (weights) are known by size and mtime

@@ -99,7 +99,7 @@ def local_cluster(tmp_path_factory):
             "--dashboard-agent-listen-port",
             str(_free_port()),
             "--disable-usage-stats",
-        ],  # fmt: skip
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -112,10 +112,15 @@ def local_cluster(tmp_path_factory):
     }
     deadline = time.time() + 90
     while True:
-        ok = subprocess.run(
-            [ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=client_env,
-            capture_output=True, timeout=60,
-        ).returncode == 0  # fmt: skip
+        ok = (
+            subprocess.run(
+                [ray_bin, "status", "--address", f"127.0.0.1:{port}"],
+                env=client_env,
+                capture_output=True,
+                timeout=60,
+            ).returncode
+            == 0
+        )
         if ok:
             break
         if time.time() > deadline or head.poll() is not None:
@@ -171,7 +176,7 @@ def cli(tmp_path_factory) -> CliRuns:
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-        )  # fmt: skip
+        )
         for name, argv in CLI.items()
     }
     out = {}

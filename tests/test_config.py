@@ -25,8 +25,9 @@ def test_defaults_yaml_and_flags(tmp_path):
     yml.write_text("lr: 0.001\nsets: [a, b]\nworkers: 3\n")
     cfg = config.parse(Demo, ["--out", "o", "--config", str(yml), "--workers", "none"], "d")
     assert cfg == Demo(out="o", sets=("a", "b"), lr=1e-3, workers=None, augment=True)
-    cfg = config.parse(Demo, ["--out", "o", "--config", str(yml), "--sets", "c", "--no-augment"],
-                       "d")  # fmt: skip
+    cfg = config.parse(
+        Demo, ["--out", "o", "--config", str(yml), "--sets", "c", "--no-augment"], "d"
+    )
     assert cfg.sets == ("c",) and cfg.lr == 1e-3 and cfg.augment is False  # flags replace YAML
 
 

@@ -10,8 +10,11 @@ from conftest import REPO
 
 
 def _row(rows, model_prefix, dataset, metric):
-    got = [r["value"] for r in rows if r["model"].startswith(model_prefix)
-           and r["dataset"] == dataset and r["metric"] == metric]  # fmt: skip
+    got = [
+        r["value"]
+        for r in rows
+        if r["model"].startswith(model_prefix) and r["dataset"] == dataset and r["metric"] == metric
+    ]
     assert len(got) == 1, (model_prefix, dataset, metric, got)
     return got[0]
 
@@ -22,16 +25,30 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     rep = out / "report"
-    for name in ("summary.md", "summary.json", "table.parquet", "table.csv", "alpha_curve.png",
-                 "loss_curves.png", "loss_sweep.png", "timings.json"):  # fmt: skip
+    for name in (
+        "summary.md",
+        "summary.json",
+        "table.parquet",
+        "table.csv",
+        "alpha_curve.png",
+        "loss_curves.png",
+        "loss_sweep.png",
+        "timings.json",
+    ):
         assert (rep / name).exists(), name
     rows = json.loads((rep / "summary.json").read_text())["rows"]
-    zs = {d: _row(rows, "zero-shot CLIP", d, m)
-          for d, m in (("bigearthnet", "mAP"), ("imagefolder", "top1"))}  # fmt: skip
-    ft = {d: _row(rows, "fine-tuned CLIP", d, m)
-          for d, m in (("bigearthnet", "mAP"), ("imagefolder", "top1"))}  # fmt: skip
-    patched = {d: _row(rows, "patched CLIP", d, m)
-               for d, m in (("bigearthnet", "mAP"), ("imagefolder", "top1"))}  # fmt: skip
+    zs = {
+        d: _row(rows, "zero-shot CLIP", d, m)
+        for d, m in (("bigearthnet", "mAP"), ("imagefolder", "top1"))
+    }
+    ft = {
+        d: _row(rows, "fine-tuned CLIP", d, m)
+        for d, m in (("bigearthnet", "mAP"), ("imagefolder", "top1"))
+    }
+    patched = {
+        d: _row(rows, "patched CLIP", d, m)
+        for d, m in (("bigearthnet", "mAP"), ("imagefolder", "top1"))
+    }
     # the small CLIP is zero-shot capable on the supported task, poor on the patching task
     assert zs["imagefolder"] > 80 and zs["bigearthnet"] < 40
     # fine-tuning raises the patching metric and costs supported accuracy (PAINT's trade-off)
@@ -45,8 +62,10 @@ def test_demo_end_to_end_and_rerun(tmp_path):
 
     # the aligned MS encoder lands in CLIP's space: cosine and retrieval far above its start
     def both(model: str, metric: str) -> float:
-        return sum(_row(rows, model, "bigearthnet", f"{metric} {d}")
-                   for d in ("ms->rgb", "rgb->ms")) / 2  # fmt: skip
+        return (
+            sum(_row(rows, model, "bigearthnet", f"{metric} {d}") for d in ("ms->rgb", "rgb->ms"))
+            / 2
+        )
 
     before, after = (_row(rows, m, "bigearthnet", "cosine") for m in ("untrained", "aligned"))
     assert after > before + 0.3, (before, after)
@@ -62,8 +81,9 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 9
     # ... and a rerun with other options is refused instead of skipping to the old results
-    r = subprocess.run([*cmd[:-2], "400", "--quick"], capture_output=True, text=True, cwd=REPO,
-                       timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [*cmd[:-2], "400", "--quick"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert r.returncode == 2 and "--patches 360 -> 400" in r.stderr and "--fresh" in r.stderr
 
 

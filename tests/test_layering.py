@@ -45,8 +45,12 @@ def _imports(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("layer", RAY_FREE)
 def test_no_ray_outside_the_runtime_and_the_sweeps(layer):
-    bad = [f"{p.relative_to(REPO)} imports {n}" for p in _modules(layer) for n in _imports(p)
-           if n == "ray" or n.startswith("ray.")]  # fmt: skip
+    bad = [
+        f"{p.relative_to(REPO)} imports {n}"
+        for p in _modules(layer)
+        for n in _imports(p)
+        if n == "ray" or n.startswith("ray.")
+    ]
     assert not bad, bad
 
 

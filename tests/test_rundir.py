@@ -83,13 +83,19 @@ def test_a_live_run_locks_its_directory(shards, tmp_path):
     ends (even killed), the directory is free again."""
     out = tmp_path / "locked"
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time; from mtmg import rundir; from test_rundir import Cfg\n"
-            f"with rundir.claim('patch', Cfg({str(shards)!r}, {str(out)!r}), {str(out)!r}):\n"
-            "    print('held', flush=True); time.sleep(60)"
-        )],
-        cwd=REPO / "tests", stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from mtmg import rundir; from test_rundir import Cfg\n"
+                f"with rundir.claim('patch', Cfg({str(shards)!r}, {str(out)!r}), {str(out)!r}):\n"
+                "    print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        cwd=REPO / "tests",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(rundir.RunDirError, match=rf"in use by another run \(pid {holder.pid}"):
@@ -111,14 +117,19 @@ def test_sweep_resume_needs_a_sweep_and_a_free_directory(tmp_path, capsys):
     assert "no sweep to resume" in capsys.readouterr().err and not out.exists()
     # a second sweep into the OUT of a live one: refused before it touches anything
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import time; from mtmg import rundir; from mtmg.sweeps.alpha import driver\n"
-            f"cfg = driver.AlphaSweepConfig(run={argv[1]!r}, out={str(out)!r})\n"
-            "with rundir.claim(driver.NAME, cfg, cfg.out):\n"
-            "    print('held', flush=True); time.sleep(60)"
-        )],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            (
+                "import time; from mtmg import rundir; from mtmg.sweeps.alpha import driver\n"
+                f"cfg = driver.AlphaSweepConfig(run={argv[1]!r}, out={str(out)!r})\n"
+                "with rundir.claim(driver.NAME, cfg, cfg.out):\n"
+                "    print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.perf_counter()

@@ -10,22 +10,57 @@ from mtmg.errors import InputError
 
 # Sentinel-2 L1C order used by the student encoder and SSL4EO-S12 (13 bands, B8A after B08).
 S2_L1C: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
-)  # fmt: skip
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+)
 # Sentinel-2 L2A has no cirrus band B10 (BigEarthNet v1/v2 order, bigearthnet_common BEN_CHANNELS).
 S2_L2A: tuple[str, ...] = tuple(b for b in S2_L1C if b != "B10")
 # EuroSAT-MS GeoTIFFs store B01..B12 (with B10) and then B8A last (torchgeo PR #2480).
 EUROSAT_MS_FILE_ORDER: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
-)  # fmt: skip
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+    "B8A",
+)
 # SEN12MS s2 GeoTIFFs store the L1C order.
 SEN12MS_S2_FILE_ORDER: tuple[str, ...] = S2_L1C
 
 # Ground sampling distance in metres, per band.
 S2_GSD: dict[str, int] = {
-    "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
-    "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20,
-}  # fmt: skip
+    "B01": 60,
+    "B02": 10,
+    "B03": 10,
+    "B04": 10,
+    "B05": 20,
+    "B06": 20,
+    "B07": 20,
+    "B08": 10,
+    "B8A": 20,
+    "B09": 60,
+    "B10": 60,
+    "B11": 20,
+    "B12": 20,
+}
 
 # Sentinel-1 polarisations, in the order mtmg stores them (torchgeo's alphabetical VH,VV is a bug).
 S1: tuple[str, ...] = ("VV", "VH")

@@ -110,9 +110,11 @@ class Targets:
                 raise InputError(f"{ds.root}: no map from {stored} to {want}")
             mapping = tuple(-1 if j is None else j for j in entry["map"])
         return cls(
-            tuple(noms[stored]["classes"]), mapping, len(noms[want]["classes"]),
+            tuple(noms[stored]["classes"]),
+            mapping,
+            len(noms[want]["classes"]),
             ds.task == "multi-label",
-        )  # fmt: skip
+        )
 
     def __call__(self, names: list[str]) -> torch.Tensor:
         if not self.multi_label:
@@ -278,7 +280,7 @@ def partition(
                 world,
                 False,
                 sum(counts[r::world]),
-            )  # fmt: skip
+            )
             for r in range(world)
         ]
     total = sum(counts)

@@ -228,9 +228,13 @@ def write_index(out: Location, results: list[ShardResult]) -> None:
             rows["shard"].append(r.name)
             rows["labels"].append(labs)
     schema = pa.schema(
-        [("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
-         ("labels", pa.list_(pa.string()))]
-    )  # fmt: skip
+        [
+            ("key", pa.string()),
+            ("split", pa.string()),
+            ("shard", pa.string()),
+            ("labels", pa.list_(pa.string())),
+        ]
+    )
     buf = io.BytesIO()
     pq.write_table(pa.table(rows, schema=schema), buf, compression="zstd")
     storage.write_bytes_atomic(out.fs, out.child_path("index.parquet"), buf.getvalue())

@@ -104,8 +104,9 @@ def check_writable(loc: Location, flag: str = "--out") -> None:
             f.write(b"probe")
         loc.fs.delete_file(probe)
     except OSError as e:
-        raise StorageError(f"{flag} {loc}: cannot write there ({e}); choose another {flag} or "
-                           "make it writable") from e  # fmt: skip
+        raise StorageError(
+            f"{flag} {loc}: cannot write there ({e}); choose another {flag} or make it writable"
+        ) from e
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:

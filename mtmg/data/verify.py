@@ -32,8 +32,15 @@ from mtmg.data.storage import Location
 from mtmg.errors import MtmgError
 
 # the members a sample may hold; anything else (a pickle, a torch file...) is refused unread
-MEMBERS = frozenset(["ms.npy", "s1.npy", "json", "cls",
-                     *(f"rgb.{e}" for e in ("jpg", "jpeg", "png", "tif", "tiff"))])  # fmt: skip
+MEMBERS = frozenset(
+    [
+        "ms.npy",
+        "s1.npy",
+        "json",
+        "cls",
+        *(f"rgb.{e}" for e in ("jpg", "jpeg", "png", "tif", "tiff")),
+    ]
+)
 ARRAYS = {"ms.npy": np.dtype(np.uint16), "s1.npy": np.dtype(np.float32)}
 RECOVER = "re-shard that set (data_prep/shard.py) or check it with `python -m mtmg.verify SET`"
 
@@ -140,8 +147,10 @@ class ShardReader:
         try:
             have = loc.fs.get_file_info(loc.path).size
             if size is not None and have != size:
-                raise ShardError(f"{url}: {have} bytes, manifest.json records {size} (a truncated "
-                                 f"or replaced shard); {RECOVER}")  # fmt: skip
+                raise ShardError(
+                    f"{url}: {have} bytes, manifest.json records {size} (a truncated "
+                    f"or replaced shard); {RECOVER}"
+                )
             with loc.fs.open_input_stream(loc.path) as stream:
                 for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
                     n += 1
@@ -194,8 +203,15 @@ def verify(sets: list[str], workers: int = 4, progress: bool = True) -> tuple[in
         manifest = load_manifest(loc)
         jobs += [(loc, e) for v in manifest["splits"].values() for e in v["shards"]]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = list(tqdm(pool.map(lambda j: check_shard(*j), jobs), total=len(jobs),
-                          unit="shard", desc="verifying", disable=not progress))  # fmt: skip
+        found = list(
+            tqdm(
+                pool.map(lambda j: check_shard(*j), jobs),
+                total=len(jobs),
+                unit="shard",
+                desc="verifying",
+                disable=not progress,
+            )
+        )
     pairs = zip(jobs, found, strict=True)
     return len(jobs), [f"{loc.join(e['name'])}: {why}" for (loc, e), why in pairs if why]
 
@@ -210,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         epilog="exit status: 0 all intact, 2 a bad shard (one line each) or no shard set",
     )
     ap.add_argument("sets", nargs="+", metavar="SET", help="shard set directory or URI")
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                    help="shards hashed at once")  # fmt: skip
-    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                    help="show a progress bar")  # fmt: skip
+    ap.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="shards hashed at once"
+    )
+    ap.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar",
+    )
     args = ap.parse_args(argv)
     try:
         n, bad = verify(args.sets, args.workers, args.progress)

@@ -40,8 +40,10 @@ def predict(
     """(keys, outputs, targets) of `fn` over the batches, outputs as float32 on the CPU."""
     keys, outs, targets = [], [], []
     for batch in batches:
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in batch.items()}  # fmt: skip
+        batch = {
+            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out = fn(batch)
         keys.extend(batch["__key__"])

@@ -130,8 +130,10 @@ def save_epoch(
         path = os.path.join(d, f"{name}.safetensors")
         save_file({k: v.contiguous() for k, v in tensors.items()}, path)
         if opt is not None:
-            torch.save({"opt": opt.state_dict(), "sched": sched.state_dict() if sched else None},
-                       os.path.join(d, "optim.pt"))  # fmt: skip
+            torch.save(
+                {"opt": opt.state_dict(), "sched": sched.state_dict() if sched else None},
+                os.path.join(d, "optim.pt"),
+            )
         Path(d, "state.json").write_text(json.dumps(state))
         ctx.report(metrics, checkpoint=d)
 

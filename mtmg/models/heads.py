@@ -283,10 +283,17 @@ def dataset_heads(
     for ds, nomen in datasets:
         names = ds.prompt_names(nomen)
         templates = override or ds.manifest["templates"]
-        out.append(cached_zeroshot_weights(
-            cache, model_name=model_name, fingerprint=fingerprint,
-            dataset=f"{ds.name}:{ds.nomenclature(nomen)}", classnames=names, templates=templates,
-            build=lambda n=names, t=templates: build_zeroshot_weights(
-                bundle.model, bundle.tokenizer, n, t),
-        ))  # fmt: skip
+        out.append(
+            cached_zeroshot_weights(
+                cache,
+                model_name=model_name,
+                fingerprint=fingerprint,
+                dataset=f"{ds.name}:{ds.nomenclature(nomen)}",
+                classnames=names,
+                templates=templates,
+                build=lambda n=names, t=templates: build_zeroshot_weights(
+                    bundle.model, bundle.tokenizer, n, t
+                ),
+            )
+        )
     return out

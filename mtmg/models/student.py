@@ -73,9 +73,13 @@ class Student(nn.Module):
 
         try:
             self.trunk = timm.create_model(
-                spec.arch, pretrained=False, num_classes=0, in_chans=spec.in_chans,
-                img_size=spec.img_size, **spec.timm_args,
-            )  # fmt: skip
+                spec.arch,
+                pretrained=False,
+                num_classes=0,
+                in_chans=spec.in_chans,
+                img_size=spec.img_size,
+                **spec.timm_args,
+            )
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"cannot build {spec.arch!r} with {spec.timm_args}: {e}") from e
         self.proj = nn.Linear(self.trunk.num_features, spec.embed_dim)
@@ -182,18 +186,25 @@ def load_trunk(student: Student, path: str, allow_partial: bool = False) -> Init
         from timm.layers import resample_abs_pos_embed
 
         sd["pos_embed"] = resample_abs_pos_embed(
-            sd["pos_embed"], list(trunk.patch_embed.grid_size),
+            sd["pos_embed"],
+            list(trunk.patch_embed.grid_size),
             num_prefix_tokens=getattr(trunk, "num_prefix_tokens", 1),
-        )  # fmt: skip
-    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-           for k, v in sd.items() if k in own and v.shape != own[k].shape]  # fmt: skip
+        )
+    bad = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if bad:
         raise ValueError(f"{path}: tensors of other shapes than the student's: {bad[:5]}")
     result = trunk.load_state_dict(sd, strict=False)
     report = InitReport(
-        path, len(sd) - len(result.unexpected_keys), sorted(result.missing_keys),
-        sorted(result.unexpected_keys), ignored,
-    )  # fmt: skip
+        path,
+        len(sd) - len(result.unexpected_keys),
+        sorted(result.missing_keys),
+        sorted(result.unexpected_keys),
+        ignored,
+    )
     if report.missing and not allow_partial:
         raise ValueError(
             f"{report}\nthis would leave {len(report.missing)} student trunk tensors "
@@ -240,8 +251,11 @@ def save_student(student: Student, out: str | Path, meta: dict[str, Any]) -> Non
     loc = storage.location(str(out))
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     storage.write_bytes_atomic(loc.fs, loc.child_path("student.safetensors"), save(state))
-    doc = {"spec": student.spec.to_json(), **meta,
-           "load_with": "mtmg.models.student.load_student(DIR).encode(x)"}  # fmt: skip
+    doc = {
+        "spec": student.spec.to_json(),
+        **meta,
+        "load_with": "mtmg.models.student.load_student(DIR).encode(x)",
+    }
     storage.write_json_atomic(loc.fs, loc.child_path("student.json"), doc)
 
 

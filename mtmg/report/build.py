@@ -57,9 +57,18 @@ def patch_rows(path: Path) -> list[dict[str, Any]]:
             names.append(f"patched CLIP (alpha={chosen:g})")
         if r["alpha"] == 1.0:
             names.append("fine-tuned CLIP (alpha=1)")
-        out += [{"model": name, "input": "RGB", "dataset": r["dataset"], "role": r["role"],
-                 "metric": r["metric"], "value": r["value"], "run": str(path)}
-                for name in names]  # fmt: skip
+        out += [
+            {
+                "model": name,
+                "input": "RGB",
+                "dataset": r["dataset"],
+                "role": r["role"],
+                "metric": r["metric"],
+                "value": r["value"],
+                "run": str(path),
+            }
+            for name in names
+        ]
     return out
 
 
@@ -77,8 +86,17 @@ def align_rows(path: Path) -> list[dict[str, Any]]:
         if metric.startswith("R@") and metric.split()[0] not in RETRIEVAL:
             continue
         name = "aligned MS encoder" if r["epoch"] == last else "untrained MS encoder"
-        out.append({"model": name, "input": "MS", "dataset": r["dataset"], "role": "eval",
-                    "metric": metric, "value": r["value"], "run": str(path)})  # fmt: skip
+        out.append(
+            {
+                "model": name,
+                "input": "MS",
+                "dataset": r["dataset"],
+                "role": "eval",
+                "metric": metric,
+                "value": r["value"],
+                "run": str(path),
+            }
+        )
     return out
 
 
@@ -116,12 +134,16 @@ def gains(rows: Sequence[dict[str, Any]]) -> list[str]:
         if model == "patched CLIP" and ("zero-shot CLIP", ds, metric) in by:
             zs = by[("zero-shot CLIP", ds, metric)]["value"]
             role = "supported task" if r["role"] == "supported" else "patching/eval task"
-            out.append(f"Patching ({r['model']}) changes {ds} {metric} ({role}) from {zs:.2f} "
-                       f"to {r['value']:.2f} ({r['value'] - zs:+.2f}).")  # fmt: skip
+            out.append(
+                f"Patching ({r['model']}) changes {ds} {metric} ({role}) from {zs:.2f} "
+                f"to {r['value']:.2f} ({r['value'] - zs:+.2f})."
+            )
         if model == "aligned MS encoder" and ("untrained MS encoder", ds, metric) in by:
             u = by[("untrained MS encoder", ds, metric)]["value"]
-            out.append(f"Alignment takes the MS encoder's {ds} {metric} from {u:.2f} (untrained) "
-                       f"to {r['value']:.2f}.")  # fmt: skip
+            out.append(
+                f"Alignment takes the MS encoder's {ds} {metric} from {u:.2f} (untrained) "
+                f"to {r['value']:.2f}."
+            )
     return out
 
 
@@ -155,12 +177,21 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     notes = gains(rows)
     for sw in sweeps:
         if sw.get("best"):
-            best = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in sw["best"].items())  # fmt: skip
-            notes.append(f"Loss sweep: best {best} (validation {sw['objective']} "
-                         f"{sw['best_objective']:.2f}).")  # fmt: skip
-    summary = {"runs": [str(Path(d).resolve()) for d in run_dirs], "table": md.splitlines(),
-               "gains": notes, "rows": rows, "plots": copied, "sweeps": sweeps}  # fmt: skip
+            best = ", ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sw["best"].items()
+            )
+            notes.append(
+                f"Loss sweep: best {best} (validation {sw['objective']} "
+                f"{sw['best_objective']:.2f})."
+            )
+    summary = {
+        "runs": [str(Path(d).resolve()) for d in run_dirs],
+        "table": md.splitlines(),
+        "gains": notes,
+        "rows": rows,
+        "plots": copied,
+        "sweeps": sweeps,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     text = ["# mtmg report", "", md, "", *[f"- {g}" for g in summary["gains"]], ""]
     text += [f"![{p}]({p})" for p in copied]

@@ -93,8 +93,10 @@ def plot_loss_curves(
         if not pts:
             continue
         xs, ys = zip(*pts, strict=True)
-        smooth = [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
-                  for i in range(len(ys))]  # fmt: skip
+        smooth = [
+            sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
+            for i in range(len(ys))
+        ]
         ax.plot(xs, smooth, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

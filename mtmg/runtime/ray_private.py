@@ -1,8 +1,8 @@
 """Every private Ray API mtmg uses, in one place, each with the public API it lacks.
 
 Written against Ray 2.60 (pyproject pins the minor version). `PRIVATE` lists every private name
-used here; tests/runtime/test_ray_private.py resolves each, so a Ray upgrade that moves or renames one
-fails there, naming it. Imports only the standard library: Ray is resolved when used.
+used here; tests/runtime/test_ray_private.py resolves each, so a Ray upgrade that moves or renames
+one fails there, naming it. Imports only the standard library: Ray is resolved when used.
 """
 
 from __future__ import annotations

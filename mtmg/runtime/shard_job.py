@@ -46,9 +46,12 @@ def run_tasks(
     """
     workers = cfg.workers or cluster.cpus_available()
     bar = tqdm(
-        total=sum(len(t.items) for t in tasks), unit="patch", desc="sharding",
-        disable=not cfg.progress, smoothing=0.1,
-    )  # fmt: skip
+        total=sum(len(t.items) for t in tasks),
+        unit="patch",
+        desc="sharding",
+        disable=not cfg.progress,
+        smoothing=0.1,
+    )
     todo, pending, results = list(reversed(tasks)), {}, []
     try:
         while todo or pending:
@@ -106,9 +109,11 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
         if r.note:
             log.warning("%s: %s", r.name, r.note)
     log.info(
-        "%d shards (%d kept from an earlier run) in %.1fs", len(results), resumed,
+        "%d shards (%d kept from an earlier run) in %.1fs",
+        len(results),
+        resumed,
         time.perf_counter() - t0,
-    )  # fmt: skip
+    )
     return manifest
 
 

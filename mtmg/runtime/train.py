@@ -134,8 +134,13 @@ def _node_local_group(config: Any, n: int, run: Callable[..., Any]) -> None:
     import ray
 
     addr, port = ray.get(run(0, _bind_store_socket))
-    args = {"backend": config.backend, "world": n, "addr": addr, "port": port,
-            "timeout_s": config.timeout_s}  # fmt: skip
+    args = {
+        "backend": config.backend,
+        "world": n,
+        "addr": addr,
+        "port": port,
+        "timeout_s": config.timeout_s,
+    }
     ray.get([run(i, _join_group, world_rank=i, **args) for i in range(n)])
 
 
@@ -166,10 +171,14 @@ def _join_group(
             os.environ[var] = iface
     ctx = ray.train.get_context()
     os.environ.update(
-        RANK=str(world_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(ctx.get_local_rank()),
-        LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()), NODE_RANK=str(ctx.get_node_rank()),
-        MASTER_ADDR=addr, MASTER_PORT=str(port),
-    )  # fmt: skip
+        RANK=str(world_rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(ctx.get_local_rank()),
+        LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()),
+        NODE_RANK=str(ctx.get_node_rank()),
+        MASTER_ADDR=addr,
+        MASTER_PORT=str(port),
+    )
     timeout = timedelta(seconds=timeout_s)
     main = world_rank == 0
     fd = _store_socket.pop().detach() if main else None  # the store's server owns it now
@@ -301,10 +310,16 @@ def run_job(
     use_gpu = gpu_available() if job.gpu is None else job.gpu
     refs = {k: ray.put(v) for k, v in shared.items()}
     result = fit(
-        worker, {**conf, **refs}, workers=job.workers, use_gpu=use_gpu,
-        storage_path=str(Path(out) / "ray"), name=name, max_failures=job.max_failures,
-        cpus_per_worker=job.cpus_per_worker, on_start=on_start,
-    )  # fmt: skip
+        worker,
+        {**conf, **refs},
+        workers=job.workers,
+        use_gpu=use_gpu,
+        storage_path=str(Path(out) / "ray"),
+        name=name,
+        max_failures=job.max_failures,
+        cpus_per_worker=job.cpus_per_worker,
+        on_start=on_start,
+    )
     with result.checkpoint.as_directory() as d:
         tensors = load_file(os.path.join(d, f"{weights}.safetensors"))
         state = json.loads(Path(d, "state.json").read_text())

@@ -13,10 +13,18 @@ def test_ben_class_counts():
 def test_ben43_to_19_drops_the_eleven_official_classes():
     dropped = [labels.BEN43[i] for i, j in enumerate(labels.BEN43_TO_19) if j is None]
     assert dropped == [
-        "Road and rail networks and associated land", "Port areas", "Airports",
-        "Mineral extraction sites", "Dump sites", "Construction sites", "Green urban areas",
-        "Sport and leisure facilities", "Bare rock", "Burnt areas", "Intertidal flats",
-    ]  # fmt: skip
+        "Road and rail networks and associated land",
+        "Port areas",
+        "Airports",
+        "Mineral extraction sites",
+        "Dump sites",
+        "Construction sites",
+        "Green urban areas",
+        "Sport and leisure facilities",
+        "Bare rock",
+        "Burnt areas",
+        "Intertidal flats",
+    ]
 
 
 def test_ben43_to_19_examples():

@@ -97,8 +97,18 @@ def test_ranks_read_disjoint_parts_and_run_equal_steps(ben_shards, world):
     dec = _decoder(ben_shards, size=16)
     seen, steps = [], []
     for rank in range(world):
-        loader = make_loader(ben_shards, "train", dec, batch_size=2, train=True, rank=rank,
-                             world=world, num_workers=2, seed=1, epoch=0)  # fmt: skip
+        loader = make_loader(
+            ben_shards,
+            "train",
+            dec,
+            batch_size=2,
+            train=True,
+            rank=rank,
+            world=world,
+            num_workers=2,
+            seed=1,
+            epoch=0,
+        )
         batches = list(loader)
         steps.append(len(batches))
         assert all(len(b["__key__"]) == 2 for b in batches)
@@ -112,8 +122,9 @@ def test_evaluation_visits_every_sample_exactly_once(ben_shards, world):
     dec = _decoder(ben_shards, size=16)
     keys = []
     for rank in range(world):
-        loader = make_loader(ben_shards, "val", dec, batch_size=3, train=False, rank=rank,
-                             world=world, num_workers=2)  # fmt: skip
+        loader = make_loader(
+            ben_shards, "val", dec, batch_size=3, train=False, rank=rank, world=world, num_workers=2
+        )
         keys += [k for b in loader for k in b["__key__"]]
     assert sorted(keys) == sorted(
         ben_shards.manifest and [s["__key__"] for s in _raw(ben_shards, "val")]
@@ -125,8 +136,16 @@ def test_training_order_is_seeded_and_changes_with_the_epoch(ben_shards):
     dec = _decoder(ben_shards, size=16)
 
     def order(epoch, seed=0):
-        loader = make_loader(ben_shards, "train", dec, batch_size=4, train=True, num_workers=0,
-                             seed=seed, epoch=epoch)  # fmt: skip
+        loader = make_loader(
+            ben_shards,
+            "train",
+            dec,
+            batch_size=4,
+            train=True,
+            num_workers=0,
+            seed=seed,
+            epoch=epoch,
+        )
         return [k for b in loader for k in b["__key__"]]
 
     assert order(0) == order(0)

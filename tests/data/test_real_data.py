@@ -99,17 +99,25 @@ def test_v2_s2_s1_and_reference_map():
 def test_v2_metadata_subset():
     table = pq.read_table(V2 / "metadata.parquet")
     assert table.column_names == [
-        "patch_id", "labels", "split", "country", "s1_name", "s2v1_name",
-        "contains_seasonal_snow", "contains_cloud_or_shadow",
-    ]  # fmt: skip
+        "patch_id",
+        "labels",
+        "split",
+        "country",
+        "s1_name",
+        "s2v1_name",
+        "contains_seasonal_snow",
+        "contains_cloud_or_shadow",
+    ]
     assert str(table.schema.field("labels").type) == "list<element: string>"
     assert pq.ParquetFile(V2 / "metadata.parquet").metadata.row_group(0).column(0).compression == (
         "ZSTD"
     )
     rows = {r["patch_id"]: r for r in table.to_pylist()}
     assert table.num_rows == 203 and {r["split"] for r in rows.values()} == {
-        "train", "validation", "test"
-    }  # fmt: skip
+        "train",
+        "validation",
+        "test",
+    }
     ids = table.column("patch_id").to_pylist()
     assert ids == sorted(ids)
     for r in rows.values():

@@ -183,9 +183,20 @@ def test_resume_after_the_cli_is_interrupted(shard, tmp_path):
     root = tmp_path / "raw"
     synth.make_bigearthnet(root, n_patches=80, s1=False, seed=5)
     out = tmp_path / "o"
-    cmd = [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root",
-           str(root), "--out", str(out), "--shard-size", "2", "--workers", "1",
-           "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "data_prep" / "shard.py"),
+        "bigearthnet",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -275,9 +286,13 @@ def _break_labels_json_is_a_list(root, key):
 
 
 BREAKERS = [
-    _break_missing_band, _break_unreadable_band, _break_wrong_size, _break_wrong_patch_size,
-    _break_unknown_label, _break_labels_json_is_a_list,
-]  # fmt: skip
+    _break_missing_band,
+    _break_unreadable_band,
+    _break_wrong_size,
+    _break_wrong_patch_size,
+    _break_unknown_label,
+    _break_labels_json_is_a_list,
+]
 
 
 @pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__[7:])
@@ -338,12 +353,22 @@ def test_empty_missing_root_and_no_official_patches(shard, tmp_path):
 def test_cli_exit_codes_and_messages(ray_session, tmp_path, small_tree, capsys):
     root, keys = small_tree
     path, _ = _break_unknown_label(root, keys[0])
-    rc = shard_main(["bigearthnet", "--root", str(root), "--out", str(tmp_path / "o"),
-                     "--no-progress"])  # fmt: skip
+    rc = shard_main(
+        ["bigearthnet", "--root", str(root), "--out", str(tmp_path / "o"), "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and keys[0] in err and str(path) in err and "--skip-bad" in err
-    rc = shard_main(["bigearthnet", "--root", str(root), "--out", str(tmp_path / "o"),
-                     "--no-progress", "--skip-bad"])  # fmt: skip
+    rc = shard_main(
+        [
+            "bigearthnet",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--skip-bad",
+        ]
+    )
     captured = capsys.readouterr().out
     assert rc == 0 and "inputs 12 = written 11 + excluded 0 + rejected 1" in captured
     assert f"rejected {keys[0]}" in captured
@@ -352,8 +377,19 @@ def test_cli_exit_codes_and_messages(ray_session, tmp_path, small_tree, capsys):
 def test_cli_help_and_missing_options(cli):
     r = cli["shard --help"]
     assert r.returncode == 0
-    for word in ("--root", "--out", "--s1", "--splits", "--cluster", "--workers", "--limit",
-                 "--skip-bad", "bigearthnet-v2", "eurosat-ms", "manifest.json"):  # fmt: skip
+    for word in (
+        "--root",
+        "--out",
+        "--s1",
+        "--splits",
+        "--cluster",
+        "--workers",
+        "--limit",
+        "--skip-bad",
+        "bigearthnet-v2",
+        "eurosat-ms",
+        "manifest.json",
+    ):
         assert word in r.stdout
     r = cli["shard without options"]
     assert r.returncode == 2 and "--root, --out" in r.stderr
@@ -433,15 +469,17 @@ def test_rerun_with_another_root_keeps_nothing(shard, tmp_path, small_tree):
 
 
 @pytest.mark.parametrize("how", ["under a file", "refused by the file system"])
-def test_an_unwritable_out_is_an_error_before_any_work(ray_session, tmp_path, small_tree, capsys,
-                                                       how):  # fmt: skip
+def test_an_unwritable_out_is_an_error_before_any_work(
+    ray_session, tmp_path, small_tree, capsys, how
+):
     if how == "under a file":
         (tmp_path / "file").write_text("")
         out = tmp_path / "file" / "out"
     else:  # sysfs takes no new entries, not even from root (a chmod 555 folder would, as root)
         out = Path("/sys/mtmg-test-out")
-    rc = shard_main(["bigearthnet", "--root", str(small_tree[0]), "--out", str(out),
-                     "--no-progress"])  # fmt: skip
+    rc = shard_main(
+        ["bigearthnet", "--root", str(small_tree[0]), "--out", str(out), "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"error: --out {out}: cannot write there")
 

@@ -31,8 +31,11 @@ def ben_set(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("raw")
     synth.make_bigearthnet(root, n_patches=12, size=60, s1=True, seed=4)
     out = tmp_path_factory.mktemp("set")
-    prep.shard(prep.ShardConfig("bigearthnet", str(root), str(out), s1=str(root), shard_size=3,
-                                progress=False))  # fmt: skip
+    prep.shard(
+        prep.ShardConfig(
+            "bigearthnet", str(root), str(out), s1=str(root), shard_size=3, progress=False
+        )
+    )
     return out
 
 
@@ -99,28 +102,54 @@ class _Payload:
 
 
 def _decoder(ds, view="rgb"):
-    return Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], view, Targets.of(ds),
-                   32, 32)  # fmt: skip
+    return Decoder(
+        tuple(ds.manifest["bands"]), ds.manifest["modality"], view, Targets.of(ds), 32, 32
+    )
 
 
 READERS = {
     "iter_samples": lambda out: list(shards.iter_samples(out, "train")),
-    "loader": lambda out: list(make_loader(ShardSet.open(str(out)), "train",
-                                           _decoder(ShardSet.open(str(out))), batch_size=2,
-                                           train=False, num_workers=1)),  # fmt: skip
-    "training loader": lambda out: list(make_loader(ShardSet.open(str(out)), "train",
-                                                    _decoder(ShardSet.open(str(out))),
-                                                    batch_size=2, train=True, num_workers=0)),
+    "loader": lambda out: list(
+        make_loader(
+            ShardSet.open(str(out)),
+            "train",
+            _decoder(ShardSet.open(str(out))),
+            batch_size=2,
+            train=False,
+            num_workers=1,
+        )
+    ),
+    "training loader": lambda out: list(
+        make_loader(
+            ShardSet.open(str(out)),
+            "train",
+            _decoder(ShardSet.open(str(out))),
+            batch_size=2,
+            train=True,
+            num_workers=0,
+        )
+    ),
     "alpha_trial.decode_split": lambda out: alpha_trial.decode_split(
         alpha_trial.AlphaTrialInputs(
-                         sets=(alpha_trial.EvalSet("supported", str(out), None, "ben",
-                                                   "bigearthnet", "multi-label"),),
-                         decoder=(32, transforms.CLIP_MEAN, transforms.CLIP_STD),
-                         eval_batch_size=4, loader_workers=0, amp=False, selection="max",
-                         tolerance=0.0, threads=1, gpu=False),
-        0, "train", 2**30,
+            sets=(
+                alpha_trial.EvalSet(
+                    "supported", str(out), None, "ben", "bigearthnet", "multi-label"
+                ),
+            ),
+            decoder=(32, transforms.CLIP_MEAN, transforms.CLIP_STD),
+            eval_batch_size=4,
+            loader_workers=0,
+            amp=False,
+            selection="max",
+            tolerance=0.0,
+            threads=1,
+            gpu=False,
+        ),
+        0,
+        "train",
+        2**30,
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("reader", ["iter_samples", "loader", "alpha_trial.decode_split"])
@@ -166,10 +195,11 @@ def test_a_truncated_shard_is_an_error_naming_it(fresh, reader, cut):
 BAD_ARRAYS = {
     "float32 NaN ms.npy": ("ms.npy", np.full((12, 60, 60), np.nan, np.float32)),
     "ms.npy of 3 bands": ("ms.npy", np.zeros((3, 60, 60), np.uint16)),
-    "s1.npy with a NaN": ("s1.npy", np.pad(np.zeros((2, 60, 59), np.float32), ((0, 0), (0, 0),
-                                                                                 (0, 1)),
-                                           constant_values=np.nan)),
-}  # fmt: skip
+    "s1.npy with a NaN": (
+        "s1.npy",
+        np.pad(np.zeros((2, 60, 59), np.float32), ((0, 0), (0, 0), (0, 1)), constant_values=np.nan),
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_ARRAYS))
@@ -178,8 +208,9 @@ def test_a_bad_array_is_refused_naming_the_sample(fresh, case):
     member, arr = BAD_ARRAYS[case]
     key = _replace(path, member, _npy(arr))
     ds = ShardSet.open(str(out))
-    loader = make_loader(ds, "train", _decoder(ds, "rgb+s1"), batch_size=2, train=False,
-                         num_workers=0)  # fmt: skip
+    loader = make_loader(
+        ds, "train", _decoder(ds, "rgb+s1"), batch_size=2, train=False, num_workers=0
+    )
     for read in (lambda: list(loader), lambda: list(shards.iter_samples(out, "train"))):
         with pytest.raises(ShardError) as err:
             read()
@@ -200,11 +231,16 @@ def test_verify_names_a_corrupt_shard_and_passes_a_good_set(ben_set, fresh, caps
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    r = subprocess.run([sys.executable, "-m", "mtmg.verify", str(ben_set), str(out),
-                        "--no-progress"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "mtmg.verify", str(ben_set), str(out), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     bad = [ln for ln in r.stderr.splitlines() if ln.startswith("bad shard")]
-    assert r.returncode == 2 and bad == [f"bad shard {path}: sha256 differs from manifest.json "
-                                         "(corrupt or replaced)"]  # fmt: skip
+    assert r.returncode == 2 and bad == [
+        f"bad shard {path}: sha256 differs from manifest.json (corrupt or replaced)"
+    ]
     assert verify.main([str(ben_set), "--no-progress"]) == 0
     assert "ok: " in capsys.readouterr().out
     path.unlink()

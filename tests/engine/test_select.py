@@ -42,9 +42,17 @@ def test_several_patching_sets_are_averaged_first():
     """Joint patching: the patching metric is the mean over the patching sets, and PAINT's rule
     weighs it against the supported metric, half and half."""
     vals = {"p1": [10, 50, 90], "p2": [40, 50, 40], "s": [62, 60, 40]}
-    r = [{"alpha": a, "role": "supported" if k == "s" else "patching", "split": "val",
-          "value": v[i], "dataset": k}
-         for k, v in vals.items() for i, a in enumerate((0.0, 0.5, 1.0))]  # fmt: skip
+    r = [
+        {
+            "alpha": a,
+            "role": "supported" if k == "s" else "patching",
+            "split": "val",
+            "value": v[i],
+            "dataset": k,
+        }
+        for k, v in vals.items()
+        for i, a in enumerate((0.0, 0.5, 1.0))
+    ]
     assert curves(r)["patching"] == {0.0: 25, 0.5: 50, 1.0: 65}
     # (25 + 62) / 2, (50 + 60) / 2, (65 + 40) / 2: 0.5; the first set alone would give 1.0, and
     # pooling the three sets with equal weights ((p1 + p2 + s) / 3) would also give 1.0

@@ -53,9 +53,7 @@ def test_a_non_finite_loss_stops_before_the_weights_change():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     # a finite loss steps as before
-    loop.optimizer_step(
-        model(torch.ones(3, 4)).sum(), opt, sched, list(model.parameters()), 1.0
-    )
+    loop.optimizer_step(model(torch.ones(3, 4)).sum(), opt, sched, list(model.parameters()), 1.0)
     assert not torch.equal(model.weight, before["weight"])
 
 
@@ -91,6 +89,13 @@ def test_a_worker_s_non_finite_loss_reaches_the_driver_as_itself(ray_session, tm
         loop.check_finite(torch.tensor(float("nan")), step=4)
 
     with pytest.raises(loop.NonFiniteError, match="loss is nan at step 5") as info:
-        train.fit(diverges, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
-                  name="nan", max_failures=0)  # fmt: skip
+        train.fit(
+            diverges,
+            {},
+            workers=1,
+            use_gpu=False,
+            storage_path=str(tmp_path),
+            name="nan",
+            max_failures=0,
+        )
     assert type(info.value) is loop.NonFiniteError

@@ -168,9 +168,14 @@ def test_cached_weights_build_once(tiny, tmp_path, caplog):
 def test_cached_weights_check_build_result(tmp_path):
     with pytest.raises(ValueError, match=r"\[3, D\]"):
         cached_zeroshot_weights(
-            tmp_path, model_name="m", fingerprint="f", dataset="d", classnames=CLASSES,
-            templates=TEMPLATES, build=lambda: torch.zeros(2, 4),
-        )  # fmt: skip
+            tmp_path,
+            model_name="m",
+            fingerprint="f",
+            dataset="d",
+            classnames=CLASSES,
+            templates=TEMPLATES,
+            build=lambda: torch.zeros(2, 4),
+        )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -389,12 +389,14 @@ def test_quick_gelu_travels_with_the_weights(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         want = ref.model.encode_image(x)
-    path = weights.save_checkpoint(ref.model, tmp_path / "q.safetensors",
-                                   build_kwargs=ref.build_kwargs)  # fmt: skip
+    path = weights.save_checkpoint(
+        ref.model, tmp_path / "q.safetensors", build_kwargs=ref.build_kwargs
+    )
     back = load_clip("mtmg-tiny-vit", str(path))
     assert quick(back.model) and back.build_kwargs == {"force_quick_gelu": True}
-    plain = load_clip("mtmg-tiny-vit", str(
-        weights.save_checkpoint(ref.model, tmp_path / "p.safetensors")))  # fmt: skip
+    plain = load_clip(
+        "mtmg-tiny-vit", str(weights.save_checkpoint(ref.model, tmp_path / "p.safetensors"))
+    )
     assert not quick(plain.model)
     with torch.no_grad():
         assert torch.allclose(back.model.encode_image(x), want)

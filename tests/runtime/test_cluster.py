@@ -21,10 +21,21 @@ def test_cluster_flag_without_a_cluster_fails_clearly(tmp_path):
     env["RAY_ADDRESS"] = "127.0.0.1:1"  # nothing listens there
     synth.make_bigearthnet(tmp_path / "raw", n_patches=3, s1=False)
     r = subprocess.run(
-        [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root",
-         str(tmp_path / "raw"), "--out", str(tmp_path / "o"), "--cluster"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "data_prep" / "shard.py"),
+            "bigearthnet",
+            "--root",
+            str(tmp_path / "raw"),
+            "--out",
+            str(tmp_path / "o"),
+            "--cluster",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "no Ray cluster found at 127.0.0.1:1" in r.stderr
 
 
@@ -38,18 +49,54 @@ def test_patch_on_a_running_cluster(local_cluster, tmp_path):
     synth.make_bigearthnet(tmp_path / "raw", n_patches=40, s1=False, seed=4)
     shards = tmp_path / "shards"
     r = subprocess.run(
-        [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root",
-         str(tmp_path / "raw"), "--out", str(shards), "--cluster", "--no-progress"],
-        env=local_cluster, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "data_prep" / "shard.py"),
+            "bigearthnet",
+            "--root",
+            str(tmp_path / "raw"),
+            "--out",
+            str(shards),
+            "--cluster",
+            "--no-progress",
+        ],
+        env=local_cluster,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "patch"
     r = subprocess.run(
-        [sys.executable, "-m", "mtmg.patch", "--data", str(shards), "--out", str(out),
-         "--model", "mtmg-tiny-vit", "--pretrained", "none", "--epochs", "1", "--batch-size",
-         "8", "--alphas", "0", "1", "--cluster", "--cache-dir", str(tmp_path / "cache")],
-        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mtmg.patch",
+            "--data",
+            str(shards),
+            "--out",
+            str(out),
+            "--model",
+            "mtmg-tiny-vit",
+            "--pretrained",
+            "none",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--alphas",
+            "0",
+            "1",
+            "--cluster",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        env=local_cluster,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["alpha"] in (0.0, 1.0) and (out / "patched.safetensors").exists()
@@ -62,8 +109,7 @@ def submit_job(env: dict, module_args: list[str]) -> subprocess.CompletedProcess
     agent starts after the GCS; slower on a busy machine): retried a bounded number of times.
     """
     ray_bin = str(Path(sys.executable).parent / "ray")
-    cmd = [ray_bin, "job", "submit", "--working-dir", ".", "--", sys.executable, "-m",
-           *module_args]  # fmt: skip
+    cmd = [ray_bin, "job", "submit", "--working-dir", ".", "--", sys.executable, "-m", *module_args]
     for _ in range(12):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
         if "No available agent to submit job" not in r.stderr:
@@ -77,15 +123,47 @@ def test_patch_as_a_ray_job(local_cluster, tmp_path):
     synth.make_bigearthnet(tmp_path / "raw", n_patches=30, s1=False, seed=6)
     shards = tmp_path / "shards"
     subprocess.run(
-        [sys.executable, str(REPO / "data_prep" / "shard.py"), "bigearthnet", "--root",
-         str(tmp_path / "raw"), "--out", str(shards), "--cluster", "--no-progress"],
-        env=local_cluster, capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "data_prep" / "shard.py"),
+            "bigearthnet",
+            "--root",
+            str(tmp_path / "raw"),
+            "--out",
+            str(shards),
+            "--cluster",
+            "--no-progress",
+        ],
+        env=local_cluster,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     out = tmp_path / "job-out"
-    r = submit_job(local_cluster, [
-        "mtmg.patch", "--data", str(shards), "--out", str(out), "--model", "mtmg-tiny-vit",
-        "--pretrained", "none", "--epochs", "1", "--batch-size", "8", "--alphas", "0", "1",
-        "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    r = submit_job(
+        local_cluster,
+        [
+            "mtmg.patch",
+            "--data",
+            str(shards),
+            "--out",
+            str(out),
+            "--model",
+            "mtmg-tiny-vit",
+            "--pretrained",
+            "none",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--alphas",
+            "0",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
     assert json.loads((out / "summary.json").read_text())["alpha"] in (0.0, 1.0)
@@ -98,8 +176,11 @@ def readme_block(heading: str) -> list[list[str]]:
 
     text = (REPO / "README.md").read_text()
     block = text.split(heading, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    return [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()
-            if shlex.split(line, comments=True)]  # fmt: skip
+    return [
+        shlex.split(line, comments=True)
+        for line in block.replace("\\\n", " ").splitlines()
+        if shlex.split(line, comments=True)
+    ]
 
 
 def test_readme_real_data_commands(local_cluster, tmp_path):
@@ -115,20 +196,26 @@ def test_readme_real_data_commands(local_cluster, tmp_path):
     synth.make_eurosat_ms(raw / "ems", n_per_class=4, seed=12)
     synth.make_imagefolder(raw / "img", n_per_class=5, size=32, seed=13)
     student = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}
-    ssl4eo = timm.create_model("vit_small_patch16_224", in_chans=13, num_classes=0,
-                               **{**student, "img_size": 64})  # fmt: skip
+    ssl4eo = timm.create_model(
+        "vit_small_patch16_224", in_chans=13, num_classes=0, **{**student, "img_size": 64}
+    )
     moco = {f"module.base_encoder.{k}": v for k, v in ssl4eo.state_dict().items()}
     torch.save({"state_dict": moco}, tmp_path / "moco.pth")
     words = {
         "BigEarthNet-v1.0": str(raw / "ben"),
         "BigEarthNet-S1-v1.0": str(raw / "ben" / "BigEarthNet-S1-v1.0"),
-        "EuroSAT_MS": str(raw / "ems"), "imagenet/val": str(raw / "img"),
+        "EuroSAT_MS": str(raw / "ems"),
+        "imagenet/val": str(raw / "img"),
         # a 1000-class ImageNet head takes minutes on CPU: shape folders stand in (test_shard
         # covers the imagenet kind)
-        "imagenet": "imagefolder", "B13_vits16_moco.pth": str(tmp_path / "moco.pth"),
-        "ViT-B-32": "mtmg-tiny-vit", "openai": "none", "python": sys.executable,
-        "ray": str(Path(sys.executable).parent / "ray"), "report": str(tmp_path / "report"),
-    }  # fmt: skip
+        "imagenet": "imagefolder",
+        "B13_vits16_moco.pth": str(tmp_path / "moco.pth"),
+        "ViT-B-32": "mtmg-tiny-vit",
+        "openai": "none",
+        "python": sys.executable,
+        "ray": str(Path(sys.executable).parent / "ray"),
+        "report": str(tmp_path / "report"),
+    }
     short = {
         "shard.py": ["--no-progress"],
         "alpha_sweep.py": [
@@ -142,7 +229,7 @@ def test_readme_real_data_commands(local_cluster, tmp_path):
             "1",
             "--cache-dir",
             str(tmp_path / "cache"),
-        ],  # fmt: skip
+        ],
         "mtmg.align": [
             "--student-args",
             json.dumps(student),
@@ -158,7 +245,7 @@ def test_readme_real_data_commands(local_cluster, tmp_path):
             "0",
             "--cache-dir",
             str(tmp_path / "cache"),
-        ],  # fmt: skip
+        ],
     }
     commands = readme_block("## With real data")
     assert len(commands) == 6, commands
@@ -178,8 +265,7 @@ def test_readme_real_data_commands(local_cluster, tmp_path):
             out.append(words.get(w, w))
         out += next((v for k, v in short.items() if any(a.endswith(k) for a in out)), [])
         for _ in range(12):  # a fresh head's job agent may not be up yet (see submit_job)
-            r = subprocess.run(out, env=env, capture_output=True, text=True, timeout=600,
-                               cwd=REPO)  # fmt: skip
+            r = subprocess.run(out, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
             if "No available agent to submit job" not in r.stderr:
                 break
             time.sleep(5)

@@ -19,9 +19,13 @@ PKG = REPO / "mtmg"
 PRIVATE_MARKS = ("ray._private", "_internal", "class_cache", "_system_config", "backend_cls")
 # every dotted Ray name the module holds (the names it resolves and their modules)
 NAMES = sorted(
-    {v for k, v in vars(ray_private).items() if k.startswith("_") and isinstance(v, str)
-     and v.startswith("ray.")} | set(ray_private.PRIVATE)
-)  # fmt: skip
+    {
+        v
+        for k, v in vars(ray_private).items()
+        if k.startswith("_") and isinstance(v, str) and v.startswith("ray.")
+    }
+    | set(ray_private.PRIVATE)
+)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,10 +120,13 @@ def test_cgroup_files(tmp_path):
 
 def test_no_private_ray_api_outside_ray_private():
     own = PKG / "runtime" / "ray_private.py"
-    bad = [f"{p.relative_to(REPO)}:{i}: {line.strip()}"
-           for p in sorted(PKG.rglob("*.py")) if p != own
-           for i, line in enumerate(p.read_text().splitlines(), 1)
-           if any(m in line for m in PRIVATE_MARKS)]  # fmt: skip
+    bad = [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+        for p in sorted(PKG.rglob("*.py"))
+        if p != own
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if any(m in line for m in PRIVATE_MARKS)
+    ]
     assert not bad, "private Ray API outside mtmg/runtime/ray_private.py:\n" + "\n".join(bad)
 
 

@@ -26,8 +26,16 @@ from mtmg.stages.pretrain import driver as pretrain
 from conftest import REPO
 
 TINY_STUDENT = json.dumps({"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8})
-TINY = dict(student="vit_small_patch16_224", student_args=TINY_STUDENT, student_size=32, lr=1e-3,
-            warmup_steps=20, batch_size=8, eval_batch_size=64, loader_workers=1)  # fmt: skip
+TINY = dict(
+    student="vit_small_patch16_224",
+    student_args=TINY_STUDENT,
+    student_size=32,
+    lr=1e-3,
+    warmup_steps=20,
+    batch_size=8,
+    eval_batch_size=64,
+    loader_workers=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +45,52 @@ def sets(tmp_path_factory, ray_session):
     synth.make_bigearthnet(root / "ben", n_patches=240, s1=True, seed=31)
     synth.make_eurosat_ms(root / "ems", n_per_class=6, seed=32)
     synth.make_imagefolder(root / "img", n_per_class=4, size=32)
-    for kind, raw, extra in (("bigearthnet", "ben", {"s1": str(root / "ben")}),
-                             ("eurosat-ms", "ems", {}), ("imagefolder", "img", {})):  # fmt: skip
-        prep.shard(prep.ShardConfig(kind, str(root / raw), str(root / f"{raw}-shards"),
-                                    shard_size=20, progress=False, **extra))  # fmt: skip
+    for kind, raw, extra in (
+        ("bigearthnet", "ben", {"s1": str(root / "ben")}),
+        ("eurosat-ms", "ems", {}),
+        ("imagefolder", "img", {}),
+    ):
+        prep.shard(
+            prep.ShardConfig(
+                kind,
+                str(root / raw),
+                str(root / f"{raw}-shards"),
+                shard_size=20,
+                progress=False,
+                **extra,
+            )
+        )
     # the teacher: a tiny CLIP that is really zero-shot capable (mtmg.pretrain), then patched
     # (the shapes-only tiny CLIP: its quick patching gives the well-spread teacher embeddings
     # that retrieval over 48 test patches needs in the 30-epoch run below)
-    pretrained = pretrain.pretrain(pretrain.PretrainConfig(
-        out=str(root / "clip"), model="mtmg-tiny-vit", words=(), progress=False
-    ))  # fmt: skip
+    pretrained = pretrain.pretrain(
+        pretrain.PretrainConfig(
+            out=str(root / "clip"), model="mtmg-tiny-vit", words=(), progress=False
+        )
+    )
     teacher = root / "patch-run"
-    patch.run(patch.PatchConfig(
-        data=str(root / "ben-shards"), out=str(teacher), model="mtmg-tiny-vit",
-        pretrained=str(pretrained),
-        lr=1e-3, warmup_steps=5, batch_size=16, epochs=6, alphas=(0.0, 0.5, 1.0), loader_workers=1,
-        cache_dir=str(root / "cache"),
-    ))  # fmt: skip
-    return {"ben": str(root / "ben-shards"), "ems": str(root / "ems-shards"),
-            "img": str(root / "img-shards"), "teacher": str(teacher),
-            "cache": str(root / "cache")}  # fmt: skip
+    patch.run(
+        patch.PatchConfig(
+            data=str(root / "ben-shards"),
+            out=str(teacher),
+            model="mtmg-tiny-vit",
+            pretrained=str(pretrained),
+            lr=1e-3,
+            warmup_steps=5,
+            batch_size=16,
+            epochs=6,
+            alphas=(0.0, 0.5, 1.0),
+            loader_workers=1,
+            cache_dir=str(root / "cache"),
+        )
+    )
+    return {
+        "ben": str(root / "ben-shards"),
+        "ems": str(root / "ems-shards"),
+        "img": str(root / "img-shards"),
+        "teacher": str(teacher),
+        "cache": str(root / "cache"),
+    }
 
 
 def _cfg(sets, out, **kw) -> align.AlignConfig:
@@ -80,8 +114,15 @@ def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path, monkeypatch)
     summary = align.run(cfg)
     out = tmp_path / "run"
     assert marker.exists()  # the failure happened, and the run still finished
-    for name in ("config.yaml", "metrics.parquet", "metrics.csv", "loss_curves.png",
-                 "student.safetensors", "student.json", "summary.json"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "metrics.parquet",
+        "metrics.csv",
+        "loss_curves.png",
+        "student.safetensors",
+        "student.json",
+        "summary.json",
+    ):
         assert (out / name).exists(), name
     losses = json.loads((out / "summary.json").read_text())["epochs"]
     assert [e["epoch"] for e in losses] == list(range(1, 13))  # resumed, not restarted
@@ -93,13 +134,18 @@ def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path, monkeypatch)
     cos0 = _value(rows, dataset="bigearthnet", split=split, epoch=0, metric="cosine")
     cos1 = _value(rows, dataset="bigearthnet", split=split, epoch=12, metric="cosine")
     assert cos1 > cos0 + 0.4, (cos0, cos1)
-    zs0, zs1 = (_value(rows, dataset="bigearthnet", split=split, epoch=e, encoder="student",
-                       metric="mAP") for e in (0, 12))  # fmt: skip
+    zs0, zs1 = (
+        _value(rows, dataset="bigearthnet", split=split, epoch=e, encoder="student", metric="mAP")
+        for e in (0, 12)
+    )
     assert zs1 > zs0, (zs0, zs1)
     # every evaluation dataset gets zero-shot (student and teacher), cosine and Recall@K rows
     for ds, main in (("bigearthnet", "mAP"), ("eurosat-ms", "top1")):
-        got = {(r["encoder"], r["metric"]) for r in rows if r["dataset"] == ds and r["epoch"] == 12
-               and r["split"] != "val"}  # fmt: skip
+        got = {
+            (r["encoder"], r["metric"])
+            for r in rows
+            if r["dataset"] == ds and r["epoch"] == 12 and r["split"] != "val"
+        }
         want = {("student", main), ("teacher", main), ("student", "cosine")}
         want |= {("student", f"R@{k} {d}") for k in cfg.recall_ks for d in ("ms->rgb", "rgb->ms")}
         assert got == want, ds
@@ -114,11 +160,19 @@ def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path, monkeypatch)
     assert enc.spec.in_chans == 13 and enc.meta["teacher"]["dir"] == sets["teacher"]
     ds = loader.ShardSet.open(sets["ben"])
     teacher = clip.load_clip("mtmg-tiny-vit", f"{sets['teacher']}/patched.safetensors")
-    dec = loader.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb+ms",
-                         loader.Targets.of(ds), teacher.image_size, 32, teacher.mean,
-                         teacher.std)  # fmt: skip
-    batch = next(iter(loader.make_loader(ds, split, dec, batch_size=512, train=False,
-                                         num_workers=0)))  # fmt: skip
+    dec = loader.Decoder(
+        tuple(ds.manifest["bands"]),
+        ds.manifest["modality"],
+        "rgb+ms",
+        loader.Targets.of(ds),
+        teacher.image_size,
+        32,
+        teacher.mean,
+        teacher.std,
+    )
+    batch = next(
+        iter(loader.make_loader(ds, split, dec, batch_size=512, train=False, num_workers=0))
+    )
     with torch.no_grad():
         cos = F.cosine_similarity(enc.encode(batch["ms"]), teacher.model.visual(batch["rgb"]))
     assert float(cos.mean()) == pytest.approx(cos1, abs=1e-4)
@@ -135,12 +189,19 @@ def _plain_run(sets, tmp_path, **kw) -> dict:
     datasets = align.validate(cfg)
     name, pretrained, mc = align.resolve_teacher(cfg)
     tb = clip.load_clip(name, pretrained, model_config=mc)
-    hw = heads.dataset_heads(tb, name, [(loader.ShardSet.open(p), n) for p, n in datasets],
-                             cfg.cache_dir)  # fmt: skip
+    hw = heads.dataset_heads(
+        tb, name, [(loader.ShardSet.open(p), n) for p, n in datasets], cfg.cache_dir
+    )
     net, _ = align.build_student(cfg, hw[0].shape[1])
-    conf = {"cfg": dataclasses.asdict(cfg), "teacher": {"model": name, "config": mc},
-            "teacher_visual": tb.model.visual.state_dict(), "spec": net.spec.to_json(),
-            "student_init": net.state_dict(), "heads": hw, "sets": datasets}  # fmt: skip
+    conf = {
+        "cfg": dataclasses.asdict(cfg),
+        "teacher": {"model": name, "config": mc},
+        "teacher_visual": tb.model.visual.state_dict(),
+        "spec": net.spec.to_json(),
+        "student_init": net.state_dict(),
+        "heads": hw,
+        "sets": datasets,
+    }
     return align.worker(conf)
 
 
@@ -207,18 +268,27 @@ def test_distances_and_kd_by_hand():
 
 
 def test_ssl4eo_checkpoints_bare_wrapped_and_refused(tmp_path):
-    spec = student.StudentSpec(input="ms", img_size=32, embed_dim=32,
-                               timm_args=json.loads(TINY_STUDENT))  # fmt: skip
+    spec = student.StudentSpec(
+        input="ms", img_size=32, embed_dim=32, timm_args=json.loads(TINY_STUDENT)
+    )
     torch.manual_seed(1)
     # an SSL4EO-style checkpoint: a timm ViT on 13 bands at 224 px, with a classifier head
-    ref = timm.create_model("vit_small_patch16_224", in_chans=13, num_classes=10,
-                            **{**json.loads(TINY_STUDENT), "img_size": 64})  # fmt: skip
+    ref = timm.create_model(
+        "vit_small_patch16_224",
+        in_chans=13,
+        num_classes=10,
+        **{**json.loads(TINY_STUDENT), "img_size": 64},
+    )
     sd = ref.state_dict()
     torch.save(sd, tmp_path / "bare.pth")
-    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 99},
-               tmp_path / "wrapped.pth")  # fmt: skip
-    moco = {f"module.{enc}.{k}": v for enc in ("base_encoder", "momentum_encoder")
-            for k, v in sd.items()}  # fmt: skip
+    torch.save(
+        {"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 99}, tmp_path / "wrapped.pth"
+    )
+    moco = {
+        f"module.{enc}.{k}": v
+        for enc in ("base_encoder", "momentum_encoder")
+        for k, v in sd.items()
+    }
     torch.save({"state_dict": moco, "epoch": 99}, tmp_path / "moco.pth")  # SSL4EO's own files
     for name in ("bare.pth", "wrapped.pth", "moco.pth"):
         net = student.build_student(spec)
@@ -231,8 +301,9 @@ def test_ssl4eo_checkpoints_bare_wrapped_and_refused(tmp_path):
     torch.save({"model": {f"net.{k}": v for k, v in sd.items()}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="uninitialised.*allow-partial-init"):
         student.load_trunk(student.build_student(spec), str(tmp_path / "other.pth"))
-    report = student.load_trunk(student.build_student(spec), str(tmp_path / "other.pth"),
-                                allow_partial=True)  # fmt: skip
+    report = student.load_trunk(
+        student.build_student(spec), str(tmp_path / "other.pth"), allow_partial=True
+    )
     assert report.loaded == 0 and len(report.unexpected) == len(sd)
     # a checkpoint for another number of bands
     with pytest.raises(ValueError, match="takes 3 bands, the student 13"):
@@ -258,16 +329,38 @@ def test_bad_input_fails_before_training(sets, tmp_path):
     fails("all 0", w_img=0.0, w_txt=0.0)
     fails("unknown timm model", student="vit_nonexistent")
     assert not (tmp_path / "bad" / "ray").exists()
-    r = subprocess.run([sys.executable, "-m", "mtmg.align", "--data", sets["img"], "--out",
-                        str(tmp_path / "x"), "--teacher", sets["teacher"]],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtmg.align",
+            "--data",
+            sets["img"],
+            "--out",
+            str(tmp_path / "x"),
+            "--teacher",
+            sets["teacher"],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 2 and "no multispectral bands" in r.stderr and "img-shards" in r.stderr
 
 
 def _rgb_checkpoint(tmp_path):
     path = tmp_path / "rgb-init.pth"
-    torch.save(timm.create_model("vit_small_patch16_224", in_chans=3, num_classes=0, img_size=32,
-                                 **json.loads(TINY_STUDENT)).state_dict(), path)  # fmt: skip
+    torch.save(
+        timm.create_model(
+            "vit_small_patch16_224",
+            in_chans=3,
+            num_classes=0,
+            img_size=32,
+            **json.loads(TINY_STUDENT),
+        ).state_dict(),
+        path,
+    )
     return path
 
 
@@ -282,9 +375,21 @@ def test_report_from_a_patch_and_an_align_run(sets, tmp_path):
     """`python -m mtmg.report` assembles the paper-style table from finished run dirs."""
     run = tmp_path / "align"
     align.run(_cfg(sets, run, epochs=2, eval_every=0))
-    r = subprocess.run([sys.executable, "-m", "mtmg.report", sets["teacher"], str(run), "--out",
-                        str(tmp_path / "report")], capture_output=True, text=True, cwd=REPO,
-                       timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtmg.report",
+            sets["teacher"],
+            str(run),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     models_ = {row["model"] for row in summary["rows"]}
@@ -294,19 +399,28 @@ def test_report_from_a_patch_and_an_align_run(sets, tmp_path):
     assert f"patched CLIP (alpha={chosen['alpha']:g})" in models_
     # the numbers are the runs' own
     patch_rows = pq.read_table(f"{sets['teacher']}/metrics.parquet").to_pylist()
-    zs = next(x["value"] for x in patch_rows if x["alpha"] == 0.0 and x["selected"] is not None
-              and x["dataset"] == "bigearthnet")  # fmt: skip
+    zs = next(
+        x["value"]
+        for x in patch_rows
+        if x["alpha"] == 0.0 and x["selected"] is not None and x["dataset"] == "bigearthnet"
+    )
     got = next(x["value"] for x in summary["rows"] if x["model"] == "zero-shot CLIP")
     assert got == zs
     final = {x["metric"]: x["value"] for x in aligned["test"] if x["encoder"] == "student"}
-    row = next(x for x in summary["rows"] if x["model"] == "aligned MS encoder"
-               and x["metric"] == "R@1 ms->rgb")  # fmt: skip
+    row = next(
+        x
+        for x in summary["rows"]
+        if x["model"] == "aligned MS encoder" and x["metric"] == "R@1 ms->rgb"
+    )
     assert row["value"] == final["R@1 ms->rgb"]
-    for name in ("table.parquet", "table.csv", "summary.md", "alpha_curve.png",
-                 "loss_curves.png"):  # fmt: skip
+    for name in ("table.parquet", "table.csv", "summary.md", "alpha_curve.png", "loss_curves.png"):
         assert (tmp_path / "report" / name).exists(), name
     assert "| aligned MS encoder |" in (tmp_path / "report" / "summary.md").read_text()
-    bad = subprocess.run([sys.executable, "-m", "mtmg.report", str(tmp_path), "--out",
-                          str(tmp_path / "r2")], capture_output=True, text=True, cwd=REPO,
-                         timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "mtmg.report", str(tmp_path), "--out", str(tmp_path / "r2")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "not a finished" in bad.stderr

@@ -27,8 +27,16 @@ from mtmg.stages.patch.loop import epoch_batches, tasks
 
 from conftest import REPO
 
-TINY = dict(model="mtmg-tiny-vit", pretrained=None, lr=3e-3, warmup_steps=3, batch_size=16,
-            eval_batch_size=64, alphas=(0.0, 0.5, 1.0), loader_workers=1)  # fmt: skip
+TINY = dict(
+    model="mtmg-tiny-vit",
+    pretrained=None,
+    lr=3e-3,
+    warmup_steps=3,
+    batch_size=16,
+    eval_batch_size=64,
+    alphas=(0.0, 0.5, 1.0),
+    loader_workers=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +48,11 @@ def sets(tmp_path_factory, ray_session):
     synth.make_imagefolder(root / "img", n_per_class=12, size=32)
     synth.make_eurosat_ms(root / "ems", n_per_class=8, size=32, seed=22)
     for kind, raw in (("bigearthnet", "ben"), ("imagefolder", "img"), ("eurosat-ms", "ems")):
-        prep.shard(prep.ShardConfig(kind, str(root / raw), str(root / f"{raw}-shards"),
-                                    shard_size=20, progress=False))  # fmt: skip
+        prep.shard(
+            prep.ShardConfig(
+                kind, str(root / raw), str(root / f"{raw}-shards"), shard_size=20, progress=False
+            )
+        )
     return str(root / "ben-shards"), str(root / "img-shards"), str(root / "ems-shards")
 
 
@@ -62,8 +73,14 @@ def _test_metric(cfg, out: Path, path: str, theta: dict) -> float:
         heads.build_zeroshot_weights(model, tokenizer, ds.prompt_names(), ds.manifest["templates"])
     )
     size = model.visual.image_size[0]
-    dec = loader.Decoder(tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb",
-                         loader.Targets.of(ds), size, size)  # fmt: skip
+    dec = loader.Decoder(
+        tuple(ds.manifest["bands"]),
+        ds.manifest["modality"],
+        "rgb",
+        loader.Targets.of(ds),
+        size,
+        size,
+    )
     weights.load_image_state(model, theta)
     batches = loader.make_loader(ds, "test", dec, batch_size=64, train=False, num_workers=0)
     m = evaluate.classification(
@@ -76,9 +93,16 @@ def test_patching_end_to_end(sets, tmp_path):
     cfg = _cfg(sets, tmp_path / "run", epochs=8)
     summary = patch.run(cfg)
     out = tmp_path / "run"
-    for name in ("config.yaml", "metrics.parquet", "metrics.csv", "alpha_curve.png",
-                 "patched.safetensors", "theta_zs.safetensors", "theta_ft.safetensors",
-                 "summary.json"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "metrics.parquet",
+        "metrics.csv",
+        "alpha_curve.png",
+        "patched.safetensors",
+        "theta_zs.safetensors",
+        "theta_ft.safetensors",
+        "summary.json",
+    ):
         assert (out / name).exists(), name
     state = json.loads((out / "summary.json").read_text())
     assert state["alpha"] == summary["alpha"] in cfg.alphas
@@ -131,8 +155,10 @@ def test_joint_patching_trains_both_sets_and_resumes(sets, tmp_path, monkeypatch
     """PAINT's joint patching of a multi-label and a single-label set, through a worker failure:
     both patching metrics rise on held-out data, alpha is chosen with the mean of both."""
     cfg = _cfg(sets, tmp_path / "run", joint_data=(sets[2],), epochs=8)
-    per_set = [loop.train_steps(loader.ShardSet.open(p), cfg.batch_size // 2, cfg.epochs,
-                                cfg.seed, 1) for p in cfg.patching]  # fmt: skip
+    per_set = [
+        loop.train_steps(loader.ShardSet.open(p), cfg.batch_size // 2, cfg.epochs, cfg.seed, 1)
+        for p in cfg.patching
+    ]
     steps = [max(s) for s in zip(*per_set, strict=True)]  # an epoch: the longest set's steps
     assert per_set[0] != per_set[1]  # so one set starts over within an epoch
     marker = tmp_path / "failed-once"
@@ -149,8 +175,11 @@ def test_joint_patching_trains_both_sets_and_resumes(sets, tmp_path, monkeypatch
     table = pq.read_table(out / "metrics.parquet").to_pylist()
     rows = {(r["dataset"], r["split"], r["alpha"]): r["value"] for r in table}
     roles = {r["dataset"]: r["role"] for r in table}
-    assert roles == {"bigearthnet": "patching", "eurosat-ms": "patching",
-                     "imagefolder": "supported"}  # fmt: skip
+    assert roles == {
+        "bigearthnet": "patching",
+        "eurosat-ms": "patching",
+        "imagefolder": "supported",
+    }
     for name in ("bigearthnet", "eurosat-ms"):  # held-out: both patching tasks improve
         assert rows[(name, "test", 1.0)] > rows[(name, "test", 0.0)] + 2, name
 
@@ -199,8 +228,16 @@ def test_two_ddp_workers_evaluate_like_one(sets, tmp_path):
 
 
 def test_bad_input_fails_before_training(sets, tmp_path, capsys):
-    base = ["--data", sets[0], "--out", str(tmp_path / "o"), "--model", "mtmg-tiny-vit",
-            "--pretrained", "none"]  # fmt: skip
+    base = [
+        "--data",
+        sets[0],
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        "mtmg-tiny-vit",
+        "--pretrained",
+        "none",
+    ]
     assert patch.main([*base[:1], str(tmp_path / "nowhere"), *base[2:]]) == 2
     assert "manifest.json not found" in capsys.readouterr().err
     assert patch.main([*base, "--model", "ViT-Q-99"]) == 2
@@ -217,8 +254,18 @@ def test_dataset_without_a_needed_split(sets, tmp_path, capsys):
     synth.make_imagefolder(raw, n_per_class=3, size=32)
     (raw / "train.txt").write_text("\n".join(p.stem for p in sorted(raw.rglob("*.png"))[:9]))
     prep.shard(prep.ShardConfig("imagefolder", str(raw), str(tmp_path / "s"), progress=False))
-    argv = ["--data", sets[0], "--supported", str(tmp_path / "s"), "--out", str(tmp_path / "o"),
-            "--model", "mtmg-tiny-vit", "--pretrained", "none"]  # fmt: skip
+    argv = [
+        "--data",
+        sets[0],
+        "--supported",
+        str(tmp_path / "s"),
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        "mtmg-tiny-vit",
+        "--pretrained",
+        "none",
+    ]
     rc = patch.main(argv)
     assert rc == 2 and "has no 'val' split" in capsys.readouterr().err
 
@@ -228,15 +275,28 @@ def test_vit_b_32_smoke_without_ray(sets, tmp_path):
     small = tmp_path / "small"
     raw = str(Path(sets[0]).parent / "ben")
     prep.shard(prep.ShardConfig("bigearthnet", raw, str(small), limit=8, progress=False))
-    cfg = patch.PatchConfig(data=str(small), out=str(tmp_path / "o"), model="ViT-B-32",
-                            pretrained=None, batch_size=4, epochs=1, warmup_steps=1,
-                            alphas=(0.0, 1.0), loader_workers=0, eval_batch_size=8,
-                            cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    cfg = patch.PatchConfig(
+        data=str(small),
+        out=str(tmp_path / "o"),
+        model="ViT-B-32",
+        pretrained=None,
+        batch_size=4,
+        epochs=1,
+        warmup_steps=1,
+        alphas=(0.0, 1.0),
+        loader_workers=0,
+        eval_batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+    )
     bundle, sets_ = patch.validate(cfg)
     assert bundle.image_size == 224
     zs = weights.image_state(bundle.model)
-    conf = {"cfg": dataclasses.asdict(cfg), "zeroshot": bundle.model.state_dict(),
-            "heads": patch.build_heads(cfg, bundle, sets_), "sets": sets_}  # fmt: skip
+    conf = {
+        "cfg": dataclasses.asdict(cfg),
+        "zeroshot": bundle.model.state_dict(),
+        "heads": patch.build_heads(cfg, bundle, sets_),
+        "sets": sets_,
+    }
     res = patch.worker(conf)
     assert res["step"] == 2 and len(res["losses"]) == 2
     assert any(not torch.equal(v, zs[k]) for k, v in res["theta_ft"].items())  # it trained
@@ -264,21 +324,52 @@ def test_joint_patching_bad_input(sets, tmp_path, capsys):
 def test_help_lists_every_option(cli):
     r = cli["patch --help"]
     assert r.returncode == 0
-    for opt in ("--data", "--joint-data", "--supported", "--lr", "--weight-decay",
-                "--warmup-steps", "--epochs", "--batch-size", "--grad-clip", "--augment",
-                "--precision", "--alphas", "--selection", "--workers", "--cluster",
-                "--model-config"):  # fmt: skip
+    for opt in (
+        "--data",
+        "--joint-data",
+        "--supported",
+        "--lr",
+        "--weight-decay",
+        "--warmup-steps",
+        "--epochs",
+        "--batch-size",
+        "--grad-clip",
+        "--augment",
+        "--precision",
+        "--alphas",
+        "--selection",
+        "--workers",
+        "--cluster",
+        "--model-config",
+    ):
         assert opt in r.stdout
 
 
 def test_ctrl_c_ends_with_a_resume_hint(sets, tmp_path):
     """Ctrl-C during the Ray Train job: exit 130 and how to continue, not a bare exit 1."""
     out = tmp_path / "interrupted"
-    argv = [sys.executable, "-m", "mtmg.patch", "--data", sets[0], "--out", str(out),
-            "--model", TINY["model"], "--pretrained", "none", "--epochs", "50",
-            "--batch-size", "16", "--loader-workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "mtmg.patch",
+        "--data",
+        sets[0],
+        "--out",
+        str(out),
+        "--model",
+        TINY["model"],
+        "--pretrained",
+        "none",
+        "--epochs",
+        "50",
+        "--batch-size",
+        "16",
+        "--loader-workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not (out / "ray" / "patch").exists() and time.time() < deadline:  # the job started
         time.sleep(0.5)
@@ -294,8 +385,20 @@ def test_a_missing_cluster_is_an_error_not_a_traceback(sets, tmp_path):
     """--cluster with nothing listening: one `error:` line (exit 2) within seconds, as in every
     command, and no --out left behind."""
     out = tmp_path / "nocluster"
-    argv = [sys.executable, "-m", "mtmg.patch", "--data", sets[0], "--out", str(out),
-            "--model", TINY["model"], "--pretrained", "none", "--cluster"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "mtmg.patch",
+        "--data",
+        sets[0],
+        "--out",
+        str(out),
+        "--model",
+        TINY["model"],
+        "--pretrained",
+        "none",
+        "--cluster",
+    ]
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}  # the discard port: nothing listens
     r = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]

@@ -33,8 +33,9 @@ MIN_TOP1 = 55.0
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    cfg = PretrainConfig(out=str(out), model="mtmg-tiny-vit", steps=150, images_per_class=48,
-                         progress=False)  # fmt: skip
+    cfg = PretrainConfig(
+        out=str(out), model="mtmg-tiny-vit", steps=150, images_per_class=48, progress=False
+    )
     ckpt = pretrain(cfg)
     return cfg, ckpt, json.loads((out / RESULT).read_text())
 
@@ -75,8 +76,17 @@ def test_cache_skips_training(run):
 
 def test_main_reports_cached_run(run, capsys):
     cfg, ckpt, _ = run
-    argv = ["--out", cfg.out, "--model", cfg.model, "--steps", "150", "--images-per-class", "48",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "--out",
+        cfg.out,
+        "--model",
+        cfg.model,
+        "--steps",
+        "150",
+        "--images-per-class",
+        "48",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "zero-shot top-1" in printed

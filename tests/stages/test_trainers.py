@@ -48,8 +48,11 @@ def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):
 
     def probe(config: dict, ctx) -> None:  # what runs while the job's helper actors are up
         env = {k: os.environ.get(k, "") for k in knobs}
-        seen.write_text(json.dumps({"titles": process_titles(os.getppid()),
-                                    "on_start_before": started.exists(), **env}))  # fmt: skip
+        seen.write_text(
+            json.dumps(
+                {"titles": process_titles(os.getppid()), "on_start_before": started.exists(), **env}
+            )
+        )
 
     calls = []
 
@@ -57,8 +60,16 @@ def test_embedded_ray_runs_train_jobs_lean(ray_session, tmp_path):
         calls.append(1)
         started.touch()
 
-    train.fit(probe, {}, workers=1, use_gpu=False, storage_path=str(tmp_path),
-                 name="probe", max_failures=0, on_start=on_start)  # fmt: skip
+    train.fit(
+        probe,
+        {},
+        workers=1,
+        use_gpu=False,
+        storage_path=str(tmp_path),
+        name="probe",
+        max_failures=0,
+        on_start=on_start,
+    )
     m = json.loads(seen.read_text())
     assert calls == [1] and m["on_start_before"]  # called once, before the job ran
     assert m["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
@@ -96,18 +107,27 @@ def test_embedded_train_job_listens_on_loopback_only(ray_session, tmp_path):
             root, rows = psutil.Process(config["driver"]), []
             for p in [root, *root.children(recursive=True)]:
                 try:
-                    rows += [[c.laddr.ip, c.laddr.port, Path(p.cmdline()[0]).name[:40]]
-                             for c in p.net_connections("inet")
-                             if c.status == psutil.CONN_LISTEN
-                             or (c.type == socket.SOCK_DGRAM and not c.raddr)]  # fmt: skip
+                    rows += [
+                        [c.laddr.ip, c.laddr.port, Path(p.cmdline()[0]).name[:40]]
+                        for c in p.net_connections("inet")
+                        if c.status == psutil.CONN_LISTEN
+                        or (c.type == socket.SOCK_DGRAM and not c.raddr)
+                    ]
                 except psutil.Error:  # ended meanwhile
                     continue
             store = int(os.environ["MASTER_PORT"])
             Path(config["out"]).write_text(json.dumps({"rows": rows, "store": store}))
         dist.barrier()  # rank 1 keeps its sockets until rank 0 has looked
 
-    train.fit(probe, {"out": str(seen), "driver": os.getpid()}, workers=2, use_gpu=False,
-                 storage_path=str(tmp_path), name="listen", max_failures=0)  # fmt: skip
+    train.fit(
+        probe,
+        {"out": str(seen), "driver": os.getpid()},
+        workers=2,
+        use_gpu=False,
+        storage_path=str(tmp_path),
+        name="listen",
+        max_failures=0,
+    )
     m = json.loads(seen.read_text())
     assert m["store"] in [port for _, port, _ in m["rows"]], m  # the check sees the store
     assert any("raylet" in who for _, _, who in m["rows"]), m  # and Ray's daemons

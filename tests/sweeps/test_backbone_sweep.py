@@ -37,8 +37,11 @@ def sets(tmp_path_factory, ray_session):
     synth.make_eurosat_ms(root / "ems", n_per_class=5, size=32, seed=62)
     synth.make_imagefolder(root / "img", n_per_class=8, size=32)
     for kind, name in (("bigearthnet", "ben"), ("eurosat-ms", "ems"), ("imagefolder", "img")):
-        prep.shard(prep.ShardConfig(kind, str(root / name), str(root / f"{name}-shards"),
-                                    shard_size=32, progress=False))  # fmt: skip
+        prep.shard(
+            prep.ShardConfig(
+                kind, str(root / name), str(root / f"{name}-shards"), shard_size=32, progress=False
+            )
+        )
     torch.manual_seed(7)
     weights.save_checkpoint(clip.load_clip("mtmg-tiny-vit").model, root / "tiny.safetensors")
     torch.manual_seed(8)
@@ -51,8 +54,17 @@ TRAINING = ["batch_size=16", "warmup_steps=3", "loader_workers=0", "eval_batch_s
 
 
 def _patch_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--out", str(out), "--cache-dir", str(root / "cache"), "--patch", *TRAINING,
-            "lr=3e-3", "alphas=0,0.5,1", *extra]  # fmt: skip
+    return [
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        "--patch",
+        *TRAINING,
+        "lr=3e-3",
+        "alphas=0,0.5,1",
+        *extra,
+    ]
 
 
 def _table(out: Path) -> list[dict]:
@@ -62,11 +74,23 @@ def _table(out: Path) -> list[dict]:
 def test_patch_stage_grid_with_a_failing_teacher(sets, tmp_path):
     out = tmp_path / "patch"
     tiny = f"mtmg-tiny-vit:{sets / 'tiny.safetensors'}"
-    code = backbone_sweep.main(_patch_argv(
-        sets, out, "--teachers", tiny, "mtmg-small-vit:none", "ViT-Q-99:none",
-        "--data", str(sets / "ben-shards"), str(sets / "ems-shards"),
-        "--supported", str(sets / "img-shards"), "--epochs", "4",
-    ))  # fmt: skip
+    code = backbone_sweep.main(
+        _patch_argv(
+            sets,
+            out,
+            "--teachers",
+            tiny,
+            "mtmg-small-vit:none",
+            "ViT-Q-99:none",
+            "--data",
+            str(sets / "ben-shards"),
+            str(sets / "ems-shards"),
+            "--supported",
+            str(sets / "img-shards"),
+            "--epochs",
+            "4",
+        )
+    )
     assert code == 0
     rows = {(r["config/teacher"], r["config/dataset"]): r for r in _table(out)}
     teachers = ["mtmg-tiny-vit:tiny.safetensors", "mtmg-small-vit:none", "ViT-Q-99:none"]
@@ -112,8 +136,12 @@ def test_patch_stage_grid_with_a_failing_teacher(sets, tmp_path):
     )
     assert (cfg.model, cfg.pretrained) == (name, pre) and cfg.epochs == 4
     bundle, plain_sets = patch.validate(cfg)
-    conf = {"cfg": dataclasses.asdict(cfg), "zeroshot": bundle.model.state_dict(),
-            "heads": patch.build_heads(cfg, bundle, plain_sets), "sets": plain_sets}  # fmt: skip
+    conf = {
+        "cfg": dataclasses.asdict(cfg),
+        "zeroshot": bundle.model.state_dict(),
+        "heads": patch.build_heads(cfg, bundle, plain_sets),
+        "sets": plain_sets,
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial
     try:
@@ -127,22 +155,45 @@ def test_patch_stage_grid_with_a_failing_teacher(sets, tmp_path):
 
 
 def _align_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--out", str(out), "--cache-dir", str(root / "cache"), "--stage", "align",
-            "--model", "mtmg-tiny-vit", "--pretrained", str(root / "tiny.safetensors"),
-            "--align", *TRAINING, f"student_args={STUDENT}", "student_size=32",
-            *extra]  # fmt: skip
+    return [
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        "--stage",
+        "align",
+        "--model",
+        "mtmg-tiny-vit",
+        "--pretrained",
+        str(root / "tiny.safetensors"),
+        "--align",
+        *TRAINING,
+        f"student_args={STUDENT}",
+        "student_size=32",
+        *extra,
+    ]
 
 
 def test_align_stage_students_and_inits(sets, tmp_path):
     out = tmp_path / "align"
-    code = backbone_sweep.main(_align_argv(
-        sets, out, "--students", "vit_small_patch16_224", "vit_nope_patch16_224",
-        "--student-inits", "none", str(sets / "ssl4eo.pth"),
-        "--data", str(sets / "ben-shards"), "--epochs", "2",
-    ))  # fmt: skip
+    code = backbone_sweep.main(
+        _align_argv(
+            sets,
+            out,
+            "--students",
+            "vit_small_patch16_224",
+            "vit_nope_patch16_224",
+            "--student-inits",
+            "none",
+            str(sets / "ssl4eo.pth"),
+            "--data",
+            str(sets / "ben-shards"),
+            "--epochs",
+            "2",
+        )
+    )
     assert code == 0
-    rows = {(r["config/student"], r["config/init"], r["config/dataset"]): r
-            for r in _table(out)}  # fmt: skip
+    rows = {(r["config/student"], r["config/init"], r["config/dataset"]): r for r in _table(out)}
     assert len(rows) == 4
     good = [r for k, r in rows.items() if k[0] == "vit_small_patch16_224"]
     bad = [r for k, r in rows.items() if k[0] == "vit_nope_patch16_224"]
@@ -180,14 +231,32 @@ def _finished(exp: Path) -> dict[str, dict]:
 
 def test_resume_after_the_driver_is_killed(sets, tmp_path):
     out = tmp_path / "resume"
-    argv = [sys.executable, SCRIPT, *_patch_argv(
-        sets, out, "--teachers", f"mtmg-tiny-vit:{sets / 'tiny.safetensors'}",
-        "--data", str(sets / "ben-shards"), str(sets / "ems-shards"), "--epochs", "1",
-        "--max-concurrent", "1",
-    )]  # fmt: skip
+    argv = [
+        sys.executable,
+        SCRIPT,
+        *_patch_argv(
+            sets,
+            out,
+            "--teachers",
+            f"mtmg-tiny-vit:{sets / 'tiny.safetensors'}",
+            "--data",
+            str(sets / "ben-shards"),
+            str(sets / "ems-shards"),
+            "--epochs",
+            "1",
+            "--max-concurrent",
+            "1",
+        ),
+    ]
     env = {**os.environ, faults.ENV: "trial_delay=2"}
-    proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     exp = out / "tune" / backbone_sweep.NAME
     try:
         deadline = time.time() + 300
@@ -215,14 +284,35 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
 def test_optuna_on_a_running_cluster(local_cluster, sets, tmp_path):
     out = tmp_path / "cluster"
     r = subprocess.run(
-        [sys.executable, SCRIPT, *_patch_argv(
-            sets, out, "--teachers", f"mtmg-tiny-vit:{sets / 'tiny.safetensors'}",
-            "mtmg-small-vit:none", "--data", str(sets / "ben-shards"), str(sets / "ems-shards"),
-            "--epochs", "1", "--search", "optuna", "--num-samples", "3", "--cluster",
-            "--cpus-per-trial", "1",
-        )],
-        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            SCRIPT,
+            *_patch_argv(
+                sets,
+                out,
+                "--teachers",
+                f"mtmg-tiny-vit:{sets / 'tiny.safetensors'}",
+                "mtmg-small-vit:none",
+                "--data",
+                str(sets / "ben-shards"),
+                str(sets / "ems-shards"),
+                "--epochs",
+                "1",
+                "--search",
+                "optuna",
+                "--num-samples",
+                "3",
+                "--cluster",
+                "--cpus-per-trial",
+                "1",
+            ),
+        ],
+        env=local_cluster,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _table(out)
     assert len(rows) == 3 and {x["status"] for x in rows} == {"TERMINATED"}
@@ -270,9 +360,25 @@ def test_teacher_specs():
 def test_help(cli):
     r = cli["backbone_sweep --help"]
     assert r.returncode == 0
-    for opt in ("--stage", "--teachers", "--students", "--student-inits",
-                "--data", "--supported", "--resume", "--cluster", "--cpus-per-trial",
-                "--gpus-per-trial", "--max-concurrent", "--num-samples", "--storage",
-                "--spec", "--search", "--patch", "--patch-config", "--align",
-                "--align-config"):  # fmt: skip
+    for opt in (
+        "--stage",
+        "--teachers",
+        "--students",
+        "--student-inits",
+        "--data",
+        "--supported",
+        "--resume",
+        "--cluster",
+        "--cpus-per-trial",
+        "--gpus-per-trial",
+        "--max-concurrent",
+        "--num-samples",
+        "--storage",
+        "--spec",
+        "--search",
+        "--patch",
+        "--patch-config",
+        "--align",
+        "--align-config",
+    ):
         assert opt in r.stdout, opt

@@ -35,18 +35,40 @@ def sets(tmp_path_factory, ray_session):
     stems = [p.stem for p in sorted(raw.rglob("*.png"))]
     (raw / "train.txt").write_text("\n".join(stems[::2]))
     (raw / "test.txt").write_text("\n".join(stems[1::2]))
-    for kind, name in (("bigearthnet", "ben"), ("eurosat-ms", "ems"), ("imagefolder", "img"),
-                       ("imagefolder", "noval")):  # fmt: skip
-        prep.shard(prep.ShardConfig(kind, str(root / name), str(root / f"{name}-shards"),
-                                    shard_size=32, progress=False))  # fmt: skip
+    for kind, name in (
+        ("bigearthnet", "ben"),
+        ("eurosat-ms", "ems"),
+        ("imagefolder", "img"),
+        ("imagefolder", "noval"),
+    ):
+        prep.shard(
+            prep.ShardConfig(
+                kind, str(root / name), str(root / f"{name}-shards"), shard_size=32, progress=False
+            )
+        )
     return root
 
 
 def _argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--out", str(out), "--model", "mtmg-tiny-vit", "--pretrained", "none",
-            "--patch", "lr=3e-3", "warmup_steps=3", "batch_size=16", "alphas=0,0.5,1",
-            "--patch", "loader_workers=0", "eval_batch_size=64",
-            "--cache-dir", str(root / "cache"), *extra]  # fmt: skip
+    return [
+        "--out",
+        str(out),
+        "--model",
+        "mtmg-tiny-vit",
+        "--pretrained",
+        "none",
+        "--patch",
+        "lr=3e-3",
+        "warmup_steps=3",
+        "batch_size=16",
+        "alphas=0,0.5,1",
+        "--patch",
+        "loader_workers=0",
+        "eval_batch_size=64",
+        "--cache-dir",
+        str(root / "cache"),
+        *extra,
+    ]
 
 
 def _table(path: Path) -> list[dict]:
@@ -55,11 +77,22 @@ def _table(path: Path) -> list[dict]:
 
 def test_gain_matrix_with_a_failing_trial(sets, tmp_path):
     out = tmp_path / "matrix"
-    code = dataset_sweep.main(_argv(
-        sets, out, "--patching", str(sets / "ben-shards"), str(sets / "ems-shards"),
-        str(sets / "noval-shards"), "--eval-data", str(sets / "img-shards"), "--epochs", "6",
-        "--patch", "selection=patching",
-    ))  # fmt: skip
+    code = dataset_sweep.main(
+        _argv(
+            sets,
+            out,
+            "--patching",
+            str(sets / "ben-shards"),
+            str(sets / "ems-shards"),
+            str(sets / "noval-shards"),
+            "--eval-data",
+            str(sets / "img-shards"),
+            "--epochs",
+            "6",
+            "--patch",
+            "selection=patching",
+        )
+    )
     assert code == 0
     rows = {r["config/patching"]: r for r in _table(out / "sweep.parquet")}
     assert set(rows) == {"bigearthnet", "eurosat-ms", "noval-shards"}
@@ -94,8 +127,9 @@ def test_gain_matrix_with_a_failing_trial(sets, tmp_path):
     assert summary["best"] == best["config/patching"]
     # best_config.yaml is an mtmg.patch config of the best patching dataset
     cfg = patch.PatchConfig(**config.load_yaml(patch.PatchConfig, out / "best_config.yaml"))
-    assert Path(cfg.data).name == ("ben-shards" if summary["best"] == "bigearthnet"
-                                   else "ems-shards")  # fmt: skip
+    assert Path(cfg.data).name == (
+        "ben-shards" if summary["best"] == "bigearthnet" else "ems-shards"
+    )
     assert cfg.model == "mtmg-tiny-vit" and cfg.epochs == 6 and cfg.lr == 3e-3
     md = (out / "summary.md").read_text()
     assert "| patching | bigearthnet | eurosat-ms |" in md and "has no 'val' split" in md
@@ -114,8 +148,9 @@ def test_a_mixture_is_a_row_of_the_matrix(sets, tmp_path):
     the gain matrix, and a best_config.yaml that `mtmg.patch` takes as that joint patching."""
     out = tmp_path / "mix"
     ben, ems, img = (str(sets / f"{n}-shards") for n in ("ben", "ems", "img"))
-    code = dataset_sweep.main(_argv(sets, out, "--patching", f"{ben}+{ems}", "--eval-data", img,
-                                    "--epochs", "2"))  # fmt: skip
+    code = dataset_sweep.main(
+        _argv(sets, out, "--patching", f"{ben}+{ems}", "--eval-data", img, "--epochs", "2")
+    )
     assert code == 0
     label, evals = "bigearthnet+eurosat-ms", ["bigearthnet", "eurosat-ms", "imagefolder"]
     (row,) = _table(out / "sweep.parquet")
@@ -133,8 +168,11 @@ def test_a_mixture_is_a_row_of_the_matrix(sets, tmp_path):
     cfg = config.parse(patch.PatchConfig, ["--config", str(out / "best_config.yaml")], "")
     assert (cfg.data, cfg.joint_data, cfg.eval_data) == (ben, (ems,), (img,))
     _, patch_sets = patch.validate(cfg)
-    assert [(role, p) for role, p, _ in patch_sets] == [("patching", ben), ("patching", ems),
-                                                        ("eval", img)]  # fmt: skip
+    assert [(role, p) for role, p, _ in patch_sets] == [
+        ("patching", ben),
+        ("patching", ems),
+        ("eval", img),
+    ]
 
 
 def test_patching_entries(sets, tmp_path, monkeypatch):
@@ -168,13 +206,31 @@ def _finished(exp: Path) -> dict[str, dict]:
 
 def test_resume_after_the_driver_is_killed(sets, tmp_path):
     out = tmp_path / "resume"
-    argv = [sys.executable, SCRIPT, *_argv(
-        sets, out, "--patching", str(sets / "ben-shards"), str(sets / "ems-shards"),
-        str(sets / "img-shards"), "--epochs", "2", "--max-concurrent", "1",
-    )]  # fmt: skip
+    argv = [
+        sys.executable,
+        SCRIPT,
+        *_argv(
+            sets,
+            out,
+            "--patching",
+            str(sets / "ben-shards"),
+            str(sets / "ems-shards"),
+            str(sets / "img-shards"),
+            "--epochs",
+            "2",
+            "--max-concurrent",
+            "1",
+        ),
+    ]
     env = {**os.environ, faults.ENV: "trial_delay=2"}
-    proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     exp = out / "tune" / dataset_sweep.NAME
     try:
         deadline = time.time() + 300
@@ -191,8 +247,11 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
     # the resumed driver: this process, on the tests' Ray session (no second start-up)
     assert dataset_sweep.main([*argv[2:], "--resume"]) == 0
     table = _table(out / "sweep.parquet")
-    assert sorted(x["config/patching"] for x in table) == ["bigearthnet", "eurosat-ms",
-                                                           "imagefolder"]  # fmt: skip
+    assert sorted(x["config/patching"] for x in table) == [
+        "bigearthnet",
+        "eurosat-ms",
+        "imagefolder",
+    ]
     assert {x["status"] for x in table} == {"TERMINATED"}
     rows = {Path(x["path"]).name: x for x in table}
     for trial, result in done.items():  # not re-run: the result of the first driver
@@ -204,11 +263,29 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
 def test_sweep_on_a_running_cluster(local_cluster, sets, tmp_path):
     out = tmp_path / "cluster"
     r = subprocess.run(
-        [sys.executable, SCRIPT, *_argv(sets, out, "--patching", str(sets / "ems-shards"),
-                                        "--supported", str(sets / "img-shards"), "--epochs", "1",
-                                        "--cluster", "--cpus-per-trial", "1")],
-        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            SCRIPT,
+            *_argv(
+                sets,
+                out,
+                "--patching",
+                str(sets / "ems-shards"),
+                "--supported",
+                str(sets / "img-shards"),
+                "--epochs",
+                "1",
+                "--cluster",
+                "--cpus-per-trial",
+                "1",
+            ),
+        ],
+        env=local_cluster,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = _table(out / "sweep.parquet")
     assert row["status"] == "TERMINATED" and "gain/imagefolder" in row
@@ -222,8 +299,12 @@ def test_bad_input_fails_before_ray(sets, tmp_path, capsys):
     ben = str(sets / "ben-shards")
     assert dataset_sweep.main(_argv(sets, out, "--patching", ben, "--search", "optuna")) == 2
     assert "--search grid" in capsys.readouterr().err
-    assert dataset_sweep.main(_argv(sets, out, "--patching", ben,
-                                    "--supported", str(sets / "noval-shards"))) == 2  # fmt: skip
+    assert (
+        dataset_sweep.main(
+            _argv(sets, out, "--patching", ben, "--supported", str(sets / "noval-shards"))
+        )
+        == 2
+    )
     assert "has no 'val' split" in capsys.readouterr().err
     assert dataset_sweep.main(_argv(sets, out, "--patching", ben, "--patch", "joint_data=x")) == 2
     assert "the sweep sets joint_data itself" in capsys.readouterr().err
@@ -235,8 +316,19 @@ def test_bad_input_fails_before_ray(sets, tmp_path, capsys):
 def test_help(cli):
     r = cli["dataset_sweep --help"]
     assert r.returncode == 0
-    for opt in ("--patching", "--eval-data", "--supported", "--resume", "--cluster",
-                "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent", "--storage",
-                "--spec", "--patch", "--patch-config"):  # fmt: skip
+    for opt in (
+        "--patching",
+        "--eval-data",
+        "--supported",
+        "--resume",
+        "--cluster",
+        "--cpus-per-trial",
+        "--gpus-per-trial",
+        "--max-concurrent",
+        "--storage",
+        "--spec",
+        "--patch",
+        "--patch-config",
+    ):
         assert opt in r.stdout, opt
     assert "A+B" in r.stdout and "not supported" not in r.stdout  # mixtures are rows

@@ -28,16 +28,35 @@ STUDENT = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}'
 def shards(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("losssweep")
     synth.make_bigearthnet(root / "ben", n_patches=60, s1=False, seed=41)
-    prep.shard(prep.ShardConfig("bigearthnet", str(root / "ben"), str(root / "shards"),
-                                shard_size=20, progress=False))  # fmt: skip
+    prep.shard(
+        prep.ShardConfig(
+            "bigearthnet", str(root / "ben"), str(root / "shards"), shard_size=20, progress=False
+        )
+    )
     return root
 
 
 def _argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(root / "shards"), "--out", str(out), "--model", "mtmg-tiny-vit",
-            "--pretrained", "none", "--align", f"student_args={STUDENT}", "student_size=32",
-            "--align", "batch_size=16", "warmup-steps=3", "loader_workers=1",
-            "--cache-dir", str(root / "cache"), *extra]  # fmt: skip
+    return [
+        "--data",
+        str(root / "shards"),
+        "--out",
+        str(out),
+        "--model",
+        "mtmg-tiny-vit",
+        "--pretrained",
+        "none",
+        "--align",
+        f"student_args={STUDENT}",
+        "student_size=32",
+        "--align",
+        "batch_size=16",
+        "warmup-steps=3",
+        "loader_workers=1",
+        "--cache-dir",
+        str(root / "cache"),
+        *extra,
+    ]
 
 
 def _table(out: Path) -> list[dict]:
@@ -47,8 +66,9 @@ def _table(out: Path) -> list[dict]:
 def test_grid_with_a_failing_trial(shards, tmp_path):
     out = tmp_path / "grid"
     # w_img = w_txt = 0 leaves nothing to train: that trial fails, the sweep goes on
-    code = loss_sweep.main(_argv(shards, out, "--epochs", "2", "--w-img", "0", "1",
-                                 "--w-txt", "0", "0.05"))  # fmt: skip
+    code = loss_sweep.main(
+        _argv(shards, out, "--epochs", "2", "--w-img", "0", "1", "--w-txt", "0", "0.05")
+    )
     assert code == 0
     rows = _table(out)
     assert len(rows) == 4
@@ -81,11 +101,29 @@ def test_grid_with_a_failing_trial(shards, tmp_path):
 
 def test_optuna_with_asha(shards, tmp_path):
     out = tmp_path / "optuna"
-    code = loss_sweep.main(_argv(
-        shards, out, "--epochs", "3", "--search", "optuna", "--num-samples", "4",
-        "--w-txt", "0", "0.5", "--lr", "1e-4", "3e-3", "--distance", "mse", "cosine",
-        "--objective", "sum",
-    ))  # fmt: skip
+    code = loss_sweep.main(
+        _argv(
+            shards,
+            out,
+            "--epochs",
+            "3",
+            "--search",
+            "optuna",
+            "--num-samples",
+            "4",
+            "--w-txt",
+            "0",
+            "0.5",
+            "--lr",
+            "1e-4",
+            "3e-3",
+            "--distance",
+            "mse",
+            "cosine",
+            "--objective",
+            "sum",
+        )
+    )
     assert code == 0
     rows = _table(out)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
@@ -130,8 +168,14 @@ def test_resume_after_the_driver_is_killed(shards, tmp_path):
         ),
     ]
     env = {**os.environ, faults.ENV: "trial_delay=1.5"}
-    proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     exp = out / "tune" / loss_sweep.NAME
     try:
         deadline = time.time() + 300
@@ -159,10 +203,28 @@ def test_resume_after_the_driver_is_killed(shards, tmp_path):
 def test_sweep_on_a_running_cluster(local_cluster, shards, tmp_path):
     out = tmp_path / "cluster"
     r = subprocess.run(
-        [sys.executable, SCRIPT, *_argv(shards, out, "--epochs", "1", "--w-txt", "0", "0.05",
-                                        "--cluster", "--cpus-per-trial", "1")],
-        env=local_cluster, capture_output=True, text=True, timeout=600, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            SCRIPT,
+            *_argv(
+                shards,
+                out,
+                "--epochs",
+                "1",
+                "--w-txt",
+                "0",
+                "0.05",
+                "--cluster",
+                "--cpus-per-trial",
+                "1",
+            ),
+        ],
+        env=local_cluster,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(_table(out)) == 2 and "## Best configuration" in r.stdout
 
@@ -186,12 +248,22 @@ def test_bad_input_fails_before_ray(shards, tmp_path, capsys):
 
 
 def test_align_overrides_read_as_mtmg_align_reads_its_flags():
-    items = ["augment=false", "gpu-augment=none", "recall_ks=1,5", f"student_args={STUDENT}",
-             "pretrained=none", "distance=cosine"]  # fmt: skip
+    items = [
+        "augment=false",
+        "gpu-augment=none",
+        "recall_ks=1,5",
+        f"student_args={STUDENT}",
+        "pretrained=none",
+        "distance=cosine",
+    ]
     assert options.overrides(align.AlignConfig, items, "--align") == {
-        "augment": False, "gpu_augment": None, "recall_ks": (1, 5), "student_args": STUDENT,
-        "pretrained": None, "distance": "cosine",
-    }  # fmt: skip
+        "augment": False,
+        "gpu_augment": None,
+        "recall_ks": (1, 5),
+        "student_args": STUDENT,
+        "pretrained": None,
+        "distance": "cosine",
+    }
     with pytest.raises(ValueError, match="--align 'augment=maybe': expected true or false"):
         options.overrides(align.AlignConfig, ["augment=maybe"], "--align")
     with pytest.raises(ValueError, match="--align 'lr': expected KEY=VALUE"):
@@ -201,7 +273,18 @@ def test_align_overrides_read_as_mtmg_align_reads_its_flags():
 def test_help(cli):
     r = cli["loss_sweep --help"]
     assert r.returncode == 0
-    for opt in ("--w-txt", "--distance", "--objective", "--asha", "--resume", "--cluster",
-                "--cpus-per-trial", "--storage", "--spec", "--align", "--align-config"):
+    for opt in (
+        "--w-txt",
+        "--distance",
+        "--objective",
+        "--asha",
+        "--resume",
+        "--cluster",
+        "--cpus-per-trial",
+        "--storage",
+        "--spec",
+        "--align",
+        "--align-config",
+    ):
         assert opt in r.stdout, opt
     assert "--trial-delay" not in r.stdout

@@ -45,9 +45,13 @@ def make_layout(
         return EuroSATMS(**common, seed=seed)
     if dataset == "eurosat":
         return ClassFolders(
-            **common, seed=seed, name="eurosat", subdir="2750",
-            known_classes=labels.EUROSAT, prompt_names=labels.EUROSAT_PROMPT_NAMES,
-        )  # fmt: skip
+            **common,
+            seed=seed,
+            name="eurosat",
+            subdir="2750",
+            known_classes=labels.EUROSAT,
+            prompt_names=labels.EUROSAT_PROMPT_NAMES,
+        )
     if dataset == "resisc45":
         return ClassFolders(**common, seed=seed, name="resisc45", subdir="NWPU-RESISC45")
     if dataset == "sen12ms":

@@ -101,9 +101,10 @@ def read_s2(
     h, w = ref.shape
     if size is not None and (h, w) != tuple(size):
         raise SampleError(
-            key, f"10 m band {ref_band} is {h}x{w}, dataset patches are {size[0]}x{size[1]}",
+            key,
+            f"10 m band {ref_band} is {h}x{w}, dataset patches are {size[0]}x{size[1]}",
             band_paths[ref_band],
-        )  # fmt: skip
+        )
     out = np.empty((len(bands.S2_L2A), h, w), dtype=np.uint16)
     for i, band in enumerate(bands.S2_L2A):
         path = band_paths[band]
@@ -369,9 +370,11 @@ class BigEarthNetV2(_BigEarthNet):
         if not tree:
             raise DatasetError(f"no patch folders found under {s2}/<product>/")
         table = self._table()
-        lists = find_split_files(self.splits, [self.splits.path], ["{split}.csv"]) if (
-            self.splits
-        ) else None  # fmt: skip
+        lists = (
+            find_split_files(self.splits, [self.splits.path], ["{split}.csv"])
+            if (self.splits)
+            else None
+        )
         if lists:
             by_split, excluded, rejected = assign_from_lists(
                 tree, lists, self.splits, self.skip_bad

@@ -119,8 +119,10 @@ class ClassFolders(Layout):
             for key in sorted(tree):
                 by_split[hash_split(key, self.fractions, self.seed)].append(key)
             excluded, rejected = [], []
-            info = {"split_source": f"hash of the file id, fractions {list(self.fractions)}, "
-                    f"seed {self.seed}"}  # fmt: skip
+            info = {
+                "split_source": f"hash of the file id, fractions {list(self.fractions)}, "
+                f"seed {self.seed}"
+            }
         items = {
             s: [Item(k, s, (tree[k][0],), (("class", tree[k][1]),)) for k in keys]
             for s, keys in by_split.items()
@@ -131,8 +133,10 @@ class ClassFolders(Layout):
         if self.class_names_file:
             mapping = storage.read_json(self.class_names_file.fs, self.class_names_file.path)
             if not isinstance(mapping, dict):
-                raise DatasetError(f"--class-names {self.class_names_file}: not a JSON object "
-                                   "{folder: class name}")  # fmt: skip
+                raise DatasetError(
+                    f"--class-names {self.class_names_file}: not a JSON object "
+                    "{folder: class name}"
+                )
             return [mapping.get(c, c) for c in classes]
         if self.prompt_names:
             return list(self.prompt_names)
