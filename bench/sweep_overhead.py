@@ -78,7 +78,7 @@ def plain_loop(cfg: patch.PatchConfig, alphas: list[float]) -> dict[str, float]:
     """K evaluations by hand: decode both validation splits once, then interpolate + evaluate."""
     t0 = time.perf_counter()
     run = Path(cfg.out)
-    bundle, sets = patch.validate(cfg)
+    bundle, sets = patch.resolve_inputs(cfg)
     head_weights = patch.build_heads(cfg, bundle, sets)
     zs = load_file(str(run / "theta_zs.safetensors"))
     ft = load_file(str(run / "theta_ft.safetensors"))

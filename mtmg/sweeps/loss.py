@@ -140,7 +140,7 @@ def trial(params: dict[str, Any], inputs: LossTrialInputs) -> None:
 def prepare(cfg: LossSweepConfig) -> common.Prepared:
     """The teacher, its heads and the student every trial starts from; the search."""
     base = align_config(cfg)
-    sets = align.validate(base)
+    sets = align.resolve_inputs(base)
     teacher = trials.load_teacher(base, sets)
     student, _ = align.build_student(base, teacher.heads[0].shape[1])
     inputs = LossTrialInputs(

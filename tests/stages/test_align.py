@@ -186,7 +186,7 @@ def _plain_run(sets, tmp_path, **kw) -> dict:
     """The worker loop in this process (no Ray): what the tests of loss terms need."""
     kw = {"epochs": 1, "eval_init": False, "eval_every": 0, **kw}
     cfg = _cfg(sets, tmp_path / "plain", **kw)
-    datasets = align.validate(cfg)
+    datasets = align.resolve_inputs(cfg)
     name, pretrained, mc = align.resolve_teacher(cfg)
     tb = clip.load_clip(name, pretrained, model_config=mc)
     hw = heads.dataset_heads(

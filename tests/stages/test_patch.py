@@ -288,7 +288,7 @@ def test_vit_b_32_smoke_without_ray(sets, tmp_path):
         eval_batch_size=8,
         cache_dir=str(tmp_path / "cache"),
     )
-    bundle, sets_ = patch.validate(cfg)
+    bundle, sets_ = patch.resolve_inputs(cfg)
     assert bundle.image_size == 224
     zs = weights.image_state(bundle.model)
     conf = {

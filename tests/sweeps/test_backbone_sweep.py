@@ -135,7 +135,7 @@ def test_patch_stage_grid_with_a_failing_teacher(sets, tmp_path):
         best["config/teacher"].replace("tiny.safetensors", str(sets / "tiny.safetensors"))
     )
     assert (cfg.model, cfg.pretrained) == (name, pre) and cfg.epochs == 4
-    bundle, plain_sets = patch.validate(cfg)
+    bundle, plain_sets = patch.resolve_inputs(cfg)
     conf = {
         "cfg": dataclasses.asdict(cfg),
         "zeroshot": bundle.model.state_dict(),

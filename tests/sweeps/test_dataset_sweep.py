@@ -167,7 +167,7 @@ def test_a_mixture_is_a_row_of_the_matrix(sets, tmp_path):
     # read and checked as `python -m mtmg.patch --config best_config.yaml` does
     cfg = config.parse(patch.PatchConfig, ["--config", str(out / "best_config.yaml")], "")
     assert (cfg.data, cfg.joint_data, cfg.eval_data) == (ben, (ems,), (img,))
-    _, patch_sets = patch.validate(cfg)
+    _, patch_sets = patch.resolve_inputs(cfg)
     assert [(role, p) for role, p, _ in patch_sets] == [
         ("patching", ben),
         ("patching", ems),

@@ -40,7 +40,7 @@ __all__ = [
     "main",
     "resolve_teacher",
     "run",
-    "validate",
+    "resolve_inputs",
     "worker",
 ]
 
@@ -67,7 +67,7 @@ def resolve_teacher(cfg: AlignConfig) -> tuple[str, str | None, str | None]:
     return conf["model"], str(ckpt), mc
 
 
-def validate(cfg: AlignConfig) -> Sets:
+def resolve_inputs(cfg: AlignConfig) -> Sets:
     """Check the shard sets before anything is built: splits and the student's input bands."""
     sets = [(str(Path(cfg.data).resolve()), cfg.nomenclature)]
     sets += [(str(Path(p).resolve()), None) for p in cfg.eval_data]
@@ -115,7 +115,7 @@ def build_student(
 def run(cfg: AlignConfig) -> dict[str, Any]:
     """The whole stage; returns the summary also written to OUT/summary.json."""
     t0 = time.perf_counter()
-    sets = validate(cfg)
+    sets = resolve_inputs(cfg)
     with job.claimed("align", cfg) as out:
         return _align(cfg, sets, t0, out)
 

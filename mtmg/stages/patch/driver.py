@@ -50,10 +50,10 @@ from mtmg.stages import cli, job
 from mtmg.stages.patch.config import ALPHAS, PatchConfig, Sets
 from mtmg.stages.patch.loop import worker
 
-__all__ = ["ALPHAS", "PatchConfig", "build_heads", "main", "run", "validate", "worker"]
+__all__ = ["ALPHAS", "PatchConfig", "build_heads", "main", "resolve_inputs", "run", "worker"]
 
 
-def validate(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
+def resolve_inputs(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
     """Check every input before any training: shard sets, splits, model and checkpoint.
 
     Returns the (role, absolute path, nomenclature) of every dataset, the patching sets first.
@@ -105,7 +105,7 @@ def run(cfg: PatchConfig, *, on_train_start: Callable[[], None] | None = None) -
     `on_train_start()` is called once the driver has handed the fine-tune to Ray Train and
     only waits for it (see `mtmg.runtime.train.fit`)."""
     t0 = time.perf_counter()
-    bundle, sets = validate(cfg)
+    bundle, sets = resolve_inputs(cfg)
     with job.claimed("patch", cfg) as out:
         tables.save_config(config.to_dict(cfg), out / "config.yaml")
         head_weights = build_heads(cfg, bundle, sets)

@@ -105,7 +105,7 @@ def read_result(out: str | os.PathLike) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def check(cfg: PretrainConfig) -> None:
+def check_options(cfg: PretrainConfig) -> None:
     """Refuse options that cannot train (ValueError naming the option)."""
     for name in (*cfg.classes, *cfg.extra_classes):
         parse_shape_class(name)  # raises ValueError naming colours and shapes

@@ -44,7 +44,7 @@ from mtmg.stages.pretrain.config import (
     RESULT,
     PretrainConfig,
     cache_key,
-    check,
+    check_options,
     read_result,
 )
 
@@ -65,7 +65,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             cached.get("zeroshot_top1", float("nan")),
         )
         return ckpt
-    check(cfg)
+    check_options(cfg)
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     if cfg.threads:

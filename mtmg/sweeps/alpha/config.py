@@ -94,7 +94,7 @@ class AlphaSweepConfig(options.SweepConfig):
     cache_dir: str | None = option(None, help="zero-shot head cache (default: the run's)")
 
 
-def check(cfg: AlphaSweepConfig) -> None:
+def check_options(cfg: AlphaSweepConfig) -> None:
     """Every error in the options and the run dir that can be found before Ray starts."""
     options.check_common(cfg)
     if not cfg.run and not cfg.data:

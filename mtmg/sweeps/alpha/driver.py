@@ -43,7 +43,7 @@ TRIAL_MODULES = (trial.__name__,)  # what trial processes import (preloaded when
 def run(cfg: AlphaSweepConfig) -> dict[str, Any]:
     """The whole sweep; returns the summary also written to OUT/summary.json. OUT is the
     sweep's alone while it runs (`common.claim`)."""
-    config.check(cfg)
+    config.check_options(cfg)
     with common.claim(cfg, NAME):
         sweep = _start(cfg)
         grid, got = _inputs_and_tune(sweep)
@@ -74,7 +74,7 @@ def _start(cfg: AlphaSweepConfig) -> inputs.Sweep:
     fine_tune = not cfg.run and not config.run_finished(run_dir)
     if not cfg.run and not fine_tune:
         log.info("reusing the finished fine-tune in %s", run_dir)
-    bundle, sets = patch.validate(pcfg)  # input errors before Ray starts
+    bundle, sets = patch.resolve_inputs(pcfg)  # input errors before Ray starts
     on_cluster = tuner.init(cfg)
     out = Path(cfg.out).resolve()
     if on_cluster:

@@ -256,7 +256,7 @@ def prepare(cfg: BackboneSweepConfig) -> common.Prepared:
     else:
         base = align_config(cfg, paths)
         for p in paths:  # every dataset must suit the student
-            align.validate(dataclasses.replace(base, data=p))
+            align.resolve_inputs(dataclasses.replace(base, data=p))
         fn = trial.align_trial
         inits = {
             init_label(i): None if i.lower() == "none" else common.absolute(i)
