@@ -93,8 +93,8 @@ def run(out: Path, *, patches: int = 600, fresh: bool = False, quick: bool = Fal
 
 
 def _steps(out: Path, patches: int, fresh: bool, quick: bool) -> dict:
+    from mtmg import align
     from mtmg.report import build as report
-    from mtmg.stages.align import driver as align
     from mtmg.stages.pretrain import driver as pretrain
     from mtmg.sweeps import loss as loss_sweep
     from mtmg.sweeps.alpha import driver as alpha_sweep

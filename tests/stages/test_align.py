@@ -19,7 +19,7 @@ from mtmg.engine import loop
 from mtmg.models import clip, heads, student
 from mtmg.stages.align import driver as align
 from mtmg.stages.align import loss
-from mtmg.stages.align.config import AUGMENT
+from mtmg.stages.align.loop import AUGMENT
 from mtmg.stages.patch import driver as patch
 from mtmg.stages.pretrain import driver as pretrain
 

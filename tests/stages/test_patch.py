@@ -22,6 +22,7 @@ from mtmg.data import loader
 from mtmg.engine import evaluate, loop
 from mtmg.engine.context import WorkerContext
 from mtmg.models import clip, heads, weights
+from mtmg.stages.patch import command
 from mtmg.stages.patch import driver as patch
 from mtmg.stages.patch.loop import epoch_batches, tasks
 
@@ -238,13 +239,13 @@ def test_bad_input_fails_before_training(sets, tmp_path, capsys):
         "--pretrained",
         "none",
     ]
-    assert patch.main([*base[:1], str(tmp_path / "nowhere"), *base[2:]]) == 2
+    assert command.main([*base[:1], str(tmp_path / "nowhere"), *base[2:]]) == 2
     assert "manifest.json not found" in capsys.readouterr().err
-    assert patch.main([*base, "--model", "ViT-Q-99"]) == 2
+    assert command.main([*base, "--model", "ViT-Q-99"]) == 2
     assert "ViT-Q-99" in capsys.readouterr().err
     other = tmp_path / "small.safetensors"
     weights.save_checkpoint(clip.load_clip("mtmg-small-vit").model, other)
-    assert patch.main([*base[:-1], str(other)]) == 2
+    assert command.main([*base[:-1], str(other)]) == 2
     assert str(other) in capsys.readouterr().err
     assert not (tmp_path / "o" / "ray").exists()
 
@@ -266,7 +267,7 @@ def test_dataset_without_a_needed_split(sets, tmp_path, capsys):
         "--pretrained",
         "none",
     ]
-    rc = patch.main(argv)
+    rc = command.main(argv)
     assert rc == 2 and "has no 'val' split" in capsys.readouterr().err
 
 
@@ -312,11 +313,11 @@ def test_joint_patching_bad_input(sets, tmp_path, capsys):
     noval = str(tmp_path / "noval")
     prep.shard(prep.ShardConfig("imagefolder", str(raw), noval, progress=False))
     base = ["--out", str(tmp_path / "o"), "--model", "mtmg-tiny-vit", "--pretrained", "none"]
-    assert patch.main(["--data", sets[0], "--joint-data", sets[2], noval, *base]) == 2
+    assert command.main(["--data", sets[0], "--joint-data", sets[2], noval, *base]) == 2
     assert f"{noval}: the patching dataset has no 'val' split" in capsys.readouterr().err
-    assert patch.main(["--data", sets[0], "--data", sets[2], *base]) == 2
+    assert command.main(["--data", sets[0], "--data", sets[2], *base]) == 2
     assert "--joint-data" in capsys.readouterr().err
-    assert patch.main(["--data", sets[0], "--joint-data", sets[0], *base]) == 2
+    assert command.main(["--data", sets[0], "--joint-data", sets[0], *base]) == 2
     assert "given twice" in capsys.readouterr().err
     assert not (tmp_path / "o" / "ray").exists()
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtmg import config
-from mtmg.data import transforms
 from mtmg.stages.config import StageConfig, with_default
 
 option = config.option
 DISTANCES = ("mse", "mse-norm", "cosine")
-# the paper code's alignment augmentation: CLIP's random-resized crop only
-AUGMENT = transforms.Augment(flips=False, color=False)
 
 
 @dataclass(frozen=True, kw_only=True)

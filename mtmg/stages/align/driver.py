@@ -27,7 +27,7 @@ from mtmg import config
 from mtmg.data import loader, transforms
 from mtmg.models import clip, heads, student
 from mtmg.report import tables
-from mtmg.stages import cli, job
+from mtmg.stages import job
 from mtmg.stages.align.config import DISTANCES, AlignConfig
 from mtmg.stages.align.loop import worker
 from mtmg.stages.align.scoring import headline
@@ -37,7 +37,6 @@ __all__ = [
     "AlignConfig",
     "build_student",
     "headline",
-    "main",
     "resolve_teacher",
     "run",
     "resolve_inputs",
@@ -191,31 +190,3 @@ def write_outputs(cfg, out: Path, net, state, teacher, report, seconds) -> dict[
         "load_with": f"mtmg.models.student.load_student({str(out)!r}).encode(x)",
     }
     return job.write_summary(out, summary, seconds)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mtmg.align --data SHARDS --teacher PATCH_RUN --out DIR [options]`."""
-    cfg = config.parse(
-        AlignConfig,
-        argv,
-        "Cross-modal alignment: distil a multispectral student into a (patched) CLIP's "
-        "embedding space (Ray Train DDP).",
-        "outputs in --out: config.yaml, metrics.parquet/.csv (dataset x split x epoch x encoder\n"
-        "x metric: zero-shot mAP/top1, cosine to the teacher, Recall@K both ways),\n"
-        "loss_curves.png, student.safetensors + student.json\n"
-        "(mtmg.models.student.load_student(DIR).encode(x)), summary.json.\n"
-        "Re-running with the same --out resumes from the last epoch checkpoint.",
-    )
-    return cli.run_command(cfg, run, _show)
-
-
-def _show(cfg: AlignConfig, summary: dict[str, Any]) -> None:
-    before = {(r["dataset"], r["metric"]): r["value"] for r in summary["untrained_test"]}
-    print(f"{'dataset':<15} {'split':<5} {'encoder':<8} {'metric':<16} {'value':>7} untrained")
-    for r in summary["test"]:
-        b = before.get((r["dataset"], r["metric"])) if r["encoder"] == "student" else None
-        print(
-            f"{r['dataset']:<15} {r['split']:<5} {r['encoder']:<8} {r['metric']:<16} "
-            f"{r['value']:>7.2f} {'' if b is None else f'{b:.2f}':>9}"
-        )
-    print(f"outputs in {Path(cfg.out).resolve()}")

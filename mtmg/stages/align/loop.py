@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from mtmg import faults
-from mtmg.data import loader
+from mtmg.data import loader, transforms
 from mtmg.engine import loop
 from mtmg.engine.context import WorkerContext
 from mtmg.models import clip, heads, student
 from mtmg.stages import skeleton
 from mtmg.stages.align import loss, scoring
-from mtmg.stages.align.config import AUGMENT, AlignConfig
+from mtmg.stages.align.config import AlignConfig
 
 
 @dataclass
@@ -42,6 +42,10 @@ class Models:
             self.std,
             **kw,
         )
+
+
+# the paper code's alignment augmentation: CLIP's random-resized crop only, one for both views
+AUGMENT = transforms.Augment(flips=False, color=False)
 
 
 def worker(conf: dict[str, Any], ctx: WorkerContext | None = None) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,11 +45,11 @@ from mtmg.data import loader
 from mtmg.engine import select
 from mtmg.models import clip, heads, weights
 from mtmg.report import tables
-from mtmg.stages import cli, job
+from mtmg.stages import job
 from mtmg.stages.patch.config import ALPHAS, PatchConfig, Sets
 from mtmg.stages.patch.loop import worker
 
-__all__ = ["ALPHAS", "PatchConfig", "build_heads", "main", "resolve_inputs", "run", "worker"]
+__all__ = ["ALPHAS", "PatchConfig", "build_heads", "resolve_inputs", "run", "worker"]
 
 
 def resolve_inputs(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
@@ -163,36 +162,3 @@ def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) ->
         "load_with": f"open_clip.create_model({cfg.model!r}, pretrained='patched.safetensors')",
     }
     return job.write_summary(out, summary, seconds)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mtmg.patch --data SHARDS [--joint-data SHARDS ...] --out DIR [options]`."""
-    args = sys.argv[1:] if argv is None else argv
-    if sum(a == "--data" or a.startswith("--data=") for a in args) > 1:  # argparse keeps the last
-        print("error: give --data once; more patching sets go to --joint-data", file=sys.stderr)
-        return 2
-    cfg = config.parse(
-        PatchConfig,
-        argv,
-        "PAINT patching of an open_clip model on a remote-sensing shard set (Ray Train DDP).",
-        "joint patching: --data A --joint-data B ... fine-tunes one image tower on A, B, ...\n"
-        "together (each step one batch of each set, each set through its own zero-shot head\n"
-        "and loss, the losses averaged; an epoch is one pass over the longest set) and selects\n"
-        "alpha with the mean of the patching sets' validation metrics.\n"
-        "outputs in --out: config.yaml, theta_zs/theta_ft.safetensors, metrics.parquet/.csv\n"
-        "(dataset x alpha x split x metric), alpha_curve.png, patched.safetensors (a full\n"
-        "open_clip checkpoint: open_clip.create_model(NAME, pretrained=PATH)), summary.json.\n"
-        "Re-running with the same --out resumes from the last epoch checkpoint.",
-    )
-    return cli.run_command(cfg, run, _show)
-
-
-def _show(cfg: PatchConfig, summary: dict[str, Any]) -> None:
-    print(f"chosen alpha = {summary['alpha']:g} ({cfg.selection} rule on validation)")
-    for r in summary["test"]:
-        mark = "*" if r["selected"] else " "
-        print(
-            f"{mark} {r['role']:<9} {r['dataset']:<15} {r['split']:<5} alpha={r['alpha']:<4g} "
-            f"{r['metric']}={r['value']:.2f}"
-        )
-    print(f"outputs in {Path(cfg.out).resolve()}")

@@ -11,7 +11,6 @@ from typing import Any
 
 from mtmg import config
 from mtmg.data import labels
-from mtmg.models import heads
 from mtmg.synth.shapes import SHAPE_CLASSES, parse_shape_class
 
 option = config.option
@@ -111,6 +110,8 @@ def check_options(cfg: PretrainConfig) -> None:
         parse_shape_class(name)  # raises ValueError naming colours and shapes
     if len(set(cfg.classes)) != len(cfg.classes) or not cfg.classes:
         raise ValueError(f"classes must be distinct and non-empty: {list(cfg.classes)}")
+    from mtmg.models import heads  # torch: not for --help
+
     heads._check_templates(list(cfg.templates), "templates")
     for name in ("images_per_class", "images_per_word", "eval_per_class", "steps", "batch_size"):
         if getattr(cfg, name) < 1:
