@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from mtmg.runtime import ray_private
+
 # informational at INFO or WARNING level, nothing to act on: shown with -v only
 CHATTY = (
     "open_clip",
@@ -18,7 +20,7 @@ CHATTY = (
     "urllib3",
     "matplotlib",
     "PIL",
-    "ray._private.authentication.authentication_token_setup",
+    ray_private.TOKEN_AUTH_LOGGER,
 )
 ROOT_LOGGERS = ("open_clip", "timm")  # packages that log through the root logger
 

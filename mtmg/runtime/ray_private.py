@@ -33,6 +33,8 @@ TRAIN_PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # environment variables; ray.init takes none of them as an argument.
 SYSTEM_CONFIG_KEYS = ("worker_niceness", "enable_metrics_collection", "preload_python_modules")
 PRELOAD_MODULES_ENV = "RAY_preload_python_modules"  # no public worker-preload option
+# the logger of Ray's "token authentication is enabled" notice (no public way to silence it)
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 # each private name -> the value mtmg relies on (None: that it exists)
 PRIVATE: dict[str, Any] = {
@@ -42,6 +44,7 @@ PRIVATE: dict[str, Any] = {
     _PG_CLEANER: None,
     f"{_DP_TRAINER}._create_default_callbacks": None,
     _TORCH_BACKEND: None,
+    TOKEN_AUTH_LOGGER: None,
     f"{_EXECUTION_GROUP}.execute_single_async": None,
     f"{_EXECUTION_GROUP}.__len__": None,
     f"{_TRAIN_CONSTANTS}.HEALTH_CHECK_INTERVAL_S_ENV_VAR": TRAIN_POLL_INTERVAL_ENV,
