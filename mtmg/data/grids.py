@@ -10,6 +10,7 @@ decode only the members holding the bands they need, and bring coarser grids ont
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ LEVEL = 3
 CODEC = {"name": "zstd", "level": LEVEL, "filter": "byte shuffle of uint16 (low, then high)"}
 MEMBERS = ("ms10.zst", "ms20.zst", "ms60.zst")
 UPSAMPLING = ("nearest", "bilinear", "bicubic")
+
+
+_THREAD = threading.local()
 
 
 class GroupError(MtmgError, ValueError):
@@ -82,7 +86,7 @@ def decode_group(data: bytes) -> Group:
         declared = zstandard.frame_content_size(frame)
         if declared != size:
             raise GroupError(f"its zstd frame holds {declared} bytes, its header says {size}")
-        raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=size)
+        raw = _decompressor().decompress(frame, max_output_size=size)
     except zstandard.ZstdError as e:
         raise GroupError(f"not a zstd frame ({e})") from e
     if len(raw) != size:
@@ -92,6 +96,14 @@ def decode_group(data: bytes) -> Group:
     pixels <<= 8
     pixels |= planes[0]
     return Group(names, factor, pixels.reshape(shape))
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor: making one costs about as much as decoding a small grid."""
+    dctx = getattr(_THREAD, "dctx", None)
+    if dctx is None:
+        dctx = _THREAD.dctx = zstandard.ZstdDecompressor()
+    return dctx
 
 
 def encode_sample(sample: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -140,7 +152,8 @@ def read_bands(sample: dict[str, Any], names: Sequence[str], method: str = "near
     out = np.empty((len(names), *hw), np.uint16 if method == "nearest" else np.float32)
     for member, g in decoded.items():
         ks = [k for k, b in enumerate(names) if where[b][0] == member]
-        picked = g.pixels[[where[names[k]][1] for k in ks]]
+        rows = [where[names[k]][1] for k in ks]
+        picked = g.pixels if rows == list(range(len(g.names))) else g.pixels[rows]
         out[ks] = _upsample(picked, g.factor, hw, method)
     return out
 

@@ -11,6 +11,7 @@ decode -> batch in workers -> re-batch in the main process). Distributed contrac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -24,7 +25,6 @@ import webdataset as wds
 
 from mtmg.data import bands as bnd
 from mtmg.data import grids, shards, storage, transforms, verify
-from mtmg.data import labels as lbl
 from mtmg.errors import InputError
 
 VIEWS = ("rgb", "ms", "s1", "rgb+ms", "rgb+s1", "both")  # "both" = "rgb+ms"
@@ -118,10 +118,19 @@ class Targets:
         if not self.multi_label:
             idx = self.source.index(names[0])
             return torch.tensor(self.mapping[idx] if self.mapping else idx, dtype=torch.long)
-        vec = lbl.multi_hot(names, self.source)
-        if self.mapping is not None:
-            vec = lbl.convert_multi_hot(vec, self.mapping, self.n_classes)
-        return torch.from_numpy(vec.astype(np.float32))
+        index, target = self._lookup
+        out = np.zeros(self.n_classes, dtype=np.float32)
+        for name in names:
+            j = target[index[name]]  # KeyError for a name outside the stored classes
+            if j >= 0:
+                out[j] = 1.0
+        return torch.from_numpy(out)
+
+    @functools.cached_property
+    def _lookup(self) -> tuple[dict[str, int], tuple[int, ...]]:
+        """Stored class name -> stored index, and stored index -> target index (-1: dropped)."""
+        index = {c: i for i, c in enumerate(self.source)}
+        return index, self.mapping or tuple(range(len(self.source)))
 
 
 @dataclass(frozen=True)
