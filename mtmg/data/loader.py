@@ -11,6 +11,7 @@ decode -> batch in workers -> re-batch in the main process). Distributed contrac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -23,8 +24,7 @@ import torch
 import webdataset as wds
 
 from mtmg.data import bands as bnd
-from mtmg.data import labels as lbl
-from mtmg.data import shards, storage, transforms, verify
+from mtmg.data import grids, shards, storage, transforms, verify
 from mtmg.errors import InputError
 
 VIEWS = ("rgb", "ms", "s1", "rgb+ms", "rgb+s1", "both")  # "both" = "rgb+ms"
@@ -120,10 +120,19 @@ class Targets:
         if not self.multi_label:
             idx = self.source.index(names[0])
             return torch.tensor(self.mapping[idx] if self.mapping else idx, dtype=torch.long)
-        vec = lbl.multi_hot(names, self.source)
-        if self.mapping is not None:
-            vec = lbl.convert_multi_hot(vec, self.mapping, self.n_classes)
-        return torch.from_numpy(vec.astype(np.float32))
+        index, target = self._lookup
+        out = np.zeros(self.n_classes, dtype=np.float32)
+        for name in names:
+            j = target[index[name]]  # KeyError for a name outside the stored classes
+            if j >= 0:
+                out[j] = 1.0
+        return torch.from_numpy(out)
+
+    @functools.cached_property
+    def _lookup(self) -> tuple[dict[str, int], tuple[int, ...]]:
+        """Stored class name -> stored index, and stored index -> target index (-1: dropped)."""
+        index = {c: i for i, c in enumerate(self.source)}
+        return index, self.mapping or tuple(range(len(self.source)))
 
 
 @dataclass(frozen=True)
@@ -147,23 +156,23 @@ class Decoder:
     seed: int = 0
     epoch: int = 0
     defer_augment: bool = False  # leave crop/resize/jitter to `device_batch` on the GPU
+    upsample: str = "nearest"  # format 2: how 20/60 m bands reach the 10 m grid
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         key = verify.check_members(sample)["__key__"]
         meta = verify.load_json(sample)
         out: dict[str, Any] = {"__key__": key, "target": self.targets(meta["labels"])}
-        has_ms = "ms.npy" in sample
-        ms = verify.load_array(sample, "ms.npy", len(self.bands)) if has_ms else None
+        wanted = view_inputs(self.view)
+        ms, stored = self._multispectral(sample, "ms" in wanted)
         if ms is not None:
-            rgb = transforms.rgb_from_ms(ms, list(self.bands), self.modality)
+            rgb = transforms.rgb_from_ms(ms, stored, self.modality)
         else:
             rgb = _decode_rgb(sample)
-        wanted = view_inputs(self.view)
         views = {"rgb": rgb}
         if "ms" in wanted:
             if ms is None:
                 raise ValueError(f"sample {key}: the multispectral view needs ms.npy")
-            views["ms"] = transforms.ms_input(ms, list(self.bands))
+            views["ms"] = transforms.ms_input(ms, stored)
         if "s1" in wanted:
             if "s1.npy" not in sample:
                 raise ValueError(f"sample {key}: the S1 view needs s1.npy (shard with --s1)")
@@ -194,6 +203,18 @@ class Decoder:
             out["rgb"] = transforms.normalize(views["rgb"], self.mean, self.std)
         out.update({k: views[k] for k in STUDENT_INPUTS if k in views})
         return out
+
+    def _multispectral(
+        self, sample: dict[str, Any], every_band: bool
+    ) -> tuple[np.ndarray | None, list[str]]:
+        """The stored bands on the 10 m grid and their names: all of them, or for format 2
+        without `every_band` only the RGB composite's (the other grids are not decoded)."""
+        if "ms.npy" in sample:
+            return verify.load_array(sample, "ms.npy", len(self.bands)), list(self.bands)
+        if not grids.has_groups(sample):
+            return None, []
+        names = list(self.bands) if every_band else list(bnd.RGB_BANDS)
+        return verify.read_bands(sample, names, self.upsample), names
 
 
 def _decode_rgb(sample: dict[str, Any]) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mtmg import config
 from mtmg.data import storage
 from mtmg.data.raw import DATASETS, DatasetError, Inventory, Layout, SampleError, make_layout
-from mtmg.data.raw.common import SPLITS, majority_size
+from mtmg.data.raw.common import SPLITS, majority, majority_size
 from mtmg.data.shards import (
     FORMAT_VERSION,
     STATE_DIR,
@@ -46,8 +46,16 @@ class ShardConfig:
     skip_bad: bool = option(
         False, help="leave bad samples out and list them in the manifest instead of stopping"
     )
+    format: int = option(
+        FORMAT_VERSION,
+        help="shard format: 2 stores bands on their native grids, compressed; "
+        "1 stores every band upsampled to the 10 m grid",
+        choices=[1, 2],
+    )
     resample: str = option(
-        "nearest", help="20/60 m bands onto the 10 m grid", choices=["nearest", "bilinear"]
+        "nearest",
+        choices=["nearest", "bilinear"],
+        help="20/60 m bands onto the 10 m grid (format 2: the loader's default way to do it)",
     )
     native_size: int | None = option(
         None, help="expected patch size in pixels (default: the common size of the first patches)"
@@ -76,6 +84,7 @@ def build_layout(cfg: ShardConfig) -> Layout:
         seed=cfg.seed,
         class_names=loc(cfg.class_names) if cfg.class_names else None,
         val_fraction=cfg.val_fraction,
+        native=cfg.format == 2,
     )
 
 
@@ -91,17 +100,30 @@ def make_plan(cfg: ShardConfig) -> tuple[Layout, Inventory, list[ShardTask]]:
     if cfg.limit is not None:
         inventory.items = {s: v[: cfg.limit] for s, v in inventory.items.items()}
     if inventory.n_items == 0:
-        raise DatasetError(f"{cfg.root}: no samples to write (excluded: {len(inventory.excluded)})")
+        raise DatasetError(f"{cfg.root}: no samples to write ({nothing_left(inventory)})")
+    first = next(v for v in inventory.items.values() if v)
     if hasattr(layout, "size"):
-        first = next(v for v in inventory.items.values() if v)
         size = (cfg.native_size,) * 2 if cfg.native_size else majority_size(layout, first)
         layout = dataclasses.replace(layout, size=size)
+    if hasattr(layout, "one_grid"):
+        layout = dataclasses.replace(layout, one_grid=bool(majority(layout.on_one_grid, first)))
     return layout, inventory, plan_tasks(inventory.items, cfg.shard_size)
+
+
+def nothing_left(inventory: Inventory, rejected: list[dict[str, str]] | None = None) -> str:
+    """Why no sample is left to write: what was excluded and rejected, with the first reasons."""
+    rejected = [*inventory.rejected, *(rejected or [])]
+    parts = []
+    for what, entries in (("excluded", inventory.excluded), ("rejected", rejected)):
+        reasons = sorted({e["reason"] for e in entries})
+        shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+        parts.append(f"{len(entries)} {what}" + (f": {shown}" if entries else ""))
+    return ", ".join(parts)
 
 
 def plan_fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -> str:
     content = {
-        "format_version": FORMAT_VERSION,
+        "format_version": cfg.format,
         "dataset": cfg.dataset,
         # not skip_bad: shards are the same either way, except those holding a bad sample
         "options": {k: getattr(cfg, k) for k in ("resample", "shard_size", "seed")},
@@ -138,11 +160,13 @@ def prepare_out(out: Location, fingerprint: str, overwrite: bool) -> None:
     storage.write_json_atomic(fs, plan_path, {"fingerprint": fingerprint})
 
 
-def run_shard(layout: Layout, task: ShardTask, out: Location, skip_bad: bool) -> ShardResult:
+def run_shard(
+    layout: Layout, task: ShardTask, out: Location, skip_bad: bool, version: int = FORMAT_VERSION
+) -> ShardResult:
     """One shard task: `write_shard`, with a StorageError (full disk, read-only, refused: no
     retry helps) returned as the shard's error; other OSErrors are raised, and retried."""
     try:
-        return write_shard(layout, task, out, skip_bad=skip_bad)
+        return write_shard(layout, task, out, skip_bad=skip_bad, version=version)
     except StorageError as e:
         return ShardResult(task.name, error={"kind": "storage", "reason": str(e)})
 

@@ -14,10 +14,11 @@ hold the samples the manifest counts (`mtmg.verify`, whose command also checks s
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 import mtmg
-from mtmg.data import storage
+from mtmg.data import grids, storage
 from mtmg.data.raw.common import (
     SPLITS,
     Inventory,
@@ -36,13 +37,16 @@ from mtmg.data.raw.common import (
     gdal_env,
     input_fingerprint,
 )
+from mtmg.data.raw.s2patch import NATIVE_GROUPS
 from mtmg.data.storage import Location
 from mtmg.data.verify import ShardError, ShardReader, decode_sample
 from mtmg.errors import InputError
 
 FORMAT = "mtmg-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the writer makes by default
+FORMAT_VERSIONS = (1, 2)  # what readers read
 STATE_DIR = ".mtmg"
+TAR_OWNER = {"user": "mtmg", "group": "mtmg", "mtime": 0}
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def write_shard(
     *,
     skip_bad: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    version: int = FORMAT_VERSION,
 ) -> ShardResult:
     """Read every item of `task` and write its tar; a finished shard is kept, not rewritten,
     while its inputs and bytes are still those it was written from and with (`_kept`).
@@ -116,26 +121,32 @@ def write_shard(
         return done
     result = ShardResult(task.name, inputs=inputs)
     pending, t0 = 0, time.perf_counter()
+    names = tuple(layout.header().get("bands", ())) if version == 2 else ()
     with gdal_env():
         try:
-            with storage.atomic_output(fs, final) as f:
-                with wds.TarWriter(f, user="mtmg", group="mtmg", mtime=0) as tar:
-                    for item in task.items:
-                        try:
-                            sample = layout.read(item)
-                        except SampleError as e:
-                            if not skip_bad:
-                                raise
-                            result.rejected.append({**e.to_dict(), "split": task.split})
-                            continue
-                        tar.write({"__key__": item.key, **sample})
-                        result.keys.append(item.key)
-                        result.labels.append(list(sample["json"].get("labels", [])))
-                        pending += 1
-                        if on_progress and pending >= 16:
-                            on_progress(pending)
-                            pending = 0
-                result.sha256, result.bytes = f.sha256.hexdigest(), f.size
+            with contextlib.ExitStack() as stack:
+                tar = f = None  # opened with the first good sample: rejects alone leave no file
+                for item in task.items:
+                    try:
+                        sample = layout.read(item)
+                    except SampleError as e:
+                        if not skip_bad:
+                            raise
+                        result.rejected.append({**e.to_dict(), "split": task.split})
+                        continue
+                    if tar is None:
+                        f = stack.enter_context(storage.atomic_output(fs, final))
+                        tar = stack.enter_context(wds.TarWriter(f, **TAR_OWNER))
+                    tar.write({"__key__": item.key, **encode(sample, version, names)})
+                    result.keys.append(item.key)
+                    result.labels.append(list(sample["json"].get("labels", [])))
+                    pending += 1
+                    if on_progress and pending >= 16:
+                        on_progress(pending)
+                        pending = 0
+                if tar is not None:
+                    tar.close()  # the end blocks, hashed before the file moves into place
+                    result.sha256, result.bytes = f.sha256.hexdigest(), f.size
         except SampleError as e:
             return ShardResult(task.name, error={**e.to_dict(), "split": task.split})
     if on_progress and pending:
@@ -147,18 +158,32 @@ def write_shard(
     return result
 
 
+def encode(sample: dict[str, Any], version: int, names: Sequence[str] = ()) -> dict[str, Any]:
+    """A layout's sample as the members of shard format `version`."""
+    if version == 1:
+        return sample
+    if version == 2:
+        return grids.encode_sample(sample, names)
+    raise ValueError(f"shard format {version} is not one this mtmg writes")
+
+
 def _kept(
     out: Location, task: ShardTask, inputs: str, skip_bad: bool
 ) -> tuple[ShardResult | None, str]:
     """An earlier run's shard if it can be kept, else None and why it is rewritten ("" when it
     was never finished)."""
     fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
-    if not (storage.exists(fs, final) and storage.exists(fs, state)):
+    if not storage.exists(fs, state):
         return None, ""
     try:
         done = ShardResult(**{**storage.read_json(fs, state), "note": ""})
     except (OSError, ValueError, TypeError):
         return None, "rewritten: its resume state was unreadable"
+    if done.count == 0 and done.rejected and skip_bad and done.inputs == inputs:
+        done.resumed = True  # every sample was rejected: there is no file to check
+        return done, ""
+    if not storage.exists(fs, final):
+        return None, ""
     # a shard that left bad samples out is only kept when leaving them out is still wanted
     if done.rejected and not skip_bad:
         return None, ""
@@ -181,17 +206,20 @@ def build_manifest(
     rejected = list(inventory.rejected)
     for r in results:
         split = r.name.split("/", 1)[0]
+        rejected.extend(r.rejected)
+        if not r.count:  # every sample rejected: no file was written
+            continue
         splits[split]["count"] += r.count
         splits[split]["shards"].append(
             {"name": r.name, "count": r.count, "bytes": r.bytes, "sha256": r.sha256}
         )
-        rejected.extend(r.rejected)
     written = sum(v["count"] for v in splits.values())
     header = layout.header()
     size = getattr(layout, "size", None)
+    version = cfg.get("format", 1)
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "dataset": cfg["dataset"],
         **header,
         "native_size": list(size) if size else None,
@@ -209,12 +237,44 @@ def build_manifest(
         "created_by": f"mtmg {mtmg.__version__}",
     }
     if "bands" in header and header.get("modality", "").startswith("S2"):
-        manifest["resampling"] = {
-            "method": cfg["resample"],
-            "note": "20 m bands x2 and 60 m bands x6 onto the 10 m grid; 10 m bands unchanged"
-            + ("; a source band is exactly x[::f, ::f]" if cfg["resample"] == "nearest" else ""),
-        }
+        manifest["resampling"] = resampling_note(cfg["resample"], layout, version)
+        if version == 2:
+            manifest["fields"] = grid_fields(manifest["fields"], layout, header["bands"])
+            manifest["ms_codec"] = dict(grids.CODEC)
     return manifest
+
+
+def resampling_note(method: str, layout: Layout, version: int = 1) -> dict[str, str]:
+    """What the set did to bands coarser than 10 m, for the manifest."""
+    size = getattr(layout, "size", None)
+    if getattr(layout, "one_grid", False):
+        grid = f" ({size[0]}x{size[1]})" if size else ""
+        note = f"the source stores every band on one grid{grid}: stored as read, none resampled"
+        return {"method": "none", "note": note}
+    if version == 2:
+        note = (
+            "bands stored on their native 10/20/60 m grids; the loader brings them onto the "
+            f"10 m grid, by default with {method} (iter_samples: nearest, so a source band "
+            "is exactly x[::f, ::f])"
+        )
+        return {"method": method, "note": note}
+    note = "20 m bands x2 and 60 m bands x6 onto the 10 m grid; 10 m bands unchanged"
+    if method == "nearest":
+        note += "; a source band is exactly x[::f, ::f]"
+    return {"method": method, "note": note}
+
+
+def grid_fields(fields: dict[str, str], layout: Layout, names: Sequence[str]) -> dict[str, str]:
+    """A layout's fields with `ms.npy` replaced by the grid members format 2 stores."""
+    out = {k: v for k, v in fields.items() if k != "ms.npy"}
+    native = getattr(layout, "native", False) and not getattr(layout, "one_grid", False)
+    groups = NATIVE_GROUPS if native else [(tuple(names), 1)]
+    for group, factor in groups:
+        out[grids.member_name(factor)] = (
+            f"uint16 {len(group)} x H/{factor} x W/{factor}: bands {', '.join(group)} on the "
+            f"{10 * factor} m grid; zstd, byte-shuffled, behind an MTG2 header (mtmg.data.grids)"
+        )
+    return out
 
 
 def write_index(out: Location, results: list[ShardResult]) -> None:
@@ -254,8 +314,11 @@ def load_manifest(out: str | Location) -> dict[str, Any]:
     except ValueError as e:
         raise ShardError(f"{path}: unreadable ({e}); re-run data_prep/shard.py for {loc}") from e
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION or manifest.get("format") != FORMAT:
-        raise ShardError(f"{path}: not an mtmg shard manifest of version {FORMAT_VERSION}")
+    if version not in FORMAT_VERSIONS or manifest.get("format") != FORMAT:
+        raise ShardError(
+            f"{path}: not an mtmg shard manifest of a version this mtmg reads "
+            f"({', '.join(map(str, FORMAT_VERSIONS))}; it says {version!r})"
+        )
     return manifest
 
 
@@ -287,7 +350,7 @@ def iter_samples(out: str | Location, split: str, *, decode: bool = True) -> Ite
     manifest = load_manifest(loc)
     urls = shard_paths(loc, split, manifest)
     for sample in ShardReader(loc, split, manifest)({"url": url} for url in urls):
-        yield decode_sample(sample, len(manifest["bands"])) if decode else sample
+        yield decode_sample(sample, manifest["bands"]) if decode else sample
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

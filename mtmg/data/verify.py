@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,20 +27,15 @@ from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from mtmg import errors
-from mtmg.data import bands, storage
+from mtmg.data import bands, grids, storage
 from mtmg.data.storage import Location
 from mtmg.errors import MtmgError
 
-# the members a sample may hold; anything else (a pickle, a torch file...) is refused unread
-MEMBERS = frozenset(
-    [
-        "ms.npy",
-        "s1.npy",
-        "json",
-        "cls",
-        *(f"rgb.{e}" for e in ("jpg", "jpeg", "png", "tif", "tiff")),
-    ]
-)
+# the members a sample may hold, per format version; anything else (a pickle, a torch file...)
+# is refused unread
+_COMMON = ["s1.npy", "json", "cls", *(f"rgb.{e}" for e in ("jpg", "jpeg", "png", "tif", "tiff"))]
+MEMBERS_OF = {1: frozenset(["ms.npy", *_COMMON]), 2: frozenset([*grids.MEMBERS, *_COMMON])}
+MEMBERS = MEMBERS_OF[1] | MEMBERS_OF[2]
 ARRAYS = {"ms.npy": np.dtype(np.uint16), "s1.npy": np.dtype(np.float32)}
 RECOVER = "re-shard that set (data_prep/shard.py) or check it with `python -m mtmg.verify SET`"
 
@@ -65,19 +60,29 @@ def check_files(out: str | Location, manifest: dict[str, Any]) -> None:
         )
 
 
-def check_members(sample: dict[str, Any]) -> dict[str, Any]:
+def check_members(sample: dict[str, Any], allowed: frozenset[str] = MEMBERS) -> dict[str, Any]:
     """The sample itself if it holds only members the shard format defines, else ShardError.
 
     Runs before anything is decoded: a `.pyd` or `.pth` member would run code when unpickled.
     """
-    extra = sorted(k for k in sample if not k.startswith("__") and k not in MEMBERS)
+    extra = sorted(k for k in sample if not k.startswith("__") and k not in allowed)
     if extra:
         names = ", ".join(f"{sample.get('__key__')}.{k}" for k in extra)
         raise ShardError(
             f"{sample.get('__url__')}: member(s) {names} are not part of the shard format "
-            f"(a sample holds {', '.join(sorted(MEMBERS))}); refusing to read it: {RECOVER}"
+            f"(a sample holds {', '.join(sorted(allowed))}); refusing to read it: {RECOVER}"
         )
     return sample
+
+
+def read_bands(sample: dict[str, Any], names: Sequence[str], method: str = "nearest") -> np.ndarray:
+    """Bands `names` of a format 2 sample on its 10 m grid (`grids.read_bands`); a member that
+    does not decode is a ShardError naming the sample and its shard."""
+    try:
+        return grids.read_bands(sample, names, method)
+    except grids.GroupError as e:
+        where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
+        raise ShardError(f"{where}: {e}; {RECOVER}") from e
 
 
 def load_array(sample: dict[str, Any], member: str, channels: int) -> np.ndarray:
@@ -113,12 +118,15 @@ def load_json(sample: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def decode_sample(sample: dict[str, Any], n_bands: int) -> dict[str, Any]:
+def decode_sample(sample: dict[str, Any], band_names: Sequence[str]) -> dict[str, Any]:
     """A checked sample's members as values: arrays, the json object, the class index; image
-    bytes stay bytes."""
-    out = dict(sample)
-    for member, channels in (("ms.npy", n_bands), ("s1.npy", len(bands.S1))):
-        if member in out:
+    bytes stay bytes. Either format gives `ms.npy` on the 10 m grid (format 2's grid members
+    upsampled by nearest neighbour)."""
+    out = {k: v for k, v in sample.items() if k not in grids.MEMBERS}
+    if grids.has_groups(sample):
+        out["ms.npy"] = read_bands(sample, band_names)
+    for member, channels in (("ms.npy", len(band_names)), ("s1.npy", len(bands.S1))):
+        if member in sample:
             out[member] = load_array(sample, member, channels)
     out["json"] = load_json(sample)
     if "cls" in out:
@@ -137,6 +145,7 @@ class ShardReader:
         entries = manifest["splits"][split]["shards"]
         self.expect = {loc.join(e["name"]).uri: (e["count"], e.get("bytes")) for e in entries}
         self.fields = tuple(f.replace("<ext>", "") for f in manifest.get("fields", {}))
+        self.allowed = MEMBERS_OF[manifest.get("format_version", 1)]
 
     def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for shard in src:
@@ -154,7 +163,7 @@ class ShardReader:
             with loc.fs.open_input_stream(loc.path) as stream:
                 for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
                     n += 1
-                    yield self.complete(check_members(sample))
+                    yield self.complete(check_members(sample, self.allowed))
         except (tarfile.TarError, OSError) as e:
             raise ShardError(
                 f"{url}: unreadable or truncated after {n} samples ({e}); {RECOVER}"

@@ -21,12 +21,13 @@ from mtmg.data.prep import (
     EPILOG,
     ShardConfig,
     make_plan,
+    nothing_left,
     plan_fingerprint,
     prepare_out,
     raise_error,
     run_shard,
 )
-from mtmg.data.raw import DATASETS, Layout, SampleError
+from mtmg.data.raw import DATASETS, DatasetError, Layout, SampleError
 from mtmg.data.shards import ShardResult, ShardTask, build_manifest, summary_table, write_index
 from mtmg.data.storage import Location, StorageError
 from mtmg.runtime import cluster
@@ -57,7 +58,7 @@ def run_tasks(
         while todo or pending:
             while todo and len(pending) < workers:
                 task = todo.pop()
-                pending[_shard_task.remote(layout, task, out, cfg.skip_bad)] = task
+                pending[_shard_task.remote(layout, task, out, cfg.skip_bad, cfg.format)] = task
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 task = pending.pop(ref)
@@ -101,6 +102,12 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     prepare_out(out, plan_fingerprint(cfg, layout, tasks), cfg.overwrite)
     with cluster.interruptible("sharding"):
         results = run_tasks(cfg, layout, tasks, out)
+    if not any(r.count for r in results):
+        rejected = [x for r in results for x in r.rejected]
+        raise DatasetError(
+            f"{cfg.root}: no sample was written ({nothing_left(inventory, rejected)}); "
+            "no manifest was written"
+        )
     manifest = build_manifest(config.to_dict(cfg), layout, inventory, results)
     write_index(out, results)
     storage.write_json_atomic(out.fs, out.child_path("manifest.json"), manifest)

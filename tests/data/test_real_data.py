@@ -1,4 +1,4 @@
-"""The real samples in tests/data/real have the facts docs/datasets.md states (real reads)."""
+"""The real samples in tests/fixtures/real have the facts docs/datasets.md states (real reads)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sharding the real BigEarthNet and EuroSAT files in tests/data/real (see PROVENANCE.md)."""
+"""Sharding the real BigEarthNet and EuroSAT files in tests/fixtures/real (see PROVENANCE.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from mtmg.data import bands, labels, shards
-from mtmg.data.raw import SampleError
+from mtmg.data.raw import DatasetError, SampleError
 
 from conftest import REAL
 
@@ -83,9 +83,10 @@ def test_bigearthnet_v2_real_s1_pair_missing_is_named(shard, tmp_path):
     with pytest.raises(SampleError, match=r"75_43_VV\.tif\): file is missing"):
         shard("bigearthnet-v2", REAL / "bigearthnet_v2", s1=s1)
     assert not (tmp_path / "out-bigearthnet-v2" / "manifest.json").exists()
-    m = shard("bigearthnet-v2", REAL / "bigearthnet_v2", s1=s1, skip_bad=True, overwrite=True)
-    assert m["summary"] == {"inputs": 1, "written": 0, "excluded": 0, "rejected": 1}
-    assert m["rejected"][0]["file"].endswith("_33UUP_75_43_VV.tif")
+    # with --skip-bad nothing is left to write: that is an error saying why, not an empty set
+    with pytest.raises(DatasetError, match=r"no sample was written .*1 rejected: file is missing"):
+        shard("bigearthnet-v2", REAL / "bigearthnet_v2", s1=s1, skip_bad=True, overwrite=True)
+    assert not (tmp_path / "out-bigearthnet-v2" / "manifest.json").exists()
 
 
 def test_eurosat_ms_real_files_reordered_to_l1c(shard, tmp_path):

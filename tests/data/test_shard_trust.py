@@ -27,13 +27,14 @@ from conftest import REPO
 
 @pytest.fixture(scope="module")
 def ben_set(tmp_path_factory, ray_session):
-    """A finished BigEarthNet set with S1 (12 patches of 60 px, 3 per shard); never modified."""
+    """A finished BigEarthNet set of format 1 with S1 (12 patches of 60 px, 3 per shard); never
+    modified. Format 2's own members: tests/data/test_shard_format.py."""
     root = tmp_path_factory.mktemp("raw")
     synth.make_bigearthnet(root, n_patches=12, size=60, s1=True, seed=4)
     out = tmp_path_factory.mktemp("set")
     prep.shard(
         prep.ShardConfig(
-            "bigearthnet", str(root), str(out), s1=str(root), shard_size=3, progress=False
+            "bigearthnet", str(root), str(out), s1=str(root), shard_size=3, format=1, progress=False
         )
     )
     return out

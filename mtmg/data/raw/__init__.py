@@ -32,13 +32,15 @@ def make_layout(
     seed: int = 0,
     class_names: Location | None = None,
     val_fraction: float = 0.1,
+    native: bool = False,
 ) -> Layout:
-    """The reader for `dataset` (a key of DATASETS) rooted at `root`."""
+    """The reader for `dataset` (a key of DATASETS) rooted at `root`; `native` reads bands on
+    their own grids where a source stores them so (shard format 2)."""
     common = {"root": root, "splits": splits, "skip_bad": skip_bad}
     if dataset == "bigearthnet":
-        return BigEarthNetV1(**common, s1=s1, resample=resample)
+        return BigEarthNetV1(**common, s1=s1, resample=resample, native=native)
     if dataset == "bigearthnet-v2":
-        return BigEarthNetV2(**common, s1=s1, resample=resample)
+        return BigEarthNetV2(**common, s1=s1, resample=resample, native=native)
     if s1 is not None:
         raise DatasetError(f"--s1 pairs Sentinel-1 patches with BigEarthNet only, not {dataset}")
     if dataset == "eurosat-ms":

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from mtmg.data import bands, labels, storage
@@ -25,13 +24,11 @@ from mtmg.data.raw.common import (
     Item,
     Layout,
     SampleError,
-    as_uint16,
     assign_from_lists,
     find_split_files,
-    georef,
     open_raster,
-    upsample,
 )
+from mtmg.data.raw.s2patch import grid_size, on_one_grid, read_s1, read_s2
 from mtmg.data.storage import Location
 
 S2_V1_DIR = "BigEarthNet-v1.0"
@@ -76,64 +73,6 @@ def official_s2_to_s1() -> dict[str, str]:
 
 def _official_version() -> str:
     return f"bigearthnet-common {importlib.metadata.version('bigearthnet-common')}"
-
-
-# --------------------------------------------------------------------- shared patch reading
-
-
-def read_s2(
-    loc: Location,
-    band_paths: dict[str, str],
-    key: str,
-    size: tuple[int, int] | None,
-    resample: str,
-    with_georef: bool = True,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read the 12 L2A band files of a patch into one 12 x H x W uint16 array (10 m grid).
-
-    `with_georef` adds the CRS and transform of the 10 m grid (parsing a CRS costs as much as
-    reading three bands; v1 patches carry theirs in the metadata JSON already).
-    """
-    ref_band = "B02"
-    with open_raster(loc, band_paths[ref_band], key, georef=with_georef) as ds:
-        ref = ds.read(1)
-        geo = georef(ds) if with_georef else {}
-    h, w = ref.shape
-    if size is not None and (h, w) != tuple(size):
-        raise SampleError(
-            key,
-            f"10 m band {ref_band} is {h}x{w}, dataset patches are {size[0]}x{size[1]}",
-            band_paths[ref_band],
-        )
-    out = np.empty((len(bands.S2_L2A), h, w), dtype=np.uint16)
-    for i, band in enumerate(bands.S2_L2A):
-        path = band_paths[band]
-        factor = bands.S2_GSD[band] // 10
-        if band == ref_band:
-            out[i] = as_uint16(ref, key, path)
-            continue
-        with open_raster(loc, path, key, georef=False) as ds:
-            arr = ds.read(1)
-            if arr.shape != (h // factor, w // factor) or h % factor or w % factor:
-                want = f"{h // factor}x{w // factor}"
-                raise SampleError(
-                    key, f"band {band} is {arr.shape[0]}x{arr.shape[1]}, expected {want}", path
-                )
-            out[i] = as_uint16(upsample(arr, factor, resample, ds), key, path)
-    return out, geo
-
-
-def read_s1(loc: Location, s1_dir: str, s1_name: str, key: str, hw: tuple[int, int]) -> np.ndarray:
-    """VV and VH backscatter (dB, float32) of the paired S1 patch, in that order."""
-    out = np.empty((len(bands.S1), *hw), dtype=np.float32)
-    for i, pol in enumerate(bands.S1):
-        path = f"{s1_dir}/{s1_name}_{pol}.tif"
-        with open_raster(loc, path, key, georef=False) as ds:
-            arr = ds.read(1)
-        if arr.shape != hw:
-            raise SampleError(key, f"S1 {pol} is {arr.shape}, expected {hw}", path)
-        out[i] = arr
-    return out
 
 
 def check_labels(names: list[str], classes: tuple[str, ...], key: str, path: str) -> list[str]:
@@ -186,11 +125,20 @@ class _BigEarthNet(Layout):
     skip_bad: bool = False
     resample: str = "nearest"
     size: tuple[int, int] | None = None
+    one_grid: bool = False  # every band stored at the 10 m size (nothing to resample)
+    native: bool = False  # read bands as stored, in grid groups (shard format 2)
 
     def sample_size(self, item: Item) -> tuple[int, int]:
         path = f"{item.ref[0]}/{item.key}_B02.tif"
         with open_raster(self.root, path, item.key, georef=False) as ds:
             return ds.height, ds.width
+
+    def on_one_grid(self, item: Item) -> bool:
+        """Whether the patch stores every band at the size of its 10 m bands."""
+        return on_one_grid(self.root, self._band_paths(item), item.key)
+
+    def _band_paths(self, item: Item) -> dict[str, str]:
+        return {b: f"{item.ref[0]}/{item.key}_{b}.tif" for b in bands.S2_L2A}
 
     def sources(self, item: Item) -> list[tuple[Location, str]]:
         key, (patch_dir, s1_dir) = item.key, item.ref
@@ -202,13 +150,20 @@ class _BigEarthNet(Layout):
 
     def _read_patch(self, item: Item, with_georef: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """The sample's arrays (S2, and S1 when paired) and the georeferencing record."""
-        key, (patch_dir, s1_dir) = item.key, item.ref
-        paths = {b: f"{patch_dir}/{key}_{b}.tif" for b in bands.S2_L2A}
-        ms, geo = read_s2(self.root, paths, key, self.size, self.resample, with_georef)
-        sample: dict[str, Any] = {"ms.npy": ms}
+        key, s1_dir = item.key, item.ref[1]
+        sample, geo = read_s2(
+            self.root,
+            self._band_paths(item),
+            key,
+            self.size,
+            self.resample,
+            with_georef,
+            one_grid=self.one_grid,
+            native=self.native,
+        )
         if s1_dir:
             s1_name = s1_dir.rsplit("/", 1)[1]
-            sample["s1.npy"] = read_s1(self.s1, s1_dir, s1_name, key, ms.shape[1:])
+            sample["s1.npy"] = read_s1(self.s1, s1_dir, s1_name, key, grid_size(sample))
             geo["s1"] = {"patch": s1_name}
         return sample, geo
 

@@ -236,38 +236,54 @@ def assign_from_lists(
 ) -> tuple[dict[str, list[str]], list[dict[str, str]], list[dict[str, str]]]:
     """Split the tree's keys by user split files.
 
-    Returns (keys per split, excluded, rejected). A listed name the tree lacks is bad input:
-    an error naming the split file, or a rejection with `skip_bad`.
+    Returns (keys per split, excluded, rejected). A listed name the tree lacks, or one listed in
+    two split files, is bad input: an error naming it and the split file(s), or a rejection with
+    `skip_bad` (a name in two files is then left out of both).
     """
-    out: dict[str, list[str]] = {s: [] for s in SPLITS}
-    rejected, seen = [], set()
+    listed: dict[str, list[str]] = {}
     for split, path in lists.items():
         for name in map(key_fn, read_split_list(loc, path)):
-            if name in seen:
-                continue
-            seen.add(name)
-            if name not in tree:
-                err = SampleError(name, f"listed in split file but not in the tree ({split})", path)
-                if not skip_bad:
-                    raise err
-                rejected.append({**err.to_dict(), "split": split})
-            else:
-                out[split].append(name)
+            splits = listed.setdefault(name, [])
+            if split not in splits:
+                splits.append(split)
+    out: dict[str, list[str]] = {s: [] for s in SPLITS}
+    rejected = []
+    for name, splits in listed.items():
+        if len(splits) > 1:
+            files = " and ".join(lists[s] for s in splits)
+            err = SampleError(
+                name, f"listed in {len(splits)} split files ({files})", lists[splits[1]]
+            )
+        elif name not in tree:
+            path = lists[splits[0]]
+            err = SampleError(name, f"listed in split file but not in the tree ({splits[0]})", path)
+        else:
+            out[splits[0]].append(name)
+            continue
+        if not skip_bad:
+            raise err
+        rejected.append({**err.to_dict(), "split": splits[0]})
     excluded = [
-        {"key": k, "reason": "not in any split file"} for k in sorted(tree) if k not in seen
+        {"key": k, "reason": "not in any split file"} for k in sorted(tree) if k not in listed
     ]
     return {s: sorted(v) for s, v in out.items()}, excluded, rejected
 
 
 def majority_size(layout: Layout, items: Sequence[Item], probe: int = 16) -> tuple[int, int] | None:
     """The most common 10 m grid size among the first `probe` items (None if sizes may vary)."""
-    sizes = []
+    return majority(layout.sample_size, items, probe)
+
+
+def majority(look: Callable[[Item], Any], items: Sequence[Item], probe: int = 16) -> Any:
+    """The most common answer of `look` among the first `probe` items whose files it can read
+    (None when it answers None for one of them, or none can be read)."""
+    found = []
     for item in items[:probe]:
         try:
-            size = layout.sample_size(item)
+            value = look(item)
         except SampleError:
             continue
-        if size is None:
+        if value is None:
             return None
-        sizes.append(size)
-    return Counter(sizes).most_common(1)[0][0] if sizes else None
+        found.append(value)
+    return Counter(found).most_common(1)[0][0] if found else None
