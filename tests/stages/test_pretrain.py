@@ -14,6 +14,7 @@ from mtmg.data import labels
 from mtmg.models.clip import load_clip
 from mtmg.models.heads import build_zeroshot_weights
 from mtmg.models.weights import weights_fingerprint
+from mtmg.stages.pretrain.command import main
 from mtmg.stages.pretrain.config import (
     CHECKPOINT,
     DEFAULT_TEMPLATES,
@@ -23,7 +24,7 @@ from mtmg.stages.pretrain.config import (
 )
 from mtmg.stages.pretrain.contrastive import encode_captions
 from mtmg.stages.pretrain.contrastive import zeroshot_accuracy as zs_acc
-from mtmg.stages.pretrain.driver import main, pretrain
+from mtmg.stages.pretrain.driver import pretrain
 from mtmg.stages.pretrain.render import heldout_set
 
 # Far above the 16.7 % chance, with room for seeds and BLAS differences (bench/results/NOTES.md).
