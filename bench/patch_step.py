@@ -34,7 +34,9 @@ from mtmg.models import clip, heads
 
 
 def make_shards(work: Path, n: int, size: int) -> loader.ShardSet:
-    """Generated BigEarthNet patches, sharded without Ray (the loader benchmark needs none)."""
+    """Generated BigEarthNet patches, sharded without Ray (the loader benchmark needs none), in
+    shard format 1 (what the Ray Data path below decodes; bench/shard_format.py compares
+    the formats)."""
     import dataclasses
 
     from mtmg.data.shards import build_manifest, plan_tasks, write_index, write_shard
@@ -42,12 +44,13 @@ def make_shards(work: Path, n: int, size: int) -> loader.ShardSet:
     raw, out = work / "raw", work / "shards"
     synth.make_bigearthnet(raw, n_patches=n, s1=False, seed=1, size=size)
     layout = make_layout("bigearthnet", storage.location(str(raw)))
-    plan = layout.plan()
+    inventory = layout.scan()
     layout = dataclasses.replace(layout, size=(size, size))
-    tasks = plan_tasks(plan.items, 64)
-    res = [write_shard(layout, t, storage.location(str(out))) for t in tasks]
+    tasks = plan_tasks(inventory.items, 64)
+    res = [write_shard(layout, t, storage.location(str(out)), version=1) for t in tasks]
     write_index(storage.location(str(out)), res)
-    manifest = build_manifest({"dataset": "bigearthnet", "resample": "nearest"}, layout, plan, res)
+    cfg = {"dataset": "bigearthnet", "resample": "nearest", "format": 1}
+    manifest = build_manifest(cfg, layout, inventory, res)
     storage.write_json_atomic(storage.location(str(out)).fs, str(out / "manifest.json"), manifest)
     return loader.ShardSet.open(str(out))
 
