@@ -222,7 +222,7 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
             "1",
         ),
     ]
-    env = {**os.environ, faults.ENV: "trial_delay=2"}
+    env = {**os.environ, faults.ENV: "trial_delay=4"}
     proc = subprocess.Popen(
         argv,
         cwd=REPO,
