@@ -1,6 +1,7 @@
 """data_prep/shard.py on generated raw trees of every supported layout (real Ray, rasterio,
 webdataset): contents, determinism, resume and what it keeps, bad input, unwritable or full
-OUT, URIs, the CLI."""
+OUT, URIs, the CLI. One file for the one command: its tests share the generated trees and the
+session's Ray (format 2's own members: test_shard_format.py; real trees: test_shard_trees.py)."""
 
 from __future__ import annotations
 

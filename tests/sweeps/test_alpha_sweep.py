@@ -1,7 +1,9 @@
 """The alpha sweep end to end: real Ray Tune, a tiny open_clip, generated shards.
 
 One module fixture fine-tunes once through the sweep's own `--data` mode; the other tests sweep
-that patch run. Reference numbers come from a plain loop without Ray (`brute_force`).
+that patch run. Reference numbers come from a plain loop without Ray (`brute_force`). One file
+because every test reuses that one fine-tune (the costly part); the sweep's pieces have their own
+files (test_alpha_early, test_alpha_selection, test_alpha_trial).
 """
 
 from __future__ import annotations
