@@ -146,6 +146,11 @@ def test_imagenet_is_scored_over_its_1000_classes_with_clips_names_and_templates
         shard("imagenet", tmp_path / "val", out=tmp_path / "o2")
 
 
+def test_a_val_fraction_outside_0_1_is_refused(tmp_path):
+    with pytest.raises(DatasetError, match=r"--val-fraction 1.5: must be in \[0, 1\)"):
+        make_layout("imagenet", storage.location(tmp_path), val_fraction=1.5)
+
+
 def test_deterministic_bytes_across_runs_and_worker_counts(shard, tmp_path, ben_tree):
     root, _ = ben_tree
     m1 = shard("bigearthnet", root, out=tmp_path / "a", shard_size=7, workers=1)
