@@ -106,3 +106,26 @@ def plot_loss_curves(
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, path)
+
+
+def plot_paired_bars(
+    labels: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str = "",
+) -> None:
+    """One group of bars per label, one bar per series (None: no bar), e.g. paper vs mtmg."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(labels)), 4), dpi=120)
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + i * width for j, v in enumerate(values) if v is not None]
+        ax.bar(xs, [v for v in values if v is not None], width, label=name)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    save_figure(fig, path)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mtmg.errors import InputError
-from mtmg.sweeps.paper import driver, spec, steps
+from mtmg.sweeps.paper import driver, published, spec, steps
 
 from conftest import REPO
 
@@ -86,3 +86,23 @@ def test_dry_run_writes_each_stage_config_and_reruns_decide_per_stage(tmp_path, 
         assert yaml.safe_load((out / "specs" / f"{name}.yaml").read_text())["overwrite"] is True
     assert driver.main([*args, "--redo", "alphas"]) == 2
     assert "--redo ['alphas']: not a stage" in capsys.readouterr().err
+
+
+def test_published_gains_sit_beside_the_measured_ones():
+    def row(model, dataset, metric, value):
+        return {"model": model, "dataset": dataset, "metric": metric, "value": value}
+
+    rows = [
+        row("zero-shot CLIP", "bigearthnet", "mAP", 20.0),  # unnamed: BigEarthNet-19
+        row("patched CLIP (alpha=0.6)", "bigearthnet", "mAP", 70.0),
+        row("zero-shot CLIP", "bigearthnet:ben5", "mAP", 40.0),
+        row("patched CLIP (alpha=0.6)", "bigearthnet:ben5", "mAP", 75.5),
+        row("zero-shot CLIP", "eurosat-ms", "top1", 30.0),
+        row("patched CLIP (alpha=0.6)", "eurosat-ms", "mAP", 99.0),  # another metric
+    ]
+    comp = {c["result"].split()[0]: c for c in published.comparison(rows)}
+    assert comp["BigEarthNet-19"]["mtmg"] == 50.0 and comp["BigEarthNet-19"]["paper"] == 56.86
+    assert comp["BigEarthNet-5"]["mtmg"] == 35.5 and comp["BigEarthNet-5"]["column"].endswith("5")
+    assert comp["BigEarthNet-43"]["mtmg"] is None and comp["EuroSAT"]["mtmg"] is None
+    table = published.markdown(published.comparison(rows))
+    assert "| BigEarthNet-5 mAP: patched - zero-shot CLIP | +39.76 | +35.50 |" in table

@@ -124,13 +124,20 @@ def _stage(
 
 def report(out: Path, names: list[str]) -> dict[str, Any]:
     """`mtmg.report` over the finished stages, and the paper's figures beside mtmg's."""
-    from mtmg.report import build
+    from mtmg.report import build, tables
 
     dirs = [out / n for n in names if steps.step(n).reported]
     summary = build.build(dirs, out / REPORT)
     comp = published.comparison(summary["rows"])
     md = published.markdown(comp)
-    (out / REPORT / "paper.json").write_text(json.dumps(comp, indent=1))
+    tables.write_table(comp, out / REPORT / "paper")
+    tables.plot_paired_bars(
+        [p.name for p in published.PATCHING_GAINS],
+        {"paper": [c["paper"] for c in comp], "mtmg": [c["mtmg"] for c in comp]},
+        out / REPORT / "paper_gains.png",
+        title="patched - zero-shot CLIP (RGB)",
+        ylabel="gain (points)",
+    )
     text = ["# The paper's figures beside mtmg's", "", md, "", "# mtmg's tables", ""]
     text += [*summary["table"], ""]
     (out / REPORT / "paper.md").write_text("\n".join(text))
@@ -145,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "The paper's protocol in one command: alpha sweep, alignment and the report, each "
         "stage with the options of its section in --spec, skipped when it finished with them.",
         "outputs in --out: one dir per stage, specs/<stage>.yaml (what it ran with),\n"
-        "steps.json, report/ (summary.md, table.csv/.parquet, paper.md: the paper's\n"
-        "published figures beside mtmg's, plots). Interrupted: run the same command again.",
+        "steps.json, report/ (summary.md, table.csv/.parquet, paper.md/.csv/.parquet and\n"
+        "paper_gains.png: the paper's published figures beside mtmg's, plots).\n"
+        "Interrupted: run the same command again.",
     )
     try:
         summary = run(cfg)
