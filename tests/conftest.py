@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import DEVNULL
 
 import pytest
 
@@ -184,3 +188,44 @@ def cli(tmp_path_factory) -> CliRuns:
         stdout, stderr = p.communicate(timeout=300)
         out[name] = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
     return CliRuns(tmp, out)
+
+
+def finished_trials(exp: Path) -> dict[str, dict]:
+    """{trial dir: last result} of the trials of Tune experiment `exp` that finished."""
+    out = {}
+    for f in exp.glob("*/result.json"):
+        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if lines and lines[-1].get("done_training"):
+            out[f.parent.name] = lines[-1]
+    return out
+
+
+def kill_midway(argv: list[str], exp: Path, *, trials: int, delay: float) -> dict[str, dict]:
+    """Run the sweep `argv` with every trial slowed by `delay` s and SIGKILL its process group
+    once `trials` trials finished and Tune saved its state; returns those trials' results."""
+    from mtmg import faults
+
+    env = {**os.environ, faults.ENV: f"trial_delay={delay}"}
+    proc = subprocess.Popen(
+        argv, cwd=REPO, start_new_session=True, stdout=DEVNULL, stderr=DEVNULL, env=env
+    )
+    try:
+        deadline = time.time() + 300
+        while len(finished_trials(exp)) < trials:
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended too early"
+            time.sleep(0.2)
+        done = finished_trials(exp)
+        time.sleep(1.5)  # the experiment state is saved every second
+        assert proc.poll() is None, "the sweep ended before it was killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return done
+
+
+def assert_not_rerun(table: list[dict], done: dict[str, dict]) -> None:
+    """The trials that finished before the kill kept the first driver's results."""
+    rows = {Path(x["path"]).name: x for x in table}
+    for trial, result in done.items():
+        assert rows[trial]["pid"] == result["pid"]
+        assert rows[trial]["timestamp"] == result["timestamp"]

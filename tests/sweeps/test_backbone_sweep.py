@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtmg import config, faults, prep, synth
+from mtmg import config, prep, synth
 from mtmg.models import clip, student, weights
 from mtmg.stages.align import driver as align
 from mtmg.stages.patch import driver as patch
 from mtmg.sweeps import trials
 from mtmg.sweeps.backbone import driver as backbone_sweep
 
-from conftest import REPO
+from conftest import REPO, assert_not_rerun, finished_trials, kill_midway
 
 SCRIPT = str(REPO / "sweeps" / "backbone_sweep.py")
 STUDENT = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}'
@@ -220,15 +217,6 @@ def test_align_stage_students_and_inits(sets, tmp_path):
     assert (out / "backbone_heatmap.png").exists()
 
 
-def _finished(exp: Path) -> dict[str, dict]:
-    out = {}
-    for f in exp.glob("*/result.json"):
-        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if lines and lines[-1].get("done_training"):
-            out[f.parent.name] = lines[-1]
-    return out
-
-
 def test_resume_after_the_driver_is_killed(sets, tmp_path):
     out = tmp_path / "resume"
     argv = [
@@ -248,37 +236,16 @@ def test_resume_after_the_driver_is_killed(sets, tmp_path):
             "1",
         ),
     ]
-    env = {**os.environ, faults.ENV: "trial_delay=6"}
-    proc = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
     exp = out / "tune" / backbone_sweep.NAME
-    try:
-        deadline = time.time() + 300
-        while len(_finished(exp)) < 1:
-            assert proc.poll() is None and time.time() < deadline, "the sweep ended too early"
-            time.sleep(0.2)
-        done = _finished(exp)
-        time.sleep(1.5)  # the experiment state is saved every second
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    done = kill_midway(argv, exp, trials=1, delay=6)
     assert not (out / "summary.json").exists()
-    assert len(_finished(exp)) < 2  # killed mid-sweep
+    assert len(finished_trials(exp)) < 2  # killed mid-sweep
     # the resumed driver: this process, on the tests' Ray session (no second start-up)
     assert backbone_sweep.main([*argv[2:], "--resume"]) == 0
     table = _table(out)
     assert sorted(x["config/dataset"] for x in table) == ["bigearthnet", "eurosat-ms"]
     assert {x["status"] for x in table} == {"TERMINATED"}
-    rows = {Path(x["path"]).name: x for x in table}
-    for trial, result in done.items():  # not re-run: the result of the first driver
-        assert rows[trial]["pid"] == result["pid"]
-        assert rows[trial]["timestamp"] == result["timestamp"]
+    assert_not_rerun(table, done)  # not re-run: the results of the first driver
 
 
 def test_optuna_on_a_running_cluster(local_cluster, sets, tmp_path):

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from mtmg import config, faults, prep, synth
+from mtmg import config, prep, synth
 from mtmg.stages.align import driver as align
 from mtmg.sweeps import loss as loss_sweep
 from mtmg.sweeps import options
 
-from conftest import REPO
+from conftest import REPO, assert_not_rerun, kill_midway
 
 SCRIPT = str(REPO / "sweeps" / "loss_sweep.py")
 STUDENT = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}'
@@ -138,15 +135,6 @@ def test_optuna_with_asha(shards, tmp_path):
     assert any(r.get("done_training") for r in rows)
 
 
-def _finished(exp: Path) -> dict[str, dict]:
-    out = {}
-    for f in exp.glob("trial_*/result.json"):
-        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if lines and lines[-1].get("done_training"):
-            out[f.parent.name] = lines[-1]
-    return out
-
-
 def test_resume_after_the_driver_is_killed(shards, tmp_path):
     out = tmp_path / "resume"
     argv = [
@@ -167,37 +155,15 @@ def test_resume_after_the_driver_is_killed(shards, tmp_path):
             "1",
         ),
     ]
-    env = {**os.environ, faults.ENV: "trial_delay=1.5"}
-    proc = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
     exp = out / "tune" / loss_sweep.NAME
-    try:
-        deadline = time.time() + 300
-        while len(_finished(exp)) < 2:
-            assert proc.poll() is None and time.time() < deadline, "the sweep ended too early"
-            time.sleep(0.2)
-        done = _finished(exp)
-        time.sleep(1.2)  # the experiment state is saved every second
-        assert proc.poll() is None, "the sweep ended before it was killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    done = kill_midway(argv, exp, trials=2, delay=1.5)
     assert not (out / "summary.json").exists()
     # the resumed driver: this process, on the tests' Ray session (no second start-up)
     assert loss_sweep.main([*argv[2:], "--resume"]) == 0
     table = _table(out)
     assert sorted(x["config/w_txt"] for x in table) == [0.0, 0.01, 0.05, 0.1, 0.5]
     assert {x["status"] for x in table} == {"TERMINATED"}
-    rows = {Path(x["path"]).name: x for x in table}
-    for trial, result in done.items():  # not re-run: the result of the first driver
-        assert rows[trial]["pid"] == result["pid"]
-        assert rows[trial]["timestamp"] == result["timestamp"]
+    assert_not_rerun(table, done)  # not re-run: the results of the first driver
 
 
 def test_sweep_on_a_running_cluster(local_cluster, shards, tmp_path):
