@@ -91,23 +91,7 @@ def build_parser(cls: type, description: str, epilog: str = "") -> argparse.Argu
         help="YAML file of option values (keys as the long options, with _ or -); "
         "flags given on the command line override it",
     )
-    talk = parser.add_mutually_exclusive_group()
-    talk.add_argument(
-        "-v",
-        "--verbose",
-        action="store_const",
-        const=1,
-        dest=VERBOSITY,
-        help="also print the libraries' informational lines",
-    )
-    talk.add_argument(
-        "-q",
-        "--quiet",
-        action="store_const",
-        const=-1,
-        dest=VERBOSITY,
-        help="print only warnings, errors and results (no progress bars)",
-    )
+    logs.add_flags(parser)
     return parser
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtmg import errors, prep, rundir, synth
+from mtmg import errors, prep, rundir, synth, tracking
 from mtmg.data import shards
 
 MODEL = "mtmg-demo-vit"
@@ -82,17 +82,25 @@ def _patch_options(out: Path) -> Path:
     return path
 
 
-def run(out: Path, *, patches: int = 600, fresh: bool = False, quick: bool = False) -> dict:
-    """Run the demo into `out`; returns the report summary. `quick`: fewer epochs (tests)."""
+def run(
+    out: Path,
+    *,
+    patches: int = 600,
+    fresh: bool = False,
+    quick: bool = False,
+    report_to: str = "",
+) -> dict:
+    """Run the demo into `out`; returns the report summary. `quick`: fewer epochs (tests);
+    `report_to`: every stage's and sweep's --report-to."""
     with rundir.claim("demo", DemoOptions(patches, quick), out, overwrite=fresh):
         if fresh:  # a demo directory of an older mtmg has no run.json to say it is one
             for p in out.iterdir():
                 if p.name not in (rundir.LOCK_FILE, rundir.RUN_FILE):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-        return _steps(out, patches, fresh, quick)
+        return _steps(out, patches, fresh, quick, report_to)
 
 
-def _steps(out: Path, patches: int, fresh: bool, quick: bool) -> dict:
+def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "") -> dict:
     from mtmg import align
     from mtmg.report import build as report
     from mtmg.stages.pretrain import driver as pretrain
@@ -159,7 +167,7 @@ def _steps(out: Path, patches: int, fresh: bool, quick: bool) -> dict:
         lambda: pretrain.pretrain(pretrain.PretrainConfig(out=str(clip), model=MODEL)),
         times,
     )
-    common = ["--cache-dir", str(out / "cache")]
+    common = ["--cache-dir", str(out / "cache"), *(["--report-to", report_to] if report_to else [])]
     sweep = out / "alpha-sweep"
     _step(
         "alpha sweep (fine-tune once + 11 alphas)",
@@ -288,13 +296,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patches", type=int, default=600, help="BigEarthNet patches to generate")
     ap.add_argument("--fresh", action="store_true", help="redo every step")
     ap.add_argument("--quick", action="store_true", help="fewer epochs (a smoke run)")
+    ap.add_argument(
+        "--report-to", default="", help="also track runs in tensorboard,mlflow,wandb (any subset)"
+    )
     args = ap.parse_args(argv)
+    try:
+        tracking.check([args.report_to])
+    except errors.MtmgError as e:
+        ap.error(str(e))
     if args.patches < MIN_PATCHES:  # fewer leave a split without a full training batch
         ap.error(f"--patches must be at least {MIN_PATCHES}, got {args.patches}")
     t0 = time.perf_counter()
     out = args.out.resolve()
     try:
-        summary: dict[str, Any] = run(out, patches=args.patches, fresh=args.fresh, quick=args.quick)
+        summary: dict[str, Any] = run(
+            out, patches=args.patches, fresh=args.fresh, quick=args.quick, report_to=args.report_to
+        )
     except rundir.RunDirError as e:
         print(f"error: {e} (for the demo: --fresh)", file=sys.stderr)
         return 2
@@ -308,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  patched CLIP:  {out / 'alpha-sweep' / 'patched.safetensors'}")
     print(f"  MS encoder:    {out / 'align'} (mtmg.models.student.load_student)")
     print(f"  loss sweep:    {out / 'loss-sweep' / 'summary.md'}")
+    if args.report_to:
+        tb = "tensorboard" in args.report_to
+        where = f"tensorboard --logdir {out}" if tb else "in each run's folder (README: Tracking)"
+        print(f"  tracking:      {where}")
     return 0
 
 

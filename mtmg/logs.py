@@ -7,6 +7,7 @@ code logs through `logging`; only a command's `main` prints.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -46,6 +47,27 @@ def setup(verbosity: int = 0) -> None:
 
 
 _quiet = False
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """`-v` / `-q` on a command's parser; `setup(args.verbosity or 0)` applies them."""
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-v",
+        "--verbose",
+        action="store_const",
+        const=1,
+        dest="verbosity",
+        help="also print the libraries' informational lines",
+    )
+    talk.add_argument(
+        "-q",
+        "--quiet",
+        action="store_const",
+        const=-1,
+        dest="verbosity",
+        help="print only warnings, errors and results (no progress bars)",
+    )
 
 
 def progress(enabled: bool = True) -> bool:

@@ -36,6 +36,7 @@ OPERATIONAL = frozenset(
     {
         "out",
         "overwrite",
+        "report_to",
         "cluster",
         "cache_dir",
         "max_failures",

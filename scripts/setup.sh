@@ -12,6 +12,6 @@ stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.mtmg-setup 2>/dev/null)" != "$stamp" ]; then
   echo "== installing mtmg and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    -c constraints.txt -e ".[dev]"
+    -c constraints.txt -e ".[dev,tracking]"
   echo "$stamp" > .venv/.mtmg-setup
 fi

@@ -1,5 +1,5 @@
-"""`--help` answers at once: a stage's command parses its options before it imports torch,
-open_clip or Ray."""
+"""`--help` answers at once: a command (a stage's, sharding's, the demo's) parses its options
+before it imports torch, open_clip or Ray."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ print(len(out.getvalue()), heavy)
 """
 
 
-@pytest.mark.parametrize("module", ["mtmg.patch", "mtmg.align", "mtmg.pretrain"])
+FACES = ["mtmg.patch", "mtmg.align", "mtmg.pretrain", "mtmg.prep", "mtmg.verify", "mtmg.demo"]
+
+
+@pytest.mark.parametrize("module", FACES)
 def test_help_imports_no_heavy_library(module):
     code = f"import sys; sys.argv_module = {module!r}\n{PROBE}"
     out = subprocess.run(

@@ -24,6 +24,7 @@ BELOW = {
     "sweeps": {"data", "models", "engine", "report", "runtime", "stages"},
 }
 HELPERS = {"mtmg", "mtmg.config", "mtmg.errors", "mtmg.faults", "mtmg.logs", "mtmg.rundir"}
+HELPERS |= {"mtmg.tracking"}
 RAY_FREE = ("data", "models", "engine", "stages", "report")
 
 

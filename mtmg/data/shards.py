@@ -24,7 +24,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
 import mtmg
 from mtmg.data import grids, storage
@@ -136,6 +135,8 @@ def write_shard(
                         continue
                     if tar is None:
                         f = stack.enter_context(storage.atomic_output(fs, final))
+                        import webdataset as wds  # seconds to import: not for --help
+
                         tar = stack.enter_context(wds.TarWriter(f, **TAR_OWNER))
                     tar.write({"__key__": item.key, **encode(sample, version, names)})
                     result.keys.append(item.key)

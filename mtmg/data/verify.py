@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 from tqdm import tqdm
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from mtmg import errors
+from mtmg import errors, logs
 from mtmg.data import bands, grids, storage
 from mtmg.data.storage import Location
 from mtmg.errors import MtmgError
@@ -160,6 +159,8 @@ class ShardReader:
                     f"{url}: {have} bytes, manifest.json records {size} (a truncated "
                     f"or replaced shard); {RECOVER}"
                 )
+            from webdataset.tariterators import group_by_keys, tar_file_expander  # slow import
+
             with loc.fs.open_input_stream(loc.path) as stream:
                 for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
                     n += 1
@@ -218,7 +219,7 @@ def verify(sets: list[str], workers: int = 4, progress: bool = True) -> tuple[in
                 total=len(jobs),
                 unit="shard",
                 desc="verifying",
-                disable=not progress,
+                disable=not logs.progress(progress),
             )
         )
     pairs = zip(jobs, found, strict=True)
@@ -244,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="show a progress bar",
     )
+    logs.add_flags(ap)
     args = ap.parse_args(argv)
+    logs.setup(args.verbosity or 0)
     try:
         n, bad = verify(args.sets, args.workers, args.progress)
     except errors.USER_ERRORS as e:

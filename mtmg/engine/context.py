@@ -26,6 +26,7 @@ class WorkerContext:
     device: torch.device = torch.device("cpu")
     reporter: Reporter | None = None  # where metrics and checkpoints go; None: nowhere
     resume: Callable[[], str | None] | None = None  # the latest checkpoint dir to resume from
+    tracker: Any = None  # rank 0's `mtmg.tracking.Run` (--report-to), else None
 
     @property
     def is_main(self) -> bool:

@@ -12,10 +12,9 @@ import sys
 import time
 from typing import Any
 
-import ray
 from tqdm import tqdm
 
-from mtmg import config, errors
+from mtmg import config, errors, logs
 from mtmg.data import storage
 from mtmg.data.prep import (
     EPILOG,
@@ -30,11 +29,8 @@ from mtmg.data.prep import (
 from mtmg.data.raw import DATASETS, DatasetError, Layout, SampleError
 from mtmg.data.shards import ShardResult, ShardTask, build_manifest, summary_table, write_index
 from mtmg.data.storage import Location, StorageError
-from mtmg.runtime import cluster
 
 log = logging.getLogger(__name__)
-
-_shard_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(run_shard)
 
 
 def run_tasks(
@@ -45,12 +41,17 @@ def run_tasks(
     The progress bar advances per finished shard (no extra actor: on a small machine starting
     one costs as much as a shard).
     """
+    import ray  # after the options are parsed: --help answers at once
+
+    from mtmg.runtime import cluster
+
+    shard_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=[OSError])(run_shard)
     workers = cfg.workers or cluster.cpus_available()
     bar = tqdm(
         total=sum(len(t.items) for t in tasks),
         unit="patch",
         desc="sharding",
-        disable=not cfg.progress,
+        disable=not logs.progress(cfg.progress),
         smoothing=0.1,
     )
     todo, pending, results = list(reversed(tasks)), {}, []
@@ -58,7 +59,7 @@ def run_tasks(
         while todo or pending:
             while todo and len(pending) < workers:
                 task = todo.pop()
-                pending[_shard_task.remote(layout, task, out, cfg.skip_bad, cfg.format)] = task
+                pending[shard_task.remote(layout, task, out, cfg.skip_bad, cfg.format)] = task
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 task = pending.pop(ref)
@@ -96,6 +97,8 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
         if not existed:  # bad input leaves no OUT behind
             out.fs.delete_dir(out.path)
         raise
+    from mtmg.runtime import cluster  # Ray: after the options are parsed
+
     on_cluster = cluster.init_ray(cfg.cluster, num_cpus=cfg.workers)
     if on_cluster and out.is_local:
         cluster.check_paths_visible([storage.location(cfg.root).path], out.path)
@@ -133,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         "Convert a raw remote-sensing dataset into WebDataset shards plus a manifest.",
         EPILOG.format(datasets=datasets),
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         manifest = shard(cfg)
     except SampleError as e:

@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from mtmg import tracking
 from mtmg.data import storage
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class TuneOptions(Protocol):
     storage: str | None
     resume: bool
     retry_failed: bool
+    report_to: tuple[str, ...]
 
 
 def experiment(cfg: TuneOptions, name: str) -> tuple[str, str]:
@@ -236,7 +238,36 @@ def run_tuner(
                 storage_path=store,
                 failure_config=tune.FailureConfig(max_failures=0),
                 verbose=verbose,
+                callbacks=logger_callbacks(cfg, name),
             ),
         )
     with _trial_actors_in_warm_workers(trial_env):
         return tuner.fit()
+
+
+def logger_callbacks(cfg: TuneOptions, name: str) -> list[Any]:
+    """Tune's logger callbacks for --report-to: one tracked run per trial, grouped by the sweep
+    (MLflow experiment and W&B group `mtmg-<name>`; TensorBoard files in each trial's dir)."""
+    backends = tracking.check(getattr(cfg, "report_to", ()))
+    out, group = os.path.abspath(cfg.out), tracking.experiment_name(name)
+    callbacks: list[Any] = []
+    if "tensorboard" in backends:
+        from ray.tune.logger import TBXLoggerCallback
+
+        callbacks.append(TBXLoggerCallback())
+    if "mlflow" in backends:
+        from mlflow.tracking import MlflowClient
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri = tracking.mlflow_uri(out)
+        tracking.mlflow_experiment(MlflowClient(uri), group, out)  # its artifacts under OUT
+        tags = {"mtmg.sweep": name, "mtmg.out": out}
+        callbacks.append(MLflowLoggerCallback(uri, experiment_name=group, tags=tags))
+    if "wandb" in backends:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        mode = os.environ.get("WANDB_MODE", "offline")
+        callbacks.append(
+            WandbLoggerCallback(project=tracking.wandb_project(), group=group, dir=out, mode=mode)
+        )
+    return callbacks

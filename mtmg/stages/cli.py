@@ -3,7 +3,6 @@ exit code of `mtmg.errors`."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,8 +18,8 @@ def run_command(
     show: Callable[[C, R], Any],
     resume_hint: str = errors.RESUME_RUN,
 ) -> int:
-    """`run(cfg)` with INFO logging, then `show(cfg, result)`; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """`run(cfg)`, then `show(cfg, result)`; returns the exit code. What is logged on the way
+    was set when the config was parsed (`mtmg.logs`: -v, -q)."""
     try:
         result = run(cfg)
     except errors.USER_ERRORS as e:

@@ -55,6 +55,9 @@ class StageConfig:
     cache_dir: str | None = option(None, help="zero-shot head cache (default ~/.cache/mtmg)")
     cluster: bool = option(False, help="connect to a running Ray cluster (RAY_ADDRESS or auto)")
     overwrite: bool = option(False, help="--out holds a run of other inputs: delete it first")
+    report_to: tuple[str, ...] = option(
+        (), help="also track the run in tensorboard, mlflow and/or wandb (comma-separated)"
+    )
 
     def defer_augment(self, device: torch.device) -> bool:
         """Whether training batches are augmented on `device` rather than in the loader."""

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from mtmg import faults
+from mtmg import faults, tracking
 from mtmg.data import loader
 from mtmg.engine import loop
 from mtmg.engine.context import WorkerContext
@@ -26,11 +26,14 @@ Tensors = dict[str, torch.Tensor]
 def start(
     cls: type[C], conf: dict[str, Any], ctx: WorkerContext | None
 ) -> tuple[C, WorkerContext, faults.Faults]:
-    """A worker's config, its context (a plain process's by default) and the test faults, with
-    torch seeded from the config."""
+    """A worker's config, its context (a plain process's by default; rank 0's tracks the run
+    where `conf["tracking"]` says) and the test faults, with torch seeded from the config."""
     cfg = cls(**conf["cfg"])
     torch.manual_seed(cfg.seed)
-    return cfg, ctx or WorkerContext(), conf.get("faults", faults.NONE)
+    ctx = ctx or WorkerContext()
+    if ctx.is_main and conf.get("tracking") is not None:
+        ctx = replace(ctx, tracker=tracking.resume(conf["tracking"]))
+    return cfg, ctx, conf.get("faults", faults.NONE)
 
 
 class Run:
@@ -70,7 +73,10 @@ class Run:
 
     def step(self, loss: torch.Tensor, step: int) -> int:
         """Backward and one optimiser step at global `step`; returns the next step."""
+        lr = self.opt.param_groups[0]["lr"]
         loop.optimizer_step(loss, self.opt, self.sched, self.params, self.cfg.grad_clip, step)
+        if self.ctx.tracker is not None:
+            self.ctx.tracker.log_metrics(step + 1, {"train/loss": loss.item(), "train/lr": lr})
         self.hooks.at_step(step + 1)
         return step + 1
 
@@ -91,11 +97,16 @@ class Run:
             log.info("epoch %d: %s", epoch + 1, stats)
             if after_epoch is not None:
                 after_epoch(epoch, stats)
+            if self.ctx.tracker is not None:
+                self.ctx.tracker.log_metrics(state["step"], {"epoch": stats})
             loop.save_epoch(self.ctx, self.name, weights(), state, stats, self.opt, self.sched)
 
     def finish(self, tensors: Tensors, state: State, metrics: dict[str, Any]) -> None:
-        """The last checkpoint: the trained weights and the final state, no optimiser."""
+        """The last checkpoint: the trained weights and the final state, no optimiser; rank 0's
+        tracking of the run ends here (the driver closes the run)."""
         loop.save_epoch(self.ctx, self.name, tensors, state, metrics)
+        if self.ctx.tracker is not None:
+            self.ctx.tracker.close()
 
 
 class EpochTotals:

@@ -56,7 +56,6 @@ def main(sweep: Sweep, argv: Sequence[str] | None = None) -> int:
     """A sweep's command: prints the summary; exit 0, 1 when no trial finished, 2 on bad input,
     130 on Ctrl-C."""
     cfg = options.parse(sweep.config, argv, sweep.description, sweep.epilog)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = run(sweep, cfg)
     except errors.USER_ERRORS as e:

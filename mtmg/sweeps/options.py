@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mtmg import config
+from mtmg import config, tracking
 
 option = config.option
 T = TypeVar("T")
@@ -53,6 +53,11 @@ class SweepConfig:
         False, help="OUT holds a sweep of other settings: delete it and start afresh"
     )
     search: str = option("grid", help="search algorithm", choices=list(SEARCHES))
+    report_to: tuple[str, ...] = option(
+        (),
+        help="also track every trial (one run each, grouped by sweep) in tensorboard, mlflow "
+        "and/or wandb (comma-separated)",
+    )
     spec: str | None = option(
         None,
         help="sweep spec YAML: search space and fixed settings, keys as the long options "
@@ -108,6 +113,7 @@ def check_common(cfg: SweepConfig) -> None:
         raise ValueError(f"unknown --search {cfg.search!r}; choose one of {list(SEARCHES)}")
     if cfg.retry_failed and not cfg.resume:
         raise ValueError("--retry-failed only applies with --resume")
+    tracking.check(cfg.report_to)
 
 
 def resolved_spec(cfg: SweepConfig) -> dict[str, Any]:

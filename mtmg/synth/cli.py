@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mtmg import logs
 from mtmg.synth.bigearthnet import make_bigearthnet
 from mtmg.synth.bigearthnet_v2 import make_bigearthnet_v2
 from mtmg.synth.folders import make_eurosat_ms, make_eurosat_rgb, make_imagefolder, make_resisc45
@@ -68,7 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: generate one dataset and print a summary."""
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    logs.setup(0 if args.verbose else -1)
     kw: dict[str, Any] = {"seed": args.seed}
     if args.size is not None:
         kw["size"] = args.size

@@ -115,11 +115,16 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
     """The whole stage; returns the summary also written to OUT/summary.json."""
     t0 = time.perf_counter()
     sets = resolve_inputs(cfg)
-    with job.claimed("align", cfg) as out:
-        return _align(cfg, sets, t0, out)
+    with job.claimed("align", cfg) as out, job.tracked("align", cfg, out) as dest:
+        summary = _align(cfg, sets, t0, out, dest)
+        test = summary["test"]
+        name = loader.ShardSet.open(sets[0][0]).name
+        results = headline(test, name, cfg.student_input, "test")
+        job.finish_tracking(dest, summary["steps"], results, {"test": test})
+        return summary
 
 
-def _align(cfg: AlignConfig, sets: Sets, t0: float, out: Path) -> dict[str, Any]:
+def _align(cfg: AlignConfig, sets: Sets, t0: float, out: Path, dest: Any) -> dict[str, Any]:
     """`run` once OUT is this run's: teacher, heads, student, the Ray Train job, the outputs."""
     name, pretrained, model_config = resolve_teacher(cfg)
     torch.manual_seed(cfg.seed)
@@ -139,6 +144,7 @@ def _align(cfg: AlignConfig, sets: Sets, t0: float, out: Path) -> dict[str, Any]
         },
         "spec": net.spec.to_json(),
         "sets": sets,
+        "tracking": dest,
     }
     shared = {
         "teacher_visual": tb.model.visual.state_dict(),

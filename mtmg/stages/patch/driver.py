@@ -105,7 +105,7 @@ def run(cfg: PatchConfig, *, on_train_start: Callable[[], None] | None = None) -
     only waits for it (see `mtmg.runtime.train.fit`)."""
     t0 = time.perf_counter()
     bundle, sets = resolve_inputs(cfg)
-    with job.claimed("patch", cfg) as out:
+    with job.claimed("patch", cfg) as out, job.tracked("patch", cfg, out) as dest:
         tables.save_config(config.to_dict(cfg), out / "config.yaml")
         head_weights = build_heads(cfg, bundle, sets)
         theta_zs = weights.image_state(bundle.model)
@@ -113,7 +113,7 @@ def run(cfg: PatchConfig, *, on_train_start: Callable[[], None] | None = None) -
         absolute = dataclasses.replace(
             cfg, data=job.absolute(cfg.data), joint_data=tuple(map(job.absolute, cfg.joint_data))
         )
-        conf = {"build_kwargs": bundle.build_kwargs, "sets": sets}
+        conf = {"build_kwargs": bundle.build_kwargs, "sets": sets, "tracking": dest}
         shared = {
             "zeroshot": {k: v.cpu() for k, v in bundle.model.state_dict().items()},
             "heads": head_weights,
@@ -129,7 +129,28 @@ def run(cfg: PatchConfig, *, on_train_start: Callable[[], None] | None = None) -
             on_start=on_train_start,
         )
         seconds = time.perf_counter() - t0
-        return write_outputs(cfg, out, bundle, theta_zs, theta_ft, state, seconds)
+        summary = write_outputs(cfg, out, bundle, theta_zs, theta_ft, state, seconds)
+        track_results(dest, summary, state["rows"])
+        return summary
+
+
+def track_results(dest, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The alpha curve (validation, at step 100 * alpha), the chosen alpha and the test metrics
+    at it, and the metrics tables, to the run's trackers (--report-to)."""
+    curves = select.curves(rows, "val")
+    alphas = sorted({a for by in curves.values() for a in by})
+    curve = [
+        (round(100 * a), {f"alpha_curve/{role}": by[a] for role, by in curves.items() if a in by})
+        for a in alphas
+    ]
+    test = {
+        f"test/{r['role']}/{r['dataset']}/{r['metric']}": r["value"]
+        for r in summary["test"]
+        if r["selected"]
+    }
+    results = {"alpha": summary["alpha"], **test}
+    tables_ = {"test": summary["test"], "metrics": rows}
+    job.finish_tracking(dest, summary["steps"], results, tables_, curve)
 
 
 def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from open_clip.model import text_global_pool
 from torch import nn
 from tqdm import tqdm
 
+from mtmg import logs
 from mtmg.data import labels
 from mtmg.engine import metrics
 from mtmg.models import clip, heads
@@ -136,7 +137,8 @@ def train(cfg: PretrainConfig, bundle: clip.ClipBundle, size: int) -> dict[str, 
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
     model.train()
-    bar = tqdm(range(cfg.steps), desc="pretrain", unit="step", disable=not cfg.progress)
+    show = logs.progress(cfg.progress)
+    bar = tqdm(range(cfg.steps), desc="pretrain", unit="step", disable=not show)
     losses: list[float] = []
     for step in bar:
         for g in opt.param_groups:

@@ -205,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         "config.yaml (a patch-run layout the alignment teacher loads). Ray Tune's experiment:\n"
         "OUT/tune (--storage); an interrupted sweep continues with --resume.",
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = run(cfg)
     except errors.USER_ERRORS as e:
