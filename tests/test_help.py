@@ -23,7 +23,7 @@ print(len(out.getvalue()), heavy)
 """
 
 
-@pytest.mark.parametrize("module", ["mtmg.patch", "mtmg.align", "mtmg.pretrain"])
+@pytest.mark.parametrize("module", ["mtmg.patch", "mtmg.align", "mtmg.pretrain", "mtmg.zeroshot"])
 def test_help_imports_no_heavy_library(module):
     code = f"import sys; sys.argv_module = {module!r}\n{PROBE}"
     out = subprocess.run(
