@@ -161,8 +161,11 @@ def gains(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
-    """Write the report of `run_dirs` into `out`; returns what summary.json holds."""
+def build(
+    run_dirs: Sequence[str | Path], out: str | Path, notes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Write the report of `run_dirs` into `out`, `notes` as its first bullet points; returns
+    what summary.json holds."""
     out = Path(out)
     rows: list[dict[str, Any]] = []
     plots, sweeps = [], []
@@ -190,7 +193,7 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         )
         shutil.copyfile(d / name, target)
         copied.append(target.name)
-    notes = gains(rows)
+    notes = [*notes, *gains(rows)]
     for sw in sweeps:
         if sw.get("best"):
             best = ", ".join(
