@@ -96,3 +96,22 @@ def test_demo_and_report_help_and_bad_input(cli):
     assert not (cli.tmp / "demo").exists()
     r = cli["report without runs"]
     assert r.returncode == 2 and "runs" in r.stderr
+
+
+def test_the_report_says_what_chance_is():
+    """EuroSAT-MS zero-shot top-1 of the demo CLIP is a chance draw: the report gives chance."""
+    from mtmg.demo import chance_note
+
+    def manifest(name, task, k):
+        classes = [f"c{i}" for i in range(k)]
+        return {
+            "dataset": name,
+            "task": task,
+            "label_nomenclature": name,
+            "nomenclatures": {name: {"classes": classes}},
+        }
+
+    sets = [manifest("eurosat-ms", "single-label", 10), manifest("bigearthnet", "multi-label", 43)]
+    note = chance_note(sets + [manifest("imagefolder", "single-label", 6)])
+    assert note.startswith("Top-1 chance: eurosat-ms 10.0 (10 classes), imagefolder 16.7 (6")
+    assert "bigearthnet" not in note and "arbitrary" in note

@@ -23,7 +23,8 @@ print(len(out.getvalue()), heavy)
 """
 
 
-FACES = ["mtmg.patch", "mtmg.align", "mtmg.pretrain", "mtmg.prep", "mtmg.verify", "mtmg.demo"]
+FACES = ["mtmg.patch", "mtmg.align", "mtmg.pretrain", "mtmg.zeroshot"]
+FACES += ["mtmg.prep", "mtmg.verify", "mtmg.demo"]
 
 
 @pytest.mark.parametrize("module", FACES)

@@ -1,7 +1,8 @@
 """A paper-style report from finished runs: `python -m mtmg.report RUN_DIR... --out DIR`.
 
 Reads what the stages write (`mtmg.patch` and alpha-sweep dirs: `metrics.parquet` with alpha
-rows; `mtmg.align` dirs: `metrics.parquet` with encoder rows) wherever they ran, and writes one
+rows; `mtmg.align` dirs: `metrics.parquet` with encoder rows; `mtmg.zeroshot` dirs: baseline
+CLIPs' zero-shot rows) wherever they ran, and writes one
 table — rows: zero-shot CLIP, patched CLIP at the chosen alpha, the aligned multispectral encoder
 (and its untrained start); columns: every evaluation dataset's test metric and retrieval Recall@K
 both ways — as markdown, CSV and parquet, plus `summary.json` and the runs' plots.
@@ -33,8 +34,11 @@ def run_kind(path: Path) -> str:
         return "patch"
     if (path / "sweep.parquet").is_file() and (path / "summary.json").is_file():
         return "sweep"
+    if (path / "zeroshot.md").is_file() and (path / "metrics.parquet").is_file():
+        return "zeroshot"
     raise ValueError(
-        f"{path}: not a finished mtmg.patch, alpha-sweep, mtmg.align or sweep output dir"
+        f"{path}: not a finished mtmg.patch, alpha-sweep, mtmg.align, sweep or mtmg.zeroshot "
+        "output dir"
     )
 
 
@@ -70,6 +74,16 @@ def patch_rows(path: Path) -> list[dict[str, Any]]:
             for name in names
         ]
     return out
+
+
+def zeroshot_rows(path: Path) -> list[dict[str, Any]]:
+    """Report rows of a mtmg.zeroshot run: "<name> zero-shot" on every set it scored."""
+    keep = ("dataset", "nomenclature", "metric", "value")
+    return [
+        {"model": f"{r['model']} zero-shot", "input": "RGB", "role": "eval", "run": str(path)}
+        | {k: r[k] for k in keep}
+        for r in _rows(path)
+    ]
 
 
 def align_rows(path: Path) -> list[dict[str, Any]]:
@@ -147,8 +161,11 @@ def gains(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
-    """Write the report of `run_dirs` into `out`; returns what summary.json holds."""
+def build(
+    run_dirs: Sequence[str | Path], out: str | Path, notes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Write the report of `run_dirs` into `out`, `notes` as its first bullet points; returns
+    what summary.json holds."""
     out = Path(out)
     rows: list[dict[str, Any]] = []
     plots, sweeps = [], []
@@ -158,6 +175,8 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
             rows += patch_rows(d)
         elif kind == "align":
             rows += align_rows(d)
+        elif kind == "zeroshot":
+            rows += zeroshot_rows(d)
         else:
             sweeps.append(json.loads((d / "summary.json").read_text()))
         for name in ("alpha_curve.png", "loss_curves.png", "loss_sweep.png"):
@@ -174,7 +193,7 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         )
         shutil.copyfile(d / name, target)
         copied.append(target.name)
-    notes = gains(rows)
+    notes = [*notes, *gains(rows)]
     for sw in sweeps:
         if sw.get("best"):
             best = ", ".join(
@@ -204,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m mtmg.report",
         description="A paper-style table (markdown, CSV, parquet), summary.json and the runs' "
-        "plots from finished mtmg.patch / alpha-sweep / mtmg.align / sweep output directories.",
+        "plots from finished mtmg.patch / alpha-sweep / mtmg.align / sweep / mtmg.zeroshot output "
+        "directories.",
     )
     ap.add_argument("runs", nargs="+", help="output directories of finished runs")
     ap.add_argument("--out", required=True, help="report directory")

@@ -1,0 +1,178 @@
+"""Zero-shot baselines (`python -m mtmg.zeroshot`): CLIP checkpoints in the structures RemoteCLIP
+and SkyCLIP publish, scored on generated shards as the patching stage scores alpha 0."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mtmg import prep, synth
+from mtmg.models import clip
+from mtmg.report import build as report
+from mtmg.stages.align import driver as align
+from mtmg.stages.patch import driver as patch
+from mtmg.stages.zeroshot import command
+from mtmg.stages.zeroshot import driver as zeroshot
+
+TINY = "mtmg-tiny-vit"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, ray_session):
+    """BigEarthNet and EuroSAT-MS shards; one tiny CLIP saved as RemoteCLIP publishes its
+    weights (a plain state dict) and as SkyCLIP does (an open_clip training checkpoint)."""
+    root = tmp_path_factory.mktemp("zeroshot")
+    synth.make_bigearthnet(root / "ben", n_patches=60, s1=False, seed=41)
+    synth.make_eurosat_ms(root / "ems", n_per_class=4, size=32, seed=42)
+    for kind, raw in (("bigearthnet", "ben"), ("eurosat-ms", "ems")):
+        prep.shard(
+            prep.ShardConfig(
+                kind, str(root / raw), str(root / f"{raw}-shards"), shard_size=20, progress=False
+            )
+        )
+    torch.manual_seed(4)
+    state = clip.load_clip(TINY).model.state_dict()
+    remote, sky = root / "RemoteCLIP-tiny.pt", root / "epoch_20.pt"
+    torch.save(state, remote)
+    torch.save(
+        {
+            "epoch": 20,
+            "name": "skyclip",
+            "optimizer": {"state": {}, "param_groups": []},
+            "state_dict": {f"module.{k}": v for k, v in state.items()},
+        },
+        sky,
+    )
+    return {
+        "ben": str(root / "ben-shards"),
+        "ems": str(root / "ems-shards"),
+        "remote": str(remote),
+        "sky": str(sky),
+        "cache": str(root / "cache"),
+    }
+
+
+def _zeroshot(inputs, out, **kw) -> zeroshot.ZeroShotConfig:
+    models = (f"RemoteCLIP={TINY}:{inputs['remote']}", f"SkyCLIP={TINY}:{inputs['sky']}")
+    base = dict(
+        data=(inputs["ben"], inputs["ems"]),
+        out=str(out),
+        models=models,
+        cache_dir=inputs["cache"],
+        loader_workers=1,
+    )
+    return zeroshot.ZeroShotConfig(**{**base, **kw})
+
+
+def test_checkpoints_score_as_the_patch_stage_at_alpha_0(inputs, tmp_path):
+    summary = zeroshot.run(_zeroshot(inputs, tmp_path / "zs"))
+    out = tmp_path / "zs"
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    got = {(r["model"], r["dataset"]): r for r in rows}
+    assert len(rows) == 4 and summary["stage"] == "zeroshot"
+    assert {r["nomenclature"] for r in rows} == {"ben19", "eurosat-ms"}
+    assert {r["split"] for r in rows} == {"test"}
+    assert got[("SkyCLIP", "eurosat-ms")]["chance"] == pytest.approx(10.0)
+    for ds in ("bigearthnet", "eurosat-ms"):  # one set of weights in two file structures
+        assert got[("RemoteCLIP", ds)]["value"] == got[("SkyCLIP", ds)]["value"]
+
+    # mtmg.patch with the same weights reports the same numbers at alpha 0 (Ray Train workers)
+    run = tmp_path / "patch"
+    patch.run(
+        patch.PatchConfig(
+            data=inputs["ben"],
+            eval_data=(inputs["ems"],),
+            out=str(run),
+            model=TINY,
+            pretrained=inputs["sky"],
+            epochs=1,
+            lr=1e-4,
+            warmup_steps=1,
+            batch_size=16,
+            alphas=(0.0, 1.0),
+            augment=False,
+            loader_workers=1,
+            cache_dir=inputs["cache"],
+        )
+    )
+    patched = pq.read_table(run / "metrics.parquet").to_pylist()
+    for r in patched:
+        if r["split"] == "test" and r["alpha"] == 0.0:
+            assert got[("RemoteCLIP", r["dataset"])]["value"] == r["value"], r
+            assert got[("RemoteCLIP", r["dataset"])]["n"] == r["n"]
+
+    # per-class values: their mean is mAP, their support-weighted mean top-1
+    per_class = pq.read_table(out / "per_class.parquet").to_pylist()
+    ben = [c for c in per_class if c["model"] == "SkyCLIP" and c["dataset"] == "bigearthnet"]
+    assert len(ben) == 19 and {c["metric"] for c in ben} == {"AP"}
+    aps = [c["value"] for c in ben if c["value"] is not None]
+    assert sum(aps) / len(aps) == pytest.approx(got[("SkyCLIP", "bigearthnet")]["value"])
+    ems = [c for c in per_class if c["model"] == "SkyCLIP" and c["dataset"] == "eurosat-ms"]
+    hits = sum(c["value"] * c["n"] for c in ems if c["n"]) / sum(c["n"] for c in ems)
+    assert hits == pytest.approx(got[("SkyCLIP", "eurosat-ms")]["value"])
+    assert (out / "config.yaml").is_file() and "RemoteCLIP" in (out / "zeroshot.md").read_text()
+
+    # the report adds "<name> zero-shot" rows beside the patch run's
+    rep = report.build([run, out], tmp_path / "report")
+    named = {(r["model"], r["dataset"]): r["value"] for r in rep["rows"]}
+    assert named[("SkyCLIP zero-shot", "eurosat-ms")] == got[("SkyCLIP", "eurosat-ms")]["value"]
+    assert any(line.startswith("| RemoteCLIP zero-shot |") for line in rep["table"])
+    assert report.run_kind(out) == "zeroshot"
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        (f"RemoteCLIP={TINY}", f"--models 'RemoteCLIP={TINY}': expected NAME=MODEL:PRETRAINED"),
+        (f"{TINY}:x.pt", f"--models '{TINY}:x.pt': expected NAME=MODEL:PRETRAINED"),
+        (f"Gone={TINY}:/no/such/RemoteCLIP.pt", "--models Gone=mtmg-tiny-vit:/no/such/Remote"),
+        ("Bad=no-such-arch:x.pt", "--models Bad=no-such-arch:x.pt"),
+    ],
+)
+def test_a_bad_spec_is_an_error_naming_it(inputs, tmp_path, capsys, spec, says):
+    out = tmp_path / "zs"
+    try:  # a spec that does not parse is refused with the options (argparse exits)
+        code = command.main(["--data", inputs["ems"], "--out", str(out), "--models", spec])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2 and says in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_names_given_twice_and_nothing_to_score_are_refused(inputs):
+    spec = f"A={TINY}:{inputs['remote']}"
+    with pytest.raises(ValueError, match="the name.s. A are given twice"):
+        zeroshot.ZeroShotConfig(data=(inputs["ems"],), out="x", models=(spec, spec))
+    with pytest.raises(ValueError, match="nothing to score"):
+        zeroshot.ZeroShotConfig(data=(inputs["ems"],), out="x")
+
+
+def test_a_skyclip_checkpoint_teaches_the_alignment(inputs, tmp_path):
+    """`mtmg.align --model M --pretrained FILE`: an open_clip training checkpoint as teacher."""
+    summary = align.run(
+        align.AlignConfig(
+            data=inputs["ben"],
+            out=str(tmp_path / "align"),
+            model=TINY,
+            pretrained=inputs["sky"],
+            student_args=json.dumps({"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}),
+            student_size=32,
+            epochs=1,
+            lr=1e-3,
+            warmup_steps=1,
+            batch_size=16,
+            eval_every=0,
+            eval_init=False,
+            loader_workers=1,
+            cache_dir=inputs["cache"],
+        )
+    )
+    assert summary["teacher"]["pretrained"] == inputs["sky"] and summary["steps"] > 0
+    assert torch.isfinite(torch.tensor(summary["loss"]["last"]["loss"]))
+    # the teacher it distils from is the CLIP that mtmg.zeroshot scores
+    teacher = [r for r in summary["test"] if r["encoder"] == "teacher"]
+    zs = zeroshot.run(_zeroshot(inputs, tmp_path / "zs", data=(inputs["ben"],)))
+    assert [r["value"] for r in teacher] == [zs["rows"][1]["value"]]
