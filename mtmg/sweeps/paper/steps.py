@@ -54,6 +54,15 @@ STEPS = (
         "summary.json",
         lambda out: {"out": str(out / "align"), "teacher": str(out / "alpha")},
     ),
+    Step(
+        "baselines",
+        "baselines: remote-sensing CLIPs (RemoteCLIP, SkyCLIP, ...) scored zero-shot",
+        "-m mtmg.zeroshot",
+        "mtmg.stages.zeroshot.command",
+        "mtmg.stages.zeroshot.config:ZeroShotConfig",
+        "summary.json",
+        lambda out: {"out": str(out / "baselines")},
+    ),
 )
 NAMES = tuple(s.name for s in STEPS)
 REQUIRED = ("alpha",)  # the others are optional: a spec without them skips them
