@@ -2,8 +2,8 @@
 
 Nothing is downloaded. Steps (each skipped when its outputs exist; `--fresh` redoes all):
   1. generate raw datasets in their real on-disk layouts: BigEarthNet-S2 v1 with S1 pairs (the
-     patching task), EuroSAT-MS (evaluation), class folders of '<colour> <shape>' images (the
-     supported task, standing in for ImageNet);
+     patching task, scored in BigEarthNet-19, -5 and -43), EuroSAT-MS (evaluation), class
+     folders of '<colour> <shape>' images (the supported task, standing in for ImageNet);
   2. shard them with the `data_prep/shard.py` command;
   3. train a tiny CLIP that is really zero-shot capable on the supported task (`mtmg.pretrain`,
      cached) — with real weights one passes `--model ViT-B-32 --pretrained openai` instead;
@@ -182,6 +182,8 @@ def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "
                     str(img),
                     "--eval-data",
                     str(ems),
+                    f"{ben}:ben5",
+                    f"{ben}:ben43",
                     "--model",
                     MODEL,
                     "--pretrained",
@@ -231,6 +233,8 @@ def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "
                     str(ben),
                     "--eval-data",
                     str(ems),
+                    f"{ben}:ben5",
+                    f"{ben}:ben43",
                     "--teacher",
                     str(sweep),
                     "--out",

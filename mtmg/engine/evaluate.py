@@ -78,11 +78,19 @@ def classification(
     task: str,
     amp: torch.dtype | None = None,
 ) -> dict[str, Any] | None:
-    """Classification metrics of `fn` (logits) over a split; on rank 0, None elsewhere."""
+    """Classification metrics of `fn` (logits) over a split, with the per-class values and
+    support (`metrics.per_class`) as "per_class" and "support"; on rank 0, None elsewhere."""
     got = gather(ctx, *predict(fn, batches, ctx.device, amp))
     if got is None:
         return None
     keys, logits, targets = got
     out = metrics.classification_metrics(logits, targets, task)
+    out["per_class"], out["support"] = metrics.per_class(logits, targets, task)
     out["n"] = len(keys)
     return out
+
+
+def class_values(classes: list[str], m: dict[str, Any]) -> list[tuple[str, float | None, int]]:
+    """(class, value, support) of every class from `classification`'s metrics `m`: what a
+    metrics row keeps under "per_class" (`mtmg.report.tables.write_metrics` writes them)."""
+    return list(zip(classes, m["per_class"], m["support"], strict=True))

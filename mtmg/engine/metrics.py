@@ -24,6 +24,7 @@ __all__ = [
     "average_precision",
     "classification_metrics",
     "multilabel_ap",
+    "per_class",
     "recall_at_k",
     "top1_accuracy",
 ]
@@ -175,6 +176,24 @@ def classification_metrics(scores: Tensor, targets: Tensor, task: str) -> dict[s
     if task == "single-label":
         return {"top1": top1_accuracy(scores, targets)}
     raise ValueError(f"unknown task {task!r}; expected one of {sorted(MAIN_METRIC)}")
+
+
+def per_class(scores: Tensor, targets: Tensor, task: str) -> tuple[list[float | None], list[int]]:
+    """Per-class values (in %) and support: AP and positives for "multi-label" (the macro mean
+    of the values is `mAP`), accuracy and samples of the class for "single-label" (their mean
+    is the balanced accuracy, not `top1`); None for a class without samples."""
+    if task == "multi-label":
+        support = _binary_targets(targets).sum(dim=0).tolist()
+        return multilabel_ap(scores, targets)["per_class_ap"], [int(n) for n in support]
+    if task != "single-label":
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(MAIN_METRIC)}")
+    labels = targets.to(torch.long).cpu()
+    hit = (scores.detach().argmax(dim=1).cpu() == labels).double()
+    n_cls = scores.shape[1]
+    count = torch.bincount(labels, minlength=n_cls)
+    right = torch.bincount(labels, weights=hit, minlength=n_cls)
+    values = [100.0 * float(r) / int(c) if c else None for r, c in zip(right, count, strict=True)]
+    return values, [int(c) for c in count]
 
 
 class ScoreAccumulator:

@@ -4,7 +4,8 @@ Reads what the stages write (`mtmg.patch` and alpha-sweep dirs: `metrics.parquet
 rows; `mtmg.align` dirs: `metrics.parquet` with encoder rows; `mtmg.zeroshot` dirs: baseline
 CLIPs' zero-shot rows) wherever they ran, and writes one
 table — rows: zero-shot CLIP, patched CLIP at the chosen alpha, the aligned multispectral encoder
-(and its untrained start); columns: every evaluation dataset's test metric and retrieval Recall@K
+(and its untrained start); columns: every evaluation dataset's test metric (one per nomenclature
+where a dataset is scored in several, e.g. "bigearthnet:ben5 mAP") and retrieval Recall@K
 both ways — as markdown, CSV and parquet, plus `summary.json` and the runs' plots.
 """
 
@@ -66,6 +67,7 @@ def patch_rows(path: Path) -> list[dict[str, Any]]:
                 "model": name,
                 "input": "RGB",
                 "dataset": r["dataset"],
+                "nomenclature": r.get("nomenclature"),
                 "role": r["role"],
                 "metric": r["metric"],
                 "value": r["value"],
@@ -105,6 +107,7 @@ def align_rows(path: Path) -> list[dict[str, Any]]:
                 "model": name,
                 "input": "MS",
                 "dataset": r["dataset"],
+                "nomenclature": r.get("nomenclature"),
                 "role": "eval",
                 "metric": metric,
                 "value": r["value"],
@@ -114,11 +117,25 @@ def align_rows(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def label_datasets(rows: list[dict[str, Any]]) -> None:
+    """Set each row's "set": the dataset's name, as "name:nomenclature" where the report scores
+    the dataset in several nomenclatures (BigEarthNet-5/19/43: one column each). Rows of runs
+    older than the nomenclature column have none and keep the plain name."""
+    noms: dict[str, set[str]] = {}
+    for r in rows:
+        if r.get("nomenclature"):
+            noms.setdefault(r["dataset"], set()).add(r["nomenclature"])
+    for r in rows:
+        several = len(noms.get(r["dataset"], ())) > 1 and r.get("nomenclature")
+        r["set"] = f"{r['dataset']}:{r['nomenclature']}" if several else r["dataset"]
+
+
 def table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
-    """(row names, column names, {(row, column): value}); a column is "dataset metric"."""
+    """(row names, column names, {(row, column): value}); a column is "set metric", the set as
+    `label_datasets` names it."""
     models, columns, cells = [], [], {}
     for r in rows:
-        col = f"{r['dataset']} {r['metric']}"
+        col = f"{r.get('set', r['dataset'])} {r['metric']}"
         if r["model"] not in models:
             models.append(r["model"])
         if col not in columns:
@@ -142,7 +159,7 @@ def markdown(models: list[str], columns: list[str], cells: dict) -> str:
 
 def gains(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Sentences stating the measured gains: patching over zero-shot, aligned over untrained."""
-    by = {(r["model"].split(" (")[0], r["dataset"], r["metric"]): r for r in rows}
+    by = {(r["model"].split(" (")[0], r.get("set", r["dataset"]), r["metric"]): r for r in rows}
     out = []
     for (model, ds, metric), r in by.items():
         if model == "patched CLIP" and ("zero-shot CLIP", ds, metric) in by:
@@ -183,6 +200,7 @@ def build(
             if (d / name).is_file():
                 plots.append((d, name))
     out.mkdir(parents=True, exist_ok=True)
+    label_datasets(rows)
     models, columns, cells = table(rows)
     md = markdown(models, columns, cells)
     tables.write_table(rows, out / "table")

@@ -33,6 +33,32 @@ def write_table(rows: Sequence[dict[str, Any]], path_stem: str | Path) -> pa.Tab
     return table
 
 
+PER_CLASS_METRIC = {"mAP": "AP", "top1": "accuracy"}  # a macro metric -> its per-class metric
+
+
+def write_metrics(rows: Sequence[dict[str, Any]], out: str | Path) -> list[dict[str, Any]]:
+    """OUT/metrics.parquet/.csv, one row per macro metric, and OUT/per_class.parquet/.csv
+    beside it where rows carry "per_class" [(class, value, support)]
+    (`mtmg.engine.evaluate.class_values`): one row per class with the row's other columns
+    (dataset, nomenclature, alpha, encoder, epoch, ...), the per-class metric (AP, accuracy),
+    its value (%, null for a class without samples) and n (its positives, or samples).
+    Returns the rows without their per-class values."""
+    macro, long = [], []
+    for r in rows:
+        r = dict(r)
+        values = r.pop("per_class", None)
+        macro.append(r)
+        keep = {k: v for k, v in r.items() if k not in ("metric", "value", "n")}
+        metric = PER_CLASS_METRIC.get(r["metric"], r["metric"])
+        long += [
+            {**keep, "class": c, "metric": metric, "value": v, "n": n} for c, v, n in values or ()
+        ]
+    write_table(macro, Path(out) / "metrics")
+    if long:
+        write_table(long, Path(out) / "per_class")
+    return macro
+
+
 def save_config(cfg: dict[str, Any], path: str | Path) -> None:
     """The resolved config as YAML (loadable again with --config)."""
     loc = storage.location(path)

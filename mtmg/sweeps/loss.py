@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from mtmg import config
+from mtmg.data import evalsets
 from mtmg.stages.align import driver as align
 from mtmg.sweeps import common, options, outputs, trials
 
@@ -37,7 +38,11 @@ class LossSweepConfig(options.StageSweepConfig):
     """Options of the loss sweep (the common sweep options first)."""
 
     data: str | None = option(None, help="shard set to align on (train; val for the objective)")
-    eval_data: tuple[str, ...] = option((), help="more shard sets to report test metrics on")
+    eval_data: tuple[str, ...] = option(
+        (),
+        help="more shard sets to report test metrics on: PATH, or PATH:NOMENCLATURE for another "
+        "label set of it (e.g. shards/ben:ben5)",
+    )
     teacher: str | None = option(None, help="a mtmg.patch / alpha-sweep output dir (teacher)")
     align: tuple[str, ...] = option(
         (),
@@ -85,7 +90,7 @@ def align_config(cfg: LossSweepConfig) -> align.AlignConfig:
     """The alignment settings every trial shares (space values replace the weights)."""
     assert cfg.data is not None
     named = options.given(
-        eval_data=tuple(common.absolute(p) for p in cfg.eval_data),
+        eval_data=tuple(evalsets.absolute(p) for p in cfg.eval_data),
         teacher=cfg.teacher and common.absolute(cfg.teacher),
     )
     fixed = {

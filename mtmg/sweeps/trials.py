@@ -133,8 +133,10 @@ def align_and_report(
         "sets": sets,
     }
     rows = align.worker(conf, WorkerContext(device=device, reporter=report))["rows"]
-    name = loader.ShardSet.open(sets[0][0]).name
-    test = align.headline([r for r in rows if r["split"] != "val"], name, cfg.student_input, "test")
+    ds = loader.ShardSet.open(sets[0][0])
+    test_rows = [r for r in rows if r["split"] != "val"]
+    nomen = ds.nomenclature(sets[0][1])
+    test = align.headline(test_rows, ds.name, cfg.student_input, "test", nomen)
     tune.report({**last, **test, **extra, "done_training": True})
 
 

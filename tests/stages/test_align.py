@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mtmg import config, faults, prep, rundir, synth
-from mtmg.data import loader, shards
+from mtmg.data import labels, loader, shards
 from mtmg.engine import loop
 from mtmg.models import clip, heads, student
 from mtmg.stages.align import driver as align
@@ -375,7 +375,27 @@ def test_help_lists_every_option(cli):
 def test_report_from_a_patch_and_an_align_run(sets, tmp_path):
     """`python -m mtmg.report` assembles the paper-style table from finished run dirs."""
     run = tmp_path / "align"
-    align.run(_cfg(sets, run, epochs=2, eval_every=0))
+    ben = sets["ben"]
+    align.run(_cfg(sets, run, epochs=2, eval_every=0, eval_data=(f"{ben}:ben5", f"{ben}:ben43")))
+    # the student's (and the teacher's) zero-shot rows per nomenclature, with per-class AP;
+    # cosine and Recall@K once per set, in no nomenclature
+    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    final = [r for r in rows if r["epoch"] == 2 and r["split"] == "test"]
+    zs = {(r["encoder"], r["nomenclature"]): r["value"] for r in final if r["metric"] == "mAP"}
+    assert zs.keys() == {(e, n) for e in ("student", "teacher") for n in ("ben19", "ben5", "ben43")}
+    assert len({zs[("student", n)] for n in ("ben19", "ben5", "ben43")}) == 3
+    assert {r["nomenclature"] for r in final if r["metric"] == "cosine"} == {None}
+    assert len([r for r in final if r["metric"] == "R@1 ms->rgb"]) == 1
+    per_class = pq.read_table(run / "per_class.parquet").to_pylist()
+    five = [
+        c
+        for c in per_class
+        if (c["epoch"], c["split"], c["encoder"], c["nomenclature"])
+        == (2, "test", "student", "ben5")
+    ]
+    assert [c["class"] for c in five] == list(labels.BEN5)
+    values = [c["value"] for c in five if c["value"] is not None]
+    assert sum(values) / len(values) == pytest.approx(zs[("student", "ben5")], abs=1e-9)
     r = subprocess.run(
         [
             sys.executable,
@@ -414,6 +434,11 @@ def test_report_from_a_patch_and_an_align_run(sets, tmp_path):
         if x["model"] == "aligned MS encoder" and x["metric"] == "R@1 ms->rgb"
     )
     assert row["value"] == final["R@1 ms->rgb"]
+    # a column per nomenclature: BigEarthNet-19 (patch run, alignment set), -5 and -43
+    head = summary["table"][0]
+    for nomen in ("ben19", "ben5", "ben43"):
+        assert f" bigearthnet:{nomen} mAP |" in head, head
+    assert " bigearthnet R@1 ms->rgb |" in head, head
     for name in ("table.parquet", "table.csv", "summary.md", "alpha_curve.png", "loss_curves.png"):
         assert (tmp_path / "report" / name).exists(), name
     assert "| aligned MS encoder |" in (tmp_path / "report" / "summary.md").read_text()

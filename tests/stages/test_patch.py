@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtmg import faults, prep, rundir, synth
-from mtmg.data import loader
+from mtmg.data import labels, loader
 from mtmg.engine import evaluate, loop
 from mtmg.engine.context import WorkerContext
 from mtmg.models import clip, heads, weights
@@ -91,13 +91,15 @@ def _test_metric(cfg, out: Path, path: str, theta: dict) -> float:
 
 
 def test_patching_end_to_end(sets, tmp_path):
-    cfg = _cfg(sets, tmp_path / "run", epochs=8)
+    ben = sets[0]
+    cfg = _cfg(sets, tmp_path / "run", epochs=8, eval_data=(f"{ben}:ben5", f"{ben}:ben43"))
     summary = patch.run(cfg)
     out = tmp_path / "run"
     for name in (
         "config.yaml",
         "metrics.parquet",
         "metrics.csv",
+        "per_class.parquet",
         "alpha_curve.png",
         "patched.safetensors",
         "theta_zs.safetensors",
@@ -109,7 +111,10 @@ def test_patching_end_to_end(sets, tmp_path):
     assert state["alpha"] == summary["alpha"] in cfg.alphas
 
     table = pq.read_table(out / "metrics.parquet").to_pylist()
-    rows = {(r["dataset"], r["split"], r["alpha"]): r["value"] for r in table}
+    rows = {
+        (r["dataset"], r["split"], r["alpha"]): r["value"] for r in table if r["role"] != "eval"
+    }
+    _check_nomenclatures(table, pq.read_table(out / "per_class.parquet").to_pylist())
     # fine-tuning raises the patching metric on held-out data well above zero-shot
     assert rows[("bigearthnet", "test", 1.0)] > rows[("bigearthnet", "test", 0.0)] + 10
 
@@ -132,6 +137,35 @@ def test_patching_end_to_end(sets, tmp_path):
     want = weights.interpolate(zs, ft, state["alpha"])
     for k, v in weights.image_state(model).items():
         torch.testing.assert_close(v, want[k])
+
+
+def _check_nomenclatures(table: list[dict], per_class: list[dict]) -> None:
+    """BigEarthNet has test rows at alpha 0, chosen and 1 in ben19 (patching), ben5 and ben43
+    (eval); every row's per-class AP rows, one per class, average to its mAP."""
+    for nomen, role, classes in (
+        ("ben19", "patching", labels.BEN19),
+        ("ben5", "eval", labels.BEN5),
+        ("ben43", "eval", labels.BEN43),
+    ):
+        test = [r for r in table if r["nomenclature"] == nomen and r["selected"] is not None]
+        assert {r["role"] for r in test} == {role} and {r["alpha"] for r in test} >= {0.0, 1.0}
+        for r in test:
+            got = [
+                c
+                for c in per_class
+                if (c["nomenclature"], c["alpha"], c["split"], c["role"])
+                == (nomen, r["alpha"], r["split"], role)
+            ]
+            assert [c["class"] for c in got] == list(classes)
+            assert {c["metric"] for c in got} == {"AP"} and sum(c["n"] for c in got) > 0
+            values = [c["value"] for c in got if c["value"] is not None]
+            assert all(0.0 <= v <= 100.0 for v in values)
+            assert sum(values) / len(values) == pytest.approx(r["value"], abs=1e-9)
+    ben5 = {r["alpha"]: r["value"] for r in table if r["nomenclature"] == "ben5" and r["selected"]}
+    ben43 = {
+        r["alpha"]: r["value"] for r in table if r["nomenclature"] == "ben43" and r["selected"]
+    }
+    assert ben5.keys() == ben43.keys() and ben5 != ben43
 
 
 def test_training_loss_falls_and_resume_continues_the_step_count(sets, tmp_path, monkeypatch):

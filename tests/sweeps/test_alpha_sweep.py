@@ -300,16 +300,40 @@ def test_grid_sweep_chooses_what_brute_force_chooses(run_dir, tmp_path):
 def test_sets_the_run_did_not_evaluate_are_evaluated_by_the_sweep(sets, run_dir, tmp_path):
     """Another --eval-data set: the run has no test rows for it, so the sweep evaluates alpha 0,
     the chosen alpha and 1 itself, on every set."""
-    _, _, img = sets
-    summary = driver.run(_cfg(run_dir, tmp_path / "eval", alphas=(0.0, 0.5, 1.0), eval_data=(img,)))
+    _, ben, img = sets
+    out = tmp_path / "eval"
+    eval_data = (img, f"{ben}:ben5", f"{ben}:ben43")
+    summary = driver.run(_cfg(run_dir, out, alphas=(0.0, 0.5, 1.0), eval_data=eval_data))
     test = summary["test"]
     assert {r["role"] for r in test} == {"patching", "supported", "eval"}
     assert {r["source"] for r in test} == {"sweep"}
-    assert sorted({r["alpha"] for r in test}) == sorted({0.0, summary["alpha"], 1.0})
+    alphas = {0.0, summary["alpha"], 1.0}
+    assert sorted({r["alpha"] for r in test}) == sorted(alphas)
     # the eval set is the supported set under another role: the same numbers
-    by = {(r["role"], r["alpha"]): r["value"] for r in test}
-    for a in {0.0, summary["alpha"], 1.0}:
-        assert by[("eval", a)] == pytest.approx(by[("supported", a)], abs=1e-6)
+    by = {(r["role"], r["nomenclature"], r["alpha"]): r["value"] for r in test}
+    for a in alphas:
+        assert by[("eval", "imagefolder", a)] == pytest.approx(by[("supported", "imagefolder", a)])
+    # BigEarthNet in three nomenclatures, each with per-class AP rows averaging to its mAP
+    assert {(r["role"], r["nomenclature"]) for r in test if r["dataset"] == "bigearthnet"} == {
+        ("patching", "ben19"),
+        ("eval", "ben5"),
+        ("eval", "ben43"),
+    }
+    # per-class AP rows average to the mAP; per-class accuracies weighted by n give top-1
+    per_class = pq.read_table(out / "per_class.parquet").to_pylist()
+    for (role, nomen, a), value in by.items():
+        got = [
+            (c["value"], c["n"])
+            for c in per_class
+            if (c["role"], c["nomenclature"], c["alpha"]) == (role, nomen, a)
+            and c["value"] is not None
+        ]
+        if nomen == "imagefolder":
+            mean = sum(v * n for v, n in got) / sum(n for _, n in got)
+        else:
+            mean = sum(v for v, _ in got) / len(got)
+        assert mean == pytest.approx(value, abs=1e-9), (role, nomen, a)
+    assert {r["label"] for r in test} >= {"eval/bigearthnet:ben5", "eval/bigearthnet:ben43"}
 
 
 def test_optuna_sweep(run_dir, tmp_path):

@@ -277,6 +277,9 @@ def test_bad_input_fails_before_ray(sets, tmp_path, capsys):
     assert "the sweep sets joint_data itself" in capsys.readouterr().err
     assert dataset_sweep.main(_argv(sets, out, "--patching", ben, "--patch", "selection=best")) == 2
     assert "argument --selection: invalid choice" in capsys.readouterr().err
+    argv = _argv(sets, out, "--patching", ben, "--eval-data", f"{ben}:ben5")
+    assert dataset_sweep.main(argv) == 2
+    assert f"--eval-data {ben}:ben5: the dataset sweep" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -17,7 +17,11 @@ class AlignConfig(StageConfig):
     and the evaluation schedule."""
 
     data: str = option(help="shard set to align on (train split; val/test for evaluation)")
-    eval_data: tuple[str, ...] = option((), help="more shard sets to evaluate the student on")
+    eval_data: tuple[str, ...] = option(
+        (),
+        help="more shard sets to evaluate the student on: PATH, or PATH:NOMENCLATURE for another "
+        "label set of it (e.g. shards/ben:ben5)",
+    )
     model: str = option("ViT-B-32", help="teacher open_clip model, when no --teacher dir")
     pretrained: str | None = option("openai", help="teacher pretrained tag or local file")
     lr: float = with_default("lr", 1e-4)

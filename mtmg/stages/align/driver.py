@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from mtmg import config
-from mtmg.data import loader, transforms
+from mtmg.data import evalsets, loader, transforms
 from mtmg.models import clip, heads, student
 from mtmg.report import tables
 from mtmg.stages import job
@@ -69,7 +69,7 @@ def resolve_teacher(cfg: AlignConfig) -> tuple[str, str | None, str | None]:
 def resolve_inputs(cfg: AlignConfig) -> Sets:
     """Check the shard sets before anything is built: splits and the student's input bands."""
     sets = [(str(Path(cfg.data).resolve()), cfg.nomenclature)]
-    sets += [(str(Path(p).resolve()), None) for p in cfg.eval_data]
+    sets += [(e.path, e.nomenclature) for e in evalsets.check(cfg.eval_data)]
     for n, (path, nomen) in enumerate(sets):
         ds = loader.ShardSet.open(path)
         if n == 0 and not ds.count("train"):
@@ -172,8 +172,7 @@ def write_outputs(cfg, out: Path, net, state, teacher, report, seconds) -> dict[
         "input_scaling": scaling,
     }
     student.save_student(net, out, meta)
-    rows = state["rows"]
-    tables.write_table(rows, out / "metrics")
+    rows = tables.write_metrics(state["rows"], out)
     losses = state["losses"]
     curves = {
         "total": [r["loss"] for r in losses],

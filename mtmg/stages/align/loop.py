@@ -101,7 +101,8 @@ def _train(cfg: AlignConfig, ctx, m: Models, sets, hooks: faults.Faults) -> skel
         if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             val = scoring.score(cfg, ctx, m, sets, "val", epoch + 1)
             state["rows"] += val
-            stats.update(scoring.headline(val, ds.name, m.student.spec.input, "val"))
+            nomen = ds.nomenclature(sets[0][1])
+            stats.update(scoring.headline(val, ds.name, m.student.spec.input, "val", nomen))
 
     run.epochs(
         state,

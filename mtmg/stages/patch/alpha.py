@@ -65,9 +65,11 @@ class _Evaluator:
             )
             if m is not None:
                 main = "mAP" if ds.task == "multi-label" else "top1"
+                nomen = ds.nomenclature(self.sets[i][2])
                 out.append(
                     {
                         "dataset": ds.name,
+                        "nomenclature": nomen,
                         "path": self.sets[i][1],
                         "role": self.sets[i][0],
                         "split": split,
@@ -77,6 +79,7 @@ class _Evaluator:
                         "n": m["n"],
                         "device": self.ctx.device.type,
                         "amp": "bf16" if self.amp else "fp32",
+                        "per_class": evaluate.class_values(ds.classes(nomen), m),
                     }
                 )
         return out

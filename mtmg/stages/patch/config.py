@@ -18,7 +18,11 @@ class PatchConfig(StageConfig):
     """`StageConfig` with PAINT's defaults, the other patching and supported sets, alpha."""
 
     data: str = option(help="shard set of the patching task (train, val, test splits)")
-    eval_data: tuple[str, ...] = option((), help="more shard sets to report test metrics on")
+    eval_data: tuple[str, ...] = option(
+        (),
+        help="more shard sets to report test metrics on: PATH, or PATH:NOMENCLATURE for another "
+        "label set of it (e.g. shards/ben:ben5)",
+    )
     model: str = option("ViT-B-32", help="open_clip model name")
     pretrained: str | None = option("openai", help="open_clip pretrained tag or a local file")
     nomenclature: str | None = option(

@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import save_file
 
 from mtmg import config
-from mtmg.data import loader
+from mtmg.data import evalsets, loader
 from mtmg.engine import select
 from mtmg.models import clip, heads, weights
 from mtmg.report import tables
@@ -63,7 +63,7 @@ def resolve_inputs(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
     nomens = _nomenclatures(cfg.nomenclature, paths)
     sets = [("patching", p, n) for p, n in zip(paths, nomens, strict=True)]
     sets += [("supported", job.absolute(p), None) for p in cfg.supported]
-    sets += [("eval", job.absolute(p), None) for p in cfg.eval_data]
+    sets += [("eval", e.path, e.nomenclature) for e in evalsets.check(cfg.eval_data)]
     for role, path, nomen in sets:
         ds = loader.ShardSet.open(path)
         need = ("train", "val") if role == "patching" else ()
@@ -93,8 +93,8 @@ def _nomenclatures(name: str | None, paths: Sequence[str]) -> list[str | None]:
 
 
 def build_heads(cfg: PatchConfig, bundle: clip.ClipBundle, sets: Sets) -> list[torch.Tensor]:
-    """Zero-shot head weights of every dataset (patching task in its nomenclature), cached."""
-    datasets = [(loader.ShardSet.open(p), n if role == "patching" else None) for role, p, n in sets]
+    """Zero-shot head weights of every dataset in its nomenclature, cached."""
+    datasets = [(loader.ShardSet.open(p), n) for _, p, n in sets]
     return heads.dataset_heads(bundle, cfg.model, datasets, cfg.cache_dir, cfg.templates)
 
 
@@ -159,7 +159,7 @@ def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) ->
     if cfg.model_config:  # the run dir stays self-contained (the alignment teacher reads it)
         shutil.copyfile(cfg.model_config, out / "model_config.json")
     rows = [{**r, "selected": r.get("selected")} for r in state["rows"]]
-    tables.write_table(rows, out / "metrics")
+    rows = tables.write_metrics(rows, out)
     chosen = state["alpha"]
     curves = select.curves(rows, "val")
     k = len(cfg.patching)

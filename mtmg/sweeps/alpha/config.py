@@ -56,7 +56,11 @@ class AlphaSweepConfig(options.SweepConfig):
     supported: tuple[str, ...] = option(
         (), help="supported-task shard sets (with --run: replace the run's)"
     )
-    eval_data: tuple[str, ...] = option((), help="more shard sets to report test metrics on")
+    eval_data: tuple[str, ...] = option(
+        (),
+        help="more shard sets to report test metrics on: PATH, or PATH:NOMENCLATURE for another "
+        "label set of it (e.g. shards/ben:ben5)",
+    )
     model: str | None = option(None, help="fine-tune: open_clip model (default: mtmg.patch's)")
     pretrained: str = option(
         "",
@@ -148,6 +152,7 @@ def spec(cfg: AlphaSweepConfig) -> dict[str, Any]:
 
 def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
     """The patch run's config: the run's (paths overridable), or the fine-tune's to run."""
+    from mtmg.data import evalsets
     from mtmg.stages.patch import driver as patch
 
     values = _run_values(cfg) if cfg.run else _fine_tune_values(cfg)
@@ -167,7 +172,7 @@ def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
         data=abs_path(pcfg.data),
         joint_data=tuple(abs_path(p) for p in pcfg.joint_data),
         supported=tuple(abs_path(p) for p in pcfg.supported),
-        eval_data=tuple(abs_path(p) for p in pcfg.eval_data),
+        eval_data=tuple(evalsets.absolute(p) for p in pcfg.eval_data),
     )
 
 

@@ -35,8 +35,8 @@ def metrics(sweep: inputs.Sweep, got: inputs.SweptRun, chosen: float) -> list[di
         )
     for r in rows:
         r.setdefault("source", "sweep")
-    order = {(s.role, s.path): i for i, s in enumerate(ti.sets)}
-    rows.sort(key=lambda r: (r["alpha"], order[(r["role"], r["path"])]))
+    order = {(s.role, s.path, s.nomenclature): i for i, s in enumerate(ti.sets)}
+    rows.sort(key=lambda r: (r["alpha"], order[(r["role"], r["path"], r["nomenclature"])]))
     return rows
 
 
@@ -45,24 +45,13 @@ def from_patch_run(
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """Test rows at alpha 0, `chosen` and 1 that the patch run already has, and the alphas
     still to evaluate."""
-    path = run_dir / "metrics.parquet"
     amp = "bf16" if ti.amp and device == "cuda" else "fp32"
-    known: dict[tuple, dict[str, Any]] = {}
-    if path.is_file():
-        import pyarrow.parquet as pq
-
-        for r in pq.read_table(path).to_pylist():
-            # the run's test-phase rows (`selected` set), evaluated as the sweep would
-            if r.get("selected") is not None and (r.get("device"), r.get("amp")) == (device, amp):
-                known[(r["role"], config.abs_path(r["path"]), r["split"], float(r["alpha"]))] = r
+    known = _run_rows(run_dir, device, amp)
     jobs = trial.test_jobs(ti)
     rows: list[dict[str, Any]] = []
     todo: list[float] = []
     for a in sorted({0.0, chosen, 1.0}):
-        got = [
-            known.get((ti.sets[i].role, config.abs_path(ti.sets[i].path), split, a))
-            for i, split in jobs
-        ]
+        got = [known.get((*_key(ti.sets[i]), split, a)) for i, split in jobs]
         if not all(got):
             todo.append(a)
             continue
@@ -71,6 +60,7 @@ def from_patch_run(
             rows.append(
                 {
                     "dataset": s.name,
+                    "nomenclature": s.nomenclature,
                     "label": s.label,
                     "path": s.path,
                     "role": s.role,
@@ -81,6 +71,36 @@ def from_patch_run(
                     "n": r["n"],
                     "selected": a == chosen,
                     "source": "patch run",
+                    "per_class": r["per_class"],
                 }
             )
     return rows, todo
+
+
+def _key(s: trial.EvalSet) -> tuple[str, str, str | None]:
+    return s.role, config.abs_path(s.path), s.nomenclature
+
+
+def _run_rows(run_dir: Path, device: str, amp: str) -> dict[tuple, dict[str, Any]]:
+    """The patch run's test-phase rows (`selected` set) evaluated as the sweep would, with
+    their per-class values, by (role, path, nomenclature, split, alpha); none from a run
+    whose tables lack the nomenclature or the per-class values (then the sweep evaluates)."""
+    path, per_class = run_dir / "metrics.parquet", run_dir / "per_class.parquet"
+    if not (path.is_file() and per_class.is_file()):
+        return {}
+    import pyarrow.parquet as pq
+
+    def key(r: dict[str, Any]) -> tuple:
+        where = (r["role"], config.abs_path(r["path"]), r.get("nomenclature"))
+        return (*where, r["split"], float(r["alpha"]))
+
+    classes: dict[tuple, list] = {}
+    for r in pq.read_table(per_class).to_pylist():
+        if r.get("selected") is not None:
+            classes.setdefault(key(r), []).append((r["class"], r["value"], r["n"]))
+    known = {}
+    for r in pq.read_table(path).to_pylist():
+        if r.get("selected") is not None and (r.get("device"), r.get("amp")) == (device, amp):
+            if key(r) in classes and r.get("nomenclature") is not None:
+                known[key(r)] = {**r, "per_class": classes[key(r)]}
+    return known

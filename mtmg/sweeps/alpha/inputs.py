@@ -86,11 +86,15 @@ def trial_inputs(
 ) -> trial.AlphaTrialInputs:
     """What every trial takes besides the object-store refs."""
     opened = [loader.ShardSet.open(p) for _, p, _ in sets]
-    names = [f"{role}/{ds.name}" for (role, _, _), ds in zip(sets, opened, strict=True)]
-    labels = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
-    records = zip(sets, labels, opened, strict=True)
+    resolved = [
+        (role, p, ds.nomenclature(n)) for (role, p, n), ds in zip(sets, opened, strict=True)
+    ]
+    records = zip(resolved, _labels(resolved, opened), opened, strict=True)
     return trial.AlphaTrialInputs(
-        sets=tuple(trial.EvalSet(*s, label, ds.name, ds.task) for s, label, ds in records),
+        sets=tuple(
+            trial.EvalSet(*s, label, ds.name, ds.task, tuple(ds.classes(s[2])))
+            for s, label, ds in records
+        ),
         decoder=(bundle.image_size, tuple(bundle.mean), tuple(bundle.std)),
         eval_batch_size=pcfg.eval_batch_size,
         loader_workers=pcfg.loader_workers,
@@ -102,6 +106,17 @@ def trial_inputs(
         cache_gb=cfg.eval_cache_gb,
         faults=injected,
     )
+
+
+def _labels(sets: Sets, opened: list[loader.ShardSet]) -> list[str]:
+    """Unique metric-column names: role/dataset, with :nomenclature where a dataset repeats
+    (BigEarthNet in several label sets), then #index where that still repeats."""
+    names = [f"{role}/{ds.name}" for (role, _, _), ds in zip(sets, opened, strict=True)]
+    names = [
+        n if names.count(n) == 1 else f"{n}:{nomen}"
+        for n, (_, _, nomen) in zip(names, sets, strict=True)
+    ]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
 def prepare(sweep: Sweep) -> Prepared:

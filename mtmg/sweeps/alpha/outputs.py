@@ -2,9 +2,10 @@
 
 sweep.parquet/.csv (one row per trial), summary.md, summary.json, best_config.yaml (an
 `mtmg.patch --config` at the chosen alpha), spec.yaml, alpha_curve.png (Pareto front starred),
-metrics.parquet/.csv (test rows), and, laid out like a patch run dir for the alignment stage's
-teacher: patched.safetensors (a full open_clip checkpoint at the chosen alpha), config.yaml (the
-patch run's config) and model_config.json when the run used one.
+metrics.parquet/.csv (test rows), per_class.parquet/.csv (their per-class values), and, laid
+out like a patch run dir for the alignment stage's teacher: patched.safetensors (a full open_clip
+checkpoint at the chosen alpha), config.yaml (the patch run's config) and model_config.json
+when the run used one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,18 @@ TRIAL_COLUMNS = (
     "time_s",
     "error",
 )
-TEST_COLUMNS = ("role", "dataset", "split", "alpha", "metric", "value", "n", "selected", "source")
+TEST_COLUMNS = (
+    "role",
+    "dataset",
+    "nomenclature",
+    "split",
+    "alpha",
+    "metric",
+    "value",
+    "n",
+    "selected",
+    "source",
+)
 
 
 def write(
@@ -51,7 +63,7 @@ def write(
     tables.plot_alpha_curve(
         curves, choice.alpha, out / "alpha_curve.png", pareto=choice.front, title=title
     )
-    tables.write_table(test, out / "metrics")
+    test = tables.write_metrics(test, out)
     summary = _summary(sweep, rows, choice.alpha, test, experiment)
     sweep.times["total_s"] = time.perf_counter() - sweep.t0
     summary["timings"] = {k: round(v, 3) for k, v in sweep.times.items()}

@@ -32,6 +32,7 @@ class EvalSet(NamedTuple):
     label: str  # unique among the sets: the name of its metric column (val/LABEL)
     name: str  # the dataset's name (its manifest's)
     task: str  # multi-label or single-label (the manifest's)
+    classes: tuple[str, ...] = ()  # of the nomenclature: the per-class rows' names
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class Evaluator:
             out.append(
                 {
                     "dataset": s.name,
+                    "nomenclature": s.nomenclature,
                     "label": s.label,
                     "path": s.path,
                     "role": s.role,
@@ -137,6 +139,7 @@ class Evaluator:
                     "metric": main,
                     "value": m[main],
                     "n": m["n"],
+                    "per_class": evaluate.class_values(list(s.classes), m),
                 }
             )
         return out

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtmg import config
-from mtmg.data import loader
+from mtmg.data import evalsets, loader
+from mtmg.errors import InputError
 from mtmg.stages.patch import driver as patch
 from mtmg.sweeps import common, options, trials
 from mtmg.sweeps.dataset import summary, trial
@@ -81,6 +82,13 @@ def check_options(cfg: DatasetSweepConfig) -> None:
     if len(set(cfg.patching)) != len(cfg.patching):
         raise ValueError("--patching: repeated entries")
     options.check_overrides(patch.PatchConfig, cfg.patch, "--patch", SWEPT)
+    named = [e for e in cfg.eval_data if evalsets.EvalEntry.parse(e).nomenclature is not None]
+    if named:  # its gain tables are keyed by shard set
+        raise InputError(
+            f"--eval-data {named[0]}: the dataset sweep scores each set in its default "
+            "nomenclature only; score others with mtmg.patch or the alpha sweep "
+            "(--eval-data PATH:NOMENCLATURE)"
+        )
 
 
 def _is_shard_set(path: str) -> bool:
