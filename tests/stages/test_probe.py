@@ -176,7 +176,7 @@ def test_few_shot_samples_are_per_class_and_nested():
     assert torch.equal(fit.subsample(multi, 1.0, seed=0), torch.arange(50))
 
 
-def test_patch_run_at_alpha_0_and_1_and_a_checkpoint_then_the_cache(sets, runs, tmp_path):
+def test_patch_run_at_alpha_0_and_1_and_a_checkpoint_then_the_cache(sets, runs, tmp_path, capsys):
     """CLIP at alpha 0 and 1 of a patch run, and the zero-shot tower as a NAME:FILE checkpoint,
     on single-label EuroSAT-MS; a second run reads every feature back from the cache."""
     encoders = (
@@ -213,9 +213,17 @@ def test_patch_run_at_alpha_0_and_1_and_a_checkpoint_then_the_cache(sets, runs, 
     assert all(e["cached"] for e in by_enc[labels[2]].values())
     zs_x, ft_x = (load_file(e["file"])["x"] for e in (zs, ft))
     assert zs_x.shape == ft_x.shape and not torch.allclose(zs_x, ft_x)
-    # the second run extracts nothing, leaves the cache files alone and says so
-    mtimes = {f: Path(f).stat().st_mtime_ns for e in feats for f in [e["file"]]}
-    _, second = _probe(tmp_path, "b", data=(sets["ems"],), encoders=encoders, fractions=(0.5, 1))
+    # the second run, from the command line, extracts nothing, leaves the cache files alone
+    # and says so
+    mtimes = {e["file"]: Path(e["file"]).stat().st_mtime_ns for e in feats}
+    argv = ["--data", sets["ems"], "--encoders", *encoders, "--fractions", "0.5", "1"]
+    argv += ["--out", str(tmp_path / "b"), "--cache-dir", cfg.cache_dir, "--threads", "1"]
+    argv += ["--max-iter", "30", "--weight-decays", "1e-4", "1e-2", "1", "--loader-workers", "0"]
+    assert command.main(argv) == 0
+    said = capsys.readouterr().out
+    assert f"features: 0 split(s) extracted, {len(feats)} reused from the cache" in said
+    assert f"| zero-shot CLIP (alpha=0) | {rows[0]['dataset']} |" in said  # the table
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert second["features_extracted"] == 0 and second["features_reused"] == len(feats)
     assert {f: Path(f).stat().st_mtime_ns for f in mtimes} == mtimes
     assert [r["value"] for r in second["rows"]] == [r["value"] for r in first["rows"]]
