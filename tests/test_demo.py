@@ -77,6 +77,9 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     untrained, aligned = (_row(rows, m, "bigearthnet", "mAP") for m in ("untrained", "aligned"))
     assert aligned > untrained + 10
     assert aligned - untrained > 0.5 * (patched["bigearthnet"] - untrained), (untrained, aligned)
+    # linear probes of both students on BigEarthNet's test split are in the report
+    for who in ("aligned MS encoder", "untrained MS encoder"):
+        assert 0 <= _row(rows, f"linear probe ({who}", "bigearthnet", "mAP") <= 100
     # a rerun skips every step
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 9
