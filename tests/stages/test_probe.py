@@ -303,6 +303,7 @@ def test_bad_input_is_an_error_naming_it(sets, runs, tmp_path, capsys):
         "nonsense": "no KIND:WHERE",
         "nonsense:x": "'nonsense' is no kind",
         f"clip:{runs['patch']}@high": "alpha 'high' is not a number",
+        f"mtmg-tiny-vit:{empty}/gone.pt": f"checkpoint file {empty}/gone.pt not found",
     }
     for spec, said in cases.items():
         assert command.main([*base, "--encoders", spec]) == 2, spec

@@ -92,8 +92,8 @@ def run(cfg: ProbeConfig) -> dict[str, Any]:
                     continue
                 feats = _features(cfg, enc, ds, device)
                 extracted += [
-                    {"encoder": enc.label, "dataset": ds.name, "split": s, "cached": f.cached}
-                    | {"file": str(f.path)}
+                    {"encoder": enc.label, "dataset": ds.name, "split": s}
+                    | {"cached": f.cached, "file": str(f.path)}
                     for s, f in feats.items()
                 ]
                 for name in names:

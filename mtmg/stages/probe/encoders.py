@@ -89,7 +89,11 @@ def parse(text: str) -> Spec:
         check_model_name(kind)
     except ModelLoadError as e:
         raise _bad(text, f"{kind!r} is no kind (clip, student, untrained) nor model ({e})") from e
-    return Spec(text, "checkpoint", resolve_pretrained(kind, rest) or rest, model=kind)
+    try:
+        checkpoint = resolve_pretrained(kind, rest)
+    except ModelLoadError as e:
+        raise _bad(text, str(e).replace(" (--pretrained)", "")) from e
+    return Spec(text, "checkpoint", checkpoint or rest, model=kind)
 
 
 def _split_alpha(text: str, rest: str) -> tuple[str, float | None]:
