@@ -235,7 +235,7 @@ def test_aligned_and_untrained_students_in_two_label_sets(sets, runs, tmp_path):
     encoders = (
         f"student:{runs['align']}",
         f"untrained:{runs['align']}",
-        f"untrained:{runs['align']}/config.yaml",
+        f"from YAML=untrained:{runs['align']}/config.yaml",
     )
     cfg, summary = _probe(
         tmp_path,
@@ -247,7 +247,7 @@ def test_aligned_and_untrained_students_in_two_label_sets(sets, runs, tmp_path):
     )
     rows = pq.read_table(Path(cfg.out) / "probe.parquet").to_pylist()
     aligned, untrained = "aligned MS encoder", "untrained MS encoder (random init)"
-    assert {r["encoder"] for r in rows} == {aligned, untrained, f"{untrained} #2"}
+    assert {r["encoder"] for r in rows} == {aligned, untrained, "from YAML"}
     n = loader.ShardSet.open(sets["ben"]).count("train")
     for r in rows:
         assert (r["metric"], r["input"]) == ("mAP", "MS") and r["nomenclature"] in (
@@ -261,7 +261,7 @@ def test_aligned_and_untrained_students_in_two_label_sets(sets, runs, tmp_path):
     feats = summary["features"]
     assert len(feats) == 3 * 3 and sum(e["cached"] for e in feats) == 3
     files = {e["encoder"]: e["file"] for e in feats if e["split"] == "train"}
-    assert files[untrained] == files[f"{untrained} #2"] != files[aligned]
+    assert files[untrained] == files["from YAML"] != files[aligned]
     # the untrained student is align's builder on the run's options: its trunk's fingerprint
     acfg = align.AlignConfig(
         **{

@@ -14,6 +14,7 @@ SPEC_FORMS = (
     "student:ALIGN_DIR (the aligned student of a mtmg.align output dir)",
     "untrained:ALIGN_DIR|ALIGN.yaml (that student as built before alignment: its init only)",
     "NAME:CHECKPOINT (an open_clip model and a pretrained tag or checkpoint file)",
+    "LABEL=any of these (LABEL names its rows, e.g. RemoteCLIP=ViT-B-32:FILE.pt)",
 )
 
 

@@ -10,6 +10,7 @@ open_clip model with a pretrained tag or checkpoint file (RemoteCLIP-style state
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -42,6 +43,7 @@ class Spec:
     path: str  # a run dir, an align dir or YAML, or a checkpoint file / tag
     model: str | None = None  # open_clip name of a "checkpoint" spec
     alpha: float | None = None  # "clip": None is the run's chosen alpha
+    label: str | None = None  # its rows' name (default: from its kind and weights)
 
 
 @dataclass
@@ -65,7 +67,11 @@ def _bad(text: str, why: str) -> InputError:
 
 
 def parse(text: str) -> Spec:
-    """The spec `text`, its files checked (an error names the spec and the path at fault)."""
+    """The spec `text` (`[LABEL=]KIND:WHERE`), its files checked (an error names the spec and
+    the path at fault)."""
+    label, eq, body = text.partition("=")
+    if eq and ":" not in label and label.strip():
+        return dataclasses.replace(parse(body), text=text, label=label.strip())
     kind, sep, rest = text.partition(":")
     if not sep or not kind or not rest:
         raise _bad(text, "no KIND:WHERE")
@@ -142,6 +148,7 @@ def build(spec: Spec, student_features: str, device: torch.device) -> Encoder:
     else:
         enc = _student(spec, student_features)
     enc.module.to(device).eval().requires_grad_(False)
+    enc.label = spec.label or enc.label
     return enc
 
 
