@@ -10,7 +10,8 @@ Nothing is downloaded. Steps (each skipped when its outputs exist; `--fresh` red
   4. `sweeps/alpha_sweep.py`: fine-tune once, search alpha;
   5. `python -m mtmg.align` with the patched CLIP at the chosen alpha as teacher;
   6. a small `sweeps/loss_sweep.py` over the head-loss weight;
-  7. `python -m mtmg.report`: the paper-style table, plots and summary in OUT/report.
+  7. `python -m mtmg.probe`: linear probes of the aligned and the untrained student;
+  8. `python -m mtmg.report`: the paper-style table, plots and summary in OUT/report.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def run(
 
 
 def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "") -> dict:
-    from mtmg import align
+    from mtmg import align, probe
     from mtmg.report import build as report
     from mtmg.stages.pretrain import driver as pretrain
     from mtmg.sweeps import loss as loss_sweep
@@ -284,10 +285,24 @@ def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "
         ),
         times,
     )
+    probed = out / "probe"
+    _step(
+        "linear probe of the aligned and the untrained student",
+        probed / "summary.json",
+        fresh,
+        lambda: _ok(
+            probe.main(
+                ["--data", str(ben), "--out", str(probed), "--encoders", f"student:{aligned}"]
+                + [f"untrained:{aligned}", "--loader-workers", "1", *common]
+            ),
+            "linear probe",
+        ),
+        times,
+    )
     rep = out / "report"
     t0 = time.perf_counter()
     note = chance_note([shards.load_manifest(d) for d in (ems, img)])
-    summary = report.build([sweep, aligned, losses], rep, notes=[note])
+    summary = report.build([sweep, aligned, losses, probed], rep, notes=[note])
     times["report"] = round(time.perf_counter() - t0, 1)
     (rep / "timings.json").write_text(json.dumps(times, indent=1))
     return summary
@@ -345,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  patched CLIP:  {out / 'alpha-sweep' / 'patched.safetensors'}")
     print(f"  MS encoder:    {out / 'align'} (mtmg.models.student.load_student)")
     print(f"  loss sweep:    {out / 'loss-sweep' / 'summary.md'}")
+    print(f"  linear probe:  {out / 'probe' / 'probe.md'}")
     if args.report_to:
         tb = "tensorboard" in args.report_to
         where = f"tensorboard --logdir {out}" if tb else "in each run's folder (README: Tracking)"

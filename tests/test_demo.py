@@ -90,6 +90,9 @@ def test_demo_end_to_end_and_rerun(tmp_path):
             assert 0 < _row(rows, model, f"bigearthnet:{nomen}", "mAP") <= 100, (model, nomen)
     table = "\n".join(json.loads((rep / "summary.json").read_text())["table"])
     assert "bigearthnet:ben5 mAP" in table and "bigearthnet:ben43 mAP" in table
+    # linear probes of both students on BigEarthNet's test split are in the report
+    for who in ("aligned MS encoder", "untrained MS encoder"):
+        assert 0 <= _row(rows, f"linear probe ({who}", "bigearthnet:ben19", "mAP") <= 100
     # a rerun skips every step
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 9

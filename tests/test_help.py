@@ -23,7 +23,7 @@ print(len(out.getvalue()), heavy)
 """
 
 
-FACES = ["mtmg.patch", "mtmg.align", "mtmg.pretrain", "mtmg.zeroshot"]
+FACES = ["mtmg.patch", "mtmg.align", "mtmg.pretrain", "mtmg.zeroshot", "mtmg.probe"]
 FACES += ["mtmg.prep", "mtmg.verify", "mtmg.demo"]
 
 

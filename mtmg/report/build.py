@@ -2,11 +2,12 @@
 
 Reads what the stages write (`mtmg.patch` and alpha-sweep dirs: `metrics.parquet` with alpha
 rows; `mtmg.align` dirs: `metrics.parquet` with encoder rows; `mtmg.zeroshot` dirs: baseline
-CLIPs' zero-shot rows) wherever they ran, and writes one
+CLIPs' zero-shot rows; `mtmg.probe` dirs: `probe.parquet`) wherever they ran, and writes one
 table — rows: zero-shot CLIP, patched CLIP at the chosen alpha, the aligned multispectral encoder
-(and its untrained start); columns: every evaluation dataset's test metric (one per nomenclature
-where a dataset is scored in several, e.g. "bigearthnet:ben5 mAP") and retrieval Recall@K
-both ways — as markdown, CSV and parquet, plus `summary.json` and the runs' plots.
+(and its untrained start), linear probes; columns: every evaluation dataset's test metric (one
+per nomenclature where a dataset is scored in several, e.g. "bigearthnet:ben5 mAP") and
+retrieval Recall@K both ways — as markdown, CSV and parquet, plus `summary.json` and the runs'
+plots.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ RETRIEVAL = ("R@1", "R@10")
 
 def run_kind(path: Path) -> str:
     """What a run dir is: "align" (student.json), "patch" (patched weights and metrics: a
-    mtmg.patch or alpha-sweep dir), "sweep" (a sweep table: its plots and best configuration)."""
+    mtmg.patch or alpha-sweep dir), "probe" (probe.parquet), "sweep" (a sweep table: its plots
+    and best configuration)."""
+    if (path / "probe.parquet").is_file():
+        return "probe"
     if (path / "student.json").is_file():
         return "align"
     if (path / "patched.safetensors").is_file() and (path / "metrics.parquet").is_file():
@@ -38,8 +42,8 @@ def run_kind(path: Path) -> str:
     if (path / "zeroshot.md").is_file() and (path / "metrics.parquet").is_file():
         return "zeroshot"
     raise ValueError(
-        f"{path}: not a finished mtmg.patch, alpha-sweep, mtmg.align, sweep or mtmg.zeroshot "
-        "output dir"
+        f"{path}: not a finished mtmg.patch, alpha-sweep, mtmg.align, sweep, mtmg.zeroshot or "
+        "mtmg.probe output dir"
     )
 
 
@@ -130,6 +134,29 @@ def label_datasets(rows: list[dict[str, Any]]) -> None:
         r["set"] = f"{r['dataset']}:{r['nomenclature']}" if several else r["dataset"]
 
 
+def probe_rows(path: Path) -> list[dict[str, Any]]:
+    """Report rows of a probe run: "linear probe (<encoder>)" on the test splits (the share of
+    the train split named where it is not all of it)."""
+    out = []
+    for r in pq.read_table(path / "probe.parquet").to_pylist():
+        if r["split"] != "test":
+            continue
+        share = "" if r["fraction"] == 1 else f", {r['fraction']:g} of train"
+        out.append(
+            {
+                "model": f"linear probe ({r['encoder']}{share})",
+                "input": r["input"],
+                "dataset": r["dataset"],
+                "nomenclature": r["nomenclature"],
+                "role": "eval",
+                "metric": r["metric"],
+                "value": r["value"],
+                "run": str(path),
+            }
+        )
+    return out
+
+
 def table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
     """(row names, column names, {(row, column): value}); a column is "set metric", the set as
     `label_datasets` names it."""
@@ -141,7 +168,7 @@ def table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
         if col not in columns:
             columns.append(col)
         cells[(r["model"], col)] = r["value"]
-    order = ["zero-shot CLIP", "patched", "fine-tuned", "untrained MS", "aligned MS"]
+    order = ["zero-shot CLIP", "patched", "fine-tuned", "untrained MS", "aligned MS", "linear"]
     models.sort(key=lambda m: next(i for i, p in enumerate(order + [m]) if m.startswith(p)))
     columns.sort(key=lambda c: (" R@" in c or "cosine" in c, c))
     return models, columns, cells
@@ -194,6 +221,8 @@ def build(
             rows += align_rows(d)
         elif kind == "zeroshot":
             rows += zeroshot_rows(d)
+        elif kind == "probe":
+            rows += probe_rows(d)
         else:
             sweeps.append(json.loads((d / "summary.json").read_text()))
         for name in ("alpha_curve.png", "loss_curves.png", "loss_sweep.png"):
@@ -241,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m mtmg.report",
         description="A paper-style table (markdown, CSV, parquet), summary.json and the runs' "
-        "plots from finished mtmg.patch / alpha-sweep / mtmg.align / sweep / mtmg.zeroshot output "
-        "directories.",
+        "plots from finished mtmg.patch / alpha-sweep / mtmg.align / sweep / mtmg.zeroshot / "
+        "mtmg.probe output directories.",
     )
     ap.add_argument("runs", nargs="+", help="output directories of finished runs")
     ap.add_argument("--out", required=True, help="report directory")
