@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,9 @@ class StageFailed(errors.MtmgError):
         self.code = code
 
 
-def run(cfg: PaperConfig) -> dict[str, Any]:
-    """Run the stages of `cfg.spec` into `cfg.out`, then the report; returns its summary
-    (with `paper`: the published figures beside mtmg's)."""
+def run(cfg: PaperConfig, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the stages of `cfg.spec` into `cfg.out`, then the report (with `notes` among its
+    findings); returns its summary (with `paper`: the published figures beside mtmg's)."""
     sections = spec.load(cfg.spec)
     unknown = sorted(set(cfg.redo) - set(steps.NAMES))
     if unknown:
@@ -71,7 +72,7 @@ def run(cfg: PaperConfig) -> dict[str, Any]:
                 cascade = cascade or ran
         if cfg.dry_run:
             return {}
-        return report(out, [s.name for s in steps.STEPS if s.name in sections])
+        return report(out, [s.name for s in steps.STEPS if s.name in sections], notes)
 
 
 def _stage(
@@ -122,12 +123,12 @@ def _stage(
     return True
 
 
-def report(out: Path, names: list[str]) -> dict[str, Any]:
+def report(out: Path, names: list[str], notes: Sequence[str] = ()) -> dict[str, Any]:
     """`mtmg.report` over the finished stages, and the paper's figures beside mtmg's."""
     from mtmg.report import build, tables
 
     dirs = [out / n for n in names if steps.step(n).reported]
-    summary = build.build(dirs, out / REPORT)
+    summary = build.build(dirs, out / REPORT, notes=list(notes))
     comp = published.comparison(summary["rows"])
     md = published.markdown(comp)
     tables.write_table(comp, out / REPORT / "paper")

@@ -32,6 +32,9 @@ def load(path: str | Path) -> dict[str, dict[str, Any]]:
     missing = [n for n in steps.REQUIRED if n not in data]
     if missing:
         raise InputError(f"{path}: the spec needs the stage(s) {missing}")
+    for name, needs in steps.NEEDS.items():
+        if name in data and any(n not in data for n in needs):
+            raise InputError(f"{path}: the stage {name!r} needs the stage(s) {list(needs)}")
     sections = {}
     for name, section in data.items():
         sections[name] = check(path, steps.step(name), section or {})

@@ -55,6 +55,33 @@ STEPS = (
         lambda out: {"out": str(out / "align"), "teacher": str(out / "alpha")},
     ),
     Step(
+        "losses",
+        "loss ablation: the alignment with other distillation loss weights (loss sweep)",
+        "sweeps/loss_sweep.py",
+        "mtmg.sweeps.loss",
+        "mtmg.sweeps.loss:LossSweepConfig",
+        "summary.json",
+        lambda out: {"out": str(out / "losses"), "teacher": str(out / "alpha")},
+        sweep=True,
+    ),
+    Step(
+        "probe",
+        "linear probes: zero-shot and patched CLIP (RGB), aligned and untrained student (MS)",
+        "-m mtmg.probe",
+        "mtmg.stages.probe.command",
+        "mtmg.stages.probe.config:ProbeConfig",
+        "summary.json",
+        lambda out: {
+            "out": str(out / "probe"),
+            "encoders": [
+                f"zero-shot CLIP=clip:{out / 'alpha'}@0",
+                f"patched CLIP=clip:{out / 'alpha'}",
+                f"aligned MS encoder=student:{out / 'align'}",
+                f"untrained MS encoder=untrained:{out / 'align'}",
+            ],
+        },
+    ),
+    Step(
         "baselines",
         "baselines: remote-sensing CLIPs (RemoteCLIP, SkyCLIP, ...) scored zero-shot",
         "-m mtmg.zeroshot",
@@ -66,6 +93,7 @@ STEPS = (
 )
 NAMES = tuple(s.name for s in STEPS)
 REQUIRED = ("alpha",)  # the others are optional: a spec without them skips them
+NEEDS = {"losses": ("align",), "probe": ("align",)}  # what a stage's wiring reads besides alpha
 
 
 def step(name: str) -> Step:
