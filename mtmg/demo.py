@@ -7,11 +7,12 @@ Nothing is downloaded. Steps (each skipped when its outputs exist; `--fresh` red
   2. shard them with the `data_prep/shard.py` command;
   3. train a tiny CLIP that is really zero-shot capable on the supported task (`mtmg.pretrain`,
      cached) — with real weights one passes `--model ViT-B-32 --pretrained openai` instead;
-  4. `sweeps/alpha_sweep.py`: fine-tune once, search alpha;
-  5. `python -m mtmg.align` with the patched CLIP at the chosen alpha as teacher;
-  6. a small `sweeps/loss_sweep.py` over the head-loss weight;
-  7. `python -m mtmg.probe`: linear probes of the aligned and the untrained student;
-  8. `python -m mtmg.report`: the paper-style table, plots and summary in OUT/report.
+  4. the paper's protocol at demo size (`sweeps/paper.py --spec OUT/paper.yaml --out OUT/paper`):
+     `sweeps/alpha_sweep.py` (fine-tune once, search alpha), `python -m mtmg.align` with the
+     patched CLIP at the chosen alpha as teacher, a small `sweeps/loss_sweep.py` over the
+     head-loss weight, `python -m mtmg.probe` (linear probes of zero-shot and patched CLIP and of
+     the aligned and untrained student), then the report: the paper-style table, the paper's
+     published gains beside the demo's, plots and summary in OUT/paper/report.
 """
 
 from __future__ import annotations
@@ -26,15 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mtmg import errors, prep, rundir, synth, tracking
 from mtmg.data import shards
 
 MODEL = "mtmg-demo-vit"
 MIN_PATCHES = 120
 # the fine-tune of the alpha sweep: a gentle one, and a faster one for smoke runs (--quick)
-FINE_TUNE = ("--epochs", "32", "--lr", "1e-4")
-FINE_TUNE_QUICK = ("--epochs", "32", "--lr", "1.5e-4")
-STUDENT_ARGS = '{"depth": 4, "embed_dim": 96, "num_heads": 3, "patch_size": 8}'
+FINE_TUNE = {"epochs": 32, "lr": 1e-4}
+FINE_TUNE_QUICK = {"epochs": 32, "lr": 1.5e-4}
+STUDENT = {
+    "student_args": '{"depth": 4, "embed_dim": 96, "num_heads": 3, "patch_size": 8}',
+    "student_size": 32,
+    "batch_size": 32,
+    "warmup_steps": 20,
+    "loader_workers": 1,
+}
 
 
 def _step(name: str, done: Path, fresh: bool, fn: Callable[[], object], times: dict) -> None:
@@ -61,11 +70,6 @@ class DemoOptions:
 
     patches: int = 600
     quick: bool = False
-
-
-def _resume(sweep: Path) -> list[str]:
-    """`--resume` for a sweep that an interrupted demo left behind."""
-    return ["--resume"] if (sweep / rundir.RUN_FILE).exists() else []
 
 
 def _shard(dataset: str, root: Path, out: Path, *extra: str) -> None:
@@ -102,11 +106,8 @@ def run(
 
 
 def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "") -> dict:
-    from mtmg import align, probe
-    from mtmg.report import build as report
     from mtmg.stages.pretrain import driver as pretrain
-    from mtmg.sweeps import loss as loss_sweep
-    from mtmg.sweeps.alpha import driver as alpha_sweep
+    from mtmg.sweeps.paper import driver as paper
 
     raw, sh, times = out / "raw", out / "shards", {}
     ben_raw, ems_raw, img_raw = raw / "bigearthnet", raw / "eurosat-ms", raw / "shapes"
@@ -168,144 +169,64 @@ def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "
         lambda: pretrain.pretrain(pretrain.PretrainConfig(out=str(clip), model=MODEL)),
         times,
     )
-    common = ["--cache-dir", str(out / "cache"), *(["--report-to", report_to] if report_to else [])]
-    sweep = out / "alpha-sweep"
-    _step(
-        "alpha sweep (fine-tune once + 11 alphas)",
-        sweep / "summary.json",
-        fresh,
-        lambda: _ok(
-            alpha_sweep.main(
-                [
-                    "--data",
-                    str(ben),
-                    "--supported",
-                    str(img),
-                    "--eval-data",
-                    str(ems),
-                    f"{ben}:ben5",
-                    f"{ben}:ben43",
-                    "--model",
-                    MODEL,
-                    "--pretrained",
-                    str(clip / pretrain.CHECKPOINT),
-                    *(FINE_TUNE_QUICK if quick else FINE_TUNE),
-                    "--warmup-steps",
-                    "10",
-                    "--batch-size",
-                    "32",
-                    "--patch-config",
-                    str(_patch_options(out)),
-                    "--selection",
-                    "constrained",
-                    "--tolerance",
-                    "5",
-                    "--out",
-                    str(sweep),
-                    *_resume(sweep),
-                    *common,
-                ]
-            ),
-            "alpha sweep",
-        ),
-        times,
-    )
-    aligned = out / "align"
-    student = [
-        "--student-args",
-        STUDENT_ARGS,
-        "--student-size",
-        "32",
-        "--batch-size",
-        "32",
-        "--warmup-steps",
-        "20",
-        "--loader-workers",
-        "1",
-    ]
-    _step(
-        "align a multispectral student to the patched CLIP",
-        aligned / "summary.json",
-        fresh,
-        lambda: _ok(
-            align.main(
-                [
-                    "--data",
-                    str(ben),
-                    "--eval-data",
-                    str(ems),
-                    f"{ben}:ben5",
-                    f"{ben}:ben43",
-                    "--teacher",
-                    str(sweep),
-                    "--out",
-                    str(aligned),
-                    "--epochs",
-                    "40",
-                    "--lr",
-                    "1e-3",
-                    "--eval-every",
-                    "10",
-                    "--no-augment",
-                    *student,
-                    *common,
-                ]
-            ),
-            "alignment",
-        ),
-        times,
-    )
-    losses = out / "loss-sweep"
-    _step(
-        "loss sweep (w_txt)",
-        losses / "summary.json",
-        fresh,
-        lambda: _ok(
-            loss_sweep.main(
-                [
-                    "--data",
-                    str(ben),
-                    "--teacher",
-                    str(sweep),
-                    "--out",
-                    str(losses),
-                    "--epochs",
-                    "2" if quick else "6",
-                    "--w-txt",
-                    "0",
-                    "0.05",
-                    "0.5",
-                    "--align-config",
-                    str(aligned / "config.yaml"),
-                    *_resume(losses),
-                    *common,
-                ]
-            ),
-            "loss sweep",
-        ),
-        times,
-    )
-    probed = out / "probe"
-    _step(
-        "linear probe of the aligned and the untrained student",
-        probed / "summary.json",
-        fresh,
-        lambda: _ok(
-            probe.main(
-                ["--data", str(ben), "--out", str(probed), "--encoders", f"student:{aligned}"]
-                + [f"untrained:{aligned}", "--loader-workers", "1", *common]
-            ),
-            "linear probe",
-        ),
-        times,
-    )
-    rep = out / "report"
+    paper_out = out / "paper"
+    spec = _paper_spec(out, (ben, ems, img), clip / pretrain.CHECKPOINT, quick, report_to)
+    spec_path = out / "paper.yaml"
+    if not spec_path.is_file() or yaml.safe_load(spec_path.read_text()) != spec:
+        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     t0 = time.perf_counter()
     note = chance_note([shards.load_manifest(d) for d in (ems, img)])
-    summary = report.build([sweep, aligned, losses, probed], rep, notes=[note])
-    times["report"] = round(time.perf_counter() - t0, 1)
-    (rep / "timings.json").write_text(json.dumps(times, indent=1))
+    summary = paper.run(paper.PaperConfig(spec=str(spec_path), out=str(paper_out)), [note])
+    times["paper protocol (sweeps/paper.py)"] = round(time.perf_counter() - t0, 1)
+    (paper_out / paper.REPORT / "timings.json").write_text(json.dumps(times, indent=1))
     return summary
+
+
+def _paper_spec(
+    out: Path, sets: tuple[Path, Path, Path], ckpt: Path, quick: bool, report_to: str
+) -> dict[str, Any]:
+    """The demo-sized spec of `sweeps/paper.py` (what recipes/paper.yaml is at full size)."""
+    ben, ems, img = map(str, sets)
+    evals = [ems, f"{ben}:ben5", f"{ben}:ben43"]
+    common: dict[str, Any] = {"cache_dir": str(out / "cache")}
+    tracked = {"report_to": report_to} if report_to else {}
+    return {
+        "alpha": {
+            "data": ben,
+            "supported": [img],
+            "eval_data": evals,
+            "model": MODEL,
+            "pretrained": str(ckpt),
+            **(FINE_TUNE_QUICK if quick else FINE_TUNE),
+            "warmup_steps": 10,
+            "batch_size": 32,
+            "patch_config": str(_patch_options(out)),
+            "selection": "constrained",
+            "tolerance": 5.0,
+            **common,
+            **tracked,
+        },
+        "align": {
+            "data": ben,
+            "eval_data": evals,
+            "epochs": 40,
+            "lr": 1e-3,
+            "eval_every": 10,
+            "augment": False,
+            **STUDENT,
+            **common,
+            **tracked,
+        },
+        "losses": {
+            "data": ben,
+            "epochs": 2 if quick else 6,
+            "w_txt": [0.0, 0.05, 0.5],
+            "align_config": str(out / "paper" / "align" / "config.yaml"),
+            **common,
+            **tracked,
+        },
+        "probe": {"data": [ben], "loader_workers": 1, **common},
+    }
 
 
 def chance_note(manifests: list[dict[str, Any]]) -> str:
@@ -356,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     for g in summary["gains"]:
         print(f"- {g}")
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")
-    print(f"  report:        {out / 'report' / 'summary.md'} (+ summary.json, plots)")
-    print(f"  patched CLIP:  {out / 'alpha-sweep' / 'patched.safetensors'}")
-    print(f"  MS encoder:    {out / 'align'} (mtmg.models.student.load_student)")
-    print(f"  loss sweep:    {out / 'loss-sweep' / 'summary.md'}")
-    print(f"  linear probe:  {out / 'probe' / 'probe.md'}")
+    runs = out / "paper"
+    print(f"  report:        {runs / 'report' / 'summary.md'} (+ paper.md, summary.json, plots)")
+    print(f"  patched CLIP:  {runs / 'alpha' / 'patched.safetensors'}")
+    print(f"  MS encoder:    {runs / 'align'} (mtmg.models.student.load_student)")
+    print(f"  loss sweep:    {runs / 'losses' / 'summary.md'}")
+    print(f"  linear probe:  {runs / 'probe' / 'probe.md'}")
+    print(f"  the same run:  python sweeps/paper.py --spec {out / 'paper.yaml'} --out {runs}")
     if args.report_to:
         tb = "tensorboard" in args.report_to
         where = f"tensorboard --logdir {out}" if tb else "in each run's folder (README: Tracking)"

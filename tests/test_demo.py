@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
+
 from conftest import REPO
 
 
@@ -26,8 +28,11 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     cmd = [sys.executable, "-m", "mtmg.demo", "--out", str(out), "--patches", "360", "--quick"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    rep = out / "report"
+    rep = out / "paper" / "report"
     for name in (
+        "paper.md",
+        "paper.csv",
+        "paper_gains.png",
         "summary.md",
         "summary.json",
         "table.parquet",
@@ -93,9 +98,23 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     # linear probes of both students on BigEarthNet's test split are in the report
     for who in ("aligned MS encoder", "untrained MS encoder"):
         assert 0 <= _row(rows, f"linear probe ({who}", "bigearthnet:ben19", "mAP") <= 100
+    # the paper's published gains sit beside the demo's, BigEarthNet-5/19/43 all measured
+    paper = {c["result"].split()[0]: c for c in pq.read_table(rep / "paper.parquet").to_pylist()}
+    for name in ("BigEarthNet-5", "BigEarthNet-19", "BigEarthNet-43"):
+        assert paper[name]["mtmg"] is not None and paper[name]["paper"] > 0, paper[name]
+    assert paper["BigEarthNet-19"]["mtmg"] == round(
+        patched["bigearthnet:ben19"] - zs["bigearthnet:ben19"], 2
+    )
+    # the same protocol through its own command: every stage finished, so every stage skipped
+    again = [sys.executable, "sweeps/paper.py", "--spec", str(out / "paper.yaml")]
+    r = subprocess.run(
+        [*again, "--out", str(out / "paper")], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert r.stdout.count("[skip]") == 4 and "| BigEarthNet-5 mAP" in r.stdout
     # a rerun skips every step
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 9
+    assert r.returncode == 0 and "[done]" not in r.stdout and r.stdout.count("[skip]") >= 11
     # ... and a rerun with other options is refused instead of skipping to the old results
     r = subprocess.run(
         [*cmd[:-2], "400", "--quick"], capture_output=True, text=True, cwd=REPO, timeout=300

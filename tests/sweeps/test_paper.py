@@ -89,8 +89,10 @@ def test_dry_run_writes_each_stage_config_and_reruns_decide_per_stage(tmp_path, 
 
 
 def test_published_gains_sit_beside_the_measured_ones():
-    def row(model, dataset, metric, value):
-        return {"model": model, "dataset": dataset, "metric": metric, "value": value}
+    def row(model, label, metric, value):
+        dataset, _, nomen = label.partition(":")
+        r = {"model": model, "dataset": dataset, "metric": metric, "value": value, "set": label}
+        return {**r, "nomenclature": nomen} if nomen else r
 
     rows = [
         row("zero-shot CLIP", "bigearthnet", "mAP", 20.0),  # unnamed: BigEarthNet-19

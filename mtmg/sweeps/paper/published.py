@@ -35,18 +35,19 @@ ZERO_SHOT, PATCHED = "zero-shot CLIP", "patched CLIP"
 DEFAULT_NOMENCLATURE = {"bigearthnet": "ben19"}  # what a BigEarthNet set is scored in unnamed
 
 
-def _matches(p: Published, label: str) -> bool:
-    """Whether a report row's dataset label ("bigearthnet", "bigearthnet:ben5") is `p`'s set."""
-    name, _, nomen = label.partition(":")
-    nomen = nomen or DEFAULT_NOMENCLATURE.get(name, "")
+def _matches(p: Published, row: dict[str, Any]) -> bool:
+    """Whether a report row is of `p`'s set and label set (a row without a nomenclature: the
+    set's default one)."""
+    name = row["dataset"]
+    nomen = row.get("nomenclature") or DEFAULT_NOMENCLATURE.get(name, "")
     return name == p.dataset and p.nomenclature in (None, nomen)
 
 
 def _value(rows: Sequence[dict[str, Any]], model: str, p: Published) -> tuple[str, float] | None:
-    """(dataset label, value) of `model`'s first row on `p`'s set and metric."""
+    """(report column's set, value) of `model`'s first row on `p`'s set and metric."""
     for r in rows:
-        if r["model"].startswith(model) and r["metric"] == p.metric and _matches(p, r["dataset"]):
-            return r["dataset"], r["value"]
+        if r["model"].startswith(model) and r["metric"] == p.metric and _matches(p, r):
+            return r.get("set") or r["dataset"], r["value"]
     return None
 
 
