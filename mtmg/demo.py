@@ -189,7 +189,7 @@ def _paper_spec(
     ben, ems, img = map(str, sets)
     evals = [ems, f"{ben}:ben5", f"{ben}:ben43"]
     common: dict[str, Any] = {"cache_dir": str(out / "cache")}
-    tracked = {"report_to": report_to} if report_to else {}
+    tracked = {"report_to": [report_to]} if report_to else {}
     return {
         "alpha": {
             "data": ben,

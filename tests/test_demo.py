@@ -150,3 +150,25 @@ def test_the_report_says_what_chance_is():
     note = chance_note(sets + [manifest("imagefolder", "single-label", 6)])
     assert note.startswith("Top-1 chance: eurosat-ms 10.0 (10 classes), imagefolder 16.7 (6")
     assert "bigearthnet" not in note and "arbitrary" in note
+
+
+def test_the_demo_spec_is_a_valid_paper_spec_and_carries_report_to(tmp_path):
+    """What the demo hands `sweeps/paper.py`: every stage's options as its parser reads them."""
+    import argparse
+
+    import yaml
+
+    from mtmg import config, demo, tracking
+    from mtmg.sweeps.paper import spec, steps
+
+    sets = tuple(tmp_path / n for n in ("ben", "ems", "img"))
+    text = demo._paper_spec(tmp_path, sets, tmp_path / "clip.pt", False, "tensorboard")
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(text))
+    loaded = spec.load(path)
+    assert sorted(loaded) == ["align", "alpha", "losses", "probe"]
+    for name in ("alpha", "align", "losses"):
+        step = steps.step(name)
+        options = {**loaded[name], **step.wiring(tmp_path / "paper")}
+        cfg = config.from_args(step.config_class(), argparse.Namespace(**options))
+        assert tracking.check(cfg.report_to) == ("tensorboard",), name
