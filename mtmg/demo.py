@@ -104,8 +104,8 @@ def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "
     from mtmg import align
     from mtmg.report import build as report
     from mtmg.stages.pretrain import driver as pretrain
-    from mtmg.sweeps import loss as loss_sweep
     from mtmg.sweeps.alpha import driver as alpha_sweep
+    from mtmg.sweeps.loss import driver as loss_sweep
 
     raw, sh, times = out / "raw", out / "shards", {}
     ben_raw, ems_raw, img_raw = raw / "bigearthnet", raw / "eurosat-ms", raw / "shapes"
