@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from mtmg.sweeps.dataset.driver import main  # noqa: E402
+from mtmg.sweeps import command  # noqa: E402
+from mtmg.sweeps.dataset.config import COMMAND  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(command.main(COMMAND))

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtmg import prep, synth, tracking
 from mtmg.stages.patch import command
-from mtmg.sweeps import loss as loss_sweep
+from mtmg.sweeps.loss import driver as loss_sweep
 
 STUDENT = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}'
 

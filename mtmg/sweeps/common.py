@@ -1,11 +1,12 @@
-"""The skeleton of every Ray Tune sweep, written once: parse, check, claim OUT, load the inputs,
-start Ray, run the trials, write the tables; errors and Ctrl-C end it as every mtmg command
-ends (`mtmg.errors`).
+"""The skeleton of every Ray Tune sweep, written once: check, claim OUT, load the inputs, start
+Ray, run the trials, write the tables; errors and Ctrl-C end it as every mtmg command ends
+(`mtmg.errors`).
 
-A sweep module describes itself as a `Sweep` (name, options, checks, `prepare`) and its face
-calls `main(SWEEP, argv)`. `prepare` loads what the trials share before Ray starts and returns
-a `Prepared`: the trial function, its inputs (sent to the object store once), the search and
-how to write the outputs from the trial rows.
+A sweep's driver describes itself as a `Sweep` (its `SweepCommand`, checks, `prepare`) and
+runs the config its command parsed (`mtmg.sweeps.command`) with `execute(SWEEP, cfg)`.
+`prepare` loads what the trials share before Ray starts and returns a `Prepared`: the trial
+function, its inputs (sent to the object store once), the search and how to write the outputs
+from the trial rows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mtmg import config, errors, rundir
 from mtmg.data import loader
 from mtmg.runtime import tuner
 from mtmg.sweeps import options, outputs
+from mtmg.sweeps.command import SweepCommand
 
 log = logging.getLogger(__name__)
 # the metric a trial's last report carries: with it the trial finished, `done` flag or not
@@ -41,21 +43,22 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Sweep:
-    """One sweep: its name (Tune experiment and OUT's kind), options and steps."""
+    """One sweep: its command (name, options, help), checks and steps."""
 
-    name: str
-    config: type[options.SweepConfig]
-    description: str
-    epilog: str
+    command: SweepCommand
     check_options: Callable[[Any], None]
     prepare: Callable[[Any], Prepared]
     trial_modules: tuple[str, ...] = ()  # imported by embedded Ray's workers as they start
 
+    @property
+    def name(self) -> str:
+        """The Tune experiment's name and OUT's kind."""
+        return self.command.name
 
-def main(sweep: Sweep, argv: Sequence[str] | None = None) -> int:
-    """A sweep's command: prints the summary; exit 0, 1 when no trial finished, 2 on bad input,
-    130 on Ctrl-C."""
-    cfg = options.parse(sweep.config, argv, sweep.description, sweep.epilog)
+
+def execute(sweep: Sweep, cfg: options.SweepConfig) -> int:
+    """A sweep's command once its options are parsed: prints the summary; exit 0, 1 when no
+    trial finished, 2 on bad input, 130 on Ctrl-C."""
     try:
         summary = run(sweep, cfg)
     except errors.USER_ERRORS as e:

@@ -23,6 +23,7 @@ option = config.option
 T = TypeVar("T")
 
 SEARCHES = ("grid", "optuna")
+OBJECTIVES = ("zeroshot", "retrieval", "sum")  # of an alignment trial (`trials.objective`)
 
 
 @dataclass(frozen=True)

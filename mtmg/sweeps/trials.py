@@ -24,8 +24,6 @@ from mtmg.models import clip, heads
 from mtmg.stages.align import driver as align
 from mtmg.stages.patch import driver as patch
 
-OBJECTIVES = ("zeroshot", "retrieval", "sum")  # of an alignment trial
-
 
 @dataclass(frozen=True)
 class TrialResources:

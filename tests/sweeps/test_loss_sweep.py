@@ -12,8 +12,8 @@ import pytest
 
 from mtmg import config, prep, synth
 from mtmg.stages.align import driver as align
-from mtmg.sweeps import loss as loss_sweep
 from mtmg.sweeps import options
+from mtmg.sweeps.loss import driver as loss_sweep
 
 from conftest import REPO, assert_not_rerun, kill_midway
 

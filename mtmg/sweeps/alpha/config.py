@@ -1,4 +1,6 @@
-"""The alpha sweep's options (`AlphaSweepConfig`), their checks, and the patch run they name.
+"""The alpha sweep's options (`AlphaSweepConfig`), its command-line face (`COMMAND`: light, so
+`--help` answers before torch or Ray is imported), the options' checks, and the patch run they
+name.
 
 `check` finds every error in the options and the run dir that can be found before Ray starts;
 `patch_config` resolves the patch run the sweep interpolates: a finished `--run` (its paths
@@ -15,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from mtmg import config
 from mtmg.engine import select
 from mtmg.sweeps import options
+from mtmg.sweeps.command import SweepCommand
 
 if TYPE_CHECKING:
     from mtmg.stages.patch import driver as patch
 
 option = config.option
+NAME = "alpha_sweep"  # the Tune experiment's name under --storage
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 RUN_FILES = ("config.yaml", "theta_zs.safetensors", "theta_ft.safetensors")
 FINE_TUNE_OPTIONS = (
@@ -96,6 +100,21 @@ class AlphaSweepConfig(options.SweepConfig):
         2.0, help="decode validation splits once and share them while they fit in this size"
     )
     cache_dir: str | None = option(None, help="zero-shot head cache (default: the run's)")
+
+
+COMMAND = SweepCommand(
+    NAME,
+    AlphaSweepConfig,
+    "Alpha sweep of PAINT patching with Ray Tune: interpolate a patch run's theta_zs and "
+    "theta_ft, evaluate every alpha on validation splits, choose alpha, report test metrics.",
+    "input: --run PATCH_RUN_DIR, or --data SHARDS --supported SHARDS [model options] to\n"
+    "fine-tune once first (into OUT/patch).\n"
+    "outputs in --out: sweep.parquet/.csv, summary.md, summary.json, best_config.yaml,\n"
+    "spec.yaml, alpha_curve.png, metrics.parquet/.csv (test), patched.safetensors and\n"
+    "config.yaml (a patch-run layout the alignment teacher loads). Ray Tune's experiment:\n"
+    "OUT/tune (--storage); an interrupted sweep continues with --resume.",
+    "mtmg.sweeps.alpha.driver",
+)
 
 
 def check_options(cfg: AlphaSweepConfig) -> None:

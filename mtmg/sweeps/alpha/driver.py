@@ -30,13 +30,12 @@ from typing import Any
 
 from mtmg import errors, faults
 from mtmg.runtime import tuner
-from mtmg.sweeps import common, options
+from mtmg.sweeps import command, common
 from mtmg.sweeps.alpha import config, early, heldout, inputs, outputs, selection, trial
-from mtmg.sweeps.alpha.config import AlphaSweepConfig
+from mtmg.sweeps.alpha.config import COMMAND, NAME, AlphaSweepConfig
 from mtmg.sweeps.outputs import trial_rows
 
 log = logging.getLogger(__name__)
-NAME = "alpha_sweep"  # the Tune experiment's name under --storage
 TRIAL_MODULES = (trial.__name__,)  # what trial processes import (preloaded when embedded)
 
 
@@ -193,18 +192,12 @@ def _search(cfg: AlphaSweepConfig) -> tuple[dict | None, Any, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python sweeps/alpha_sweep.py --run DIR --out DIR [options]`."""
-    cfg = options.parse(
-        AlphaSweepConfig,
-        argv,
-        "Alpha sweep of PAINT patching with Ray Tune: interpolate a patch run's theta_zs and "
-        "theta_ft, evaluate every alpha on validation splits, choose alpha, report test metrics.",
-        "input: --run PATCH_RUN_DIR, or --data SHARDS --supported SHARDS [model options] to\n"
-        "fine-tune once first (into OUT/patch).\n"
-        "outputs in --out: sweep.parquet/.csv, summary.md, summary.json, best_config.yaml,\n"
-        "spec.yaml, alpha_curve.png, metrics.parquet/.csv (test), patched.safetensors and\n"
-        "config.yaml (a patch-run layout the alignment teacher loads). Ray Tune's experiment:\n"
-        "OUT/tune (--storage); an interrupted sweep continues with --resume.",
-    )
+    return command.main(COMMAND, argv)
+
+
+def execute(cfg: AlphaSweepConfig) -> int:
+    """The sweep of parsed options, as its command runs it: prints the chosen alpha and the
+    test metrics; exit 0, 2 on bad input, 130 on Ctrl-C."""
     try:
         summary = run(cfg)
     except errors.USER_ERRORS as e:

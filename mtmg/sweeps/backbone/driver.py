@@ -25,83 +25,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtmg import config
 from mtmg.stages.align import driver as align
 from mtmg.stages.patch import driver as patch
-from mtmg.sweeps import common, options, trials
+from mtmg.sweeps import command, common, options, trials
 from mtmg.sweeps.backbone import summary, trial
+from mtmg.sweeps.backbone.config import (
+    ALIGN_SWEPT,
+    COMMAND,
+    PATCH_SWEPT,
+    STAGES,
+    BackboneSweepConfig,
+)
+from mtmg.sweeps.backbone.config import NAME as NAME  # the Tune experiment's name, for callers
 
 log = logging.getLogger(__name__)
-option = config.option
-NAME = "backbone_sweep"
-STAGES = ("patch", "align")
-# what each stage's trials set themselves: not for --patch / --align
-PATCH_SWEPT = ("model", "pretrained", "data", "supported", "joint_data", "out", "workers")
-ALIGN_SWEPT = (
-    "student",
-    "student_init",
-    "data",
-    "eval_data",
-    "out",
-    "eval_every",
-    "eval_init",
-    "workers",
-)
-
-
-@dataclass(frozen=True)
-class BackboneSweepConfig(options.StageSweepConfig):
-    """Options of the backbone sweep (the common sweep options first)."""
-
-    stage: str = option(
-        "patch",
-        help="patch: CLIP teachers x patching datasets; align: students x inits x "
-        "alignment datasets",
-        choices=list(STAGES),
-    )
-    data: tuple[str, ...] = option(
-        (), help="shard sets: the patching datasets (patch) or the datasets to align on (align)"
-    )
-    # patch stage
-    teachers: tuple[str, ...] = option(
-        (),
-        help="patch: CLIP backbones NAME[:PRETRAINED], PRETRAINED an open_clip tag, a "
-        "local weight file or 'none' (default: --pretrained)",
-    )
-    supported: tuple[str, ...] = option((), help="patch: supported-task shard sets (alpha rule)")
-    patch: tuple[str, ...] = option(
-        (),
-        help="patch: an mtmg.patch option of every trial as KEY=VALUE (repeatable; lists "
-        "comma-separated), e.g. --patch lr=3e-3 alphas=0,0.5,1",
-    )
-    patch_config: str | None = option(
-        None, help="patch: YAML of mtmg.patch options; --patch overrides it"
-    )
-    # align stage
-    teacher: str | None = option(None, help="align: a mtmg.patch / alpha-sweep output dir")
-    students: tuple[str, ...] = option(
-        ("vit_small_patch16_224",), help="align: timm student architectures"
-    )
-    student_inits: tuple[str, ...] = option(
-        ("none",), help="align: SSL4EO-S12 trunk checkpoints to try, 'none' for random init"
-    )
-    align: tuple[str, ...] = option(
-        (),
-        help="align: an mtmg.align option of every trial as KEY=VALUE (repeatable), e.g. "
-        "--align student_size=128 batch_size=64",
-    )
-    align_config: str | None = option(
-        None, help="align: YAML of mtmg.align options; --align overrides it"
-    )
-    objective: str = option(
-        "zeroshot",
-        help="align: validation objective (MS zero-shot, mean R@1, or their sum)",
-        choices=list(trials.OBJECTIVES),
-    )
 
 
 def check_options(cfg: BackboneSweepConfig) -> None:
@@ -124,7 +64,7 @@ def check_options(cfg: BackboneSweepConfig) -> None:
             raise ValueError("--stage align: give --teacher PATCH_RUN_DIR or --model/--pretrained")
         if not cfg.students or not cfg.student_inits:
             raise ValueError("--stage align: give --students and --student-inits")
-        if cfg.objective not in trials.OBJECTIVES:
+        if cfg.objective not in options.OBJECTIVES:
             raise ValueError(f"unknown --objective {cfg.objective!r}")
         if cfg.patch or cfg.patch_config:
             raise ValueError("--patch and --patch-config apply to --stage patch; use --align")
@@ -276,23 +216,14 @@ def prepare(cfg: BackboneSweepConfig) -> common.Prepared:
     )
 
 
-SWEEP = common.Sweep(
-    NAME,
-    BackboneSweepConfig,
-    "Sweep encoder backbones with Ray Tune: CLIP teachers x patching datasets (--stage "
-    "patch: fine-tune, select alpha, test), or timm students x SSL4EO inits x datasets "
-    "aligned to one teacher (--stage align). A grid, or Optuna over the combinations.",
-    "outputs in --out: sweep.parquet/.csv (one row per combination: config, validation and\n"
-    "test metrics, time, status, error), summary.md, summary.json, best_config.yaml (for\n"
-    "`python -m mtmg.patch --config` or `python -m mtmg.align --config`), patch_config.yaml\n"
-    "or align_config.yaml (what every trial starts from), spec.yaml, backbone_heatmap.png.\n"
-    "--resume continues an interrupted sweep without re-running finished trials.",
-    check_options,
-    prepare,
-    trial_modules=(trial.__name__,),
-)
+SWEEP = common.Sweep(COMMAND, check_options, prepare, trial_modules=(trial.__name__,))
+
+
+def execute(cfg: BackboneSweepConfig) -> int:
+    """The sweep of parsed options, as its command runs it (`common.execute`)."""
+    return common.execute(SWEEP, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python sweeps/backbone_sweep.py --stage patch|align --data SHARDS ... --out DIR`."""
-    return common.main(SWEEP, argv)
+    return command.main(COMMAND, argv)

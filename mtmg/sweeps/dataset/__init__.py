@@ -1,4 +1,5 @@
-"""The dataset sweep (`driver`; `trial`: what its trial processes run).
+"""The dataset sweep: `config` (its options and help, light), `driver`; `trial`: what its trial
+processes run.
 
 Empty on purpose: a trial process imports only the modules it needs.
 """

@@ -30,46 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from mtmg import config
 from mtmg.data import evalsets, loader
 from mtmg.errors import InputError
 from mtmg.stages.patch import driver as patch
-from mtmg.sweeps import common, options, trials
+from mtmg.sweeps import command, common, options, trials
 from mtmg.sweeps.dataset import summary, trial
-
-option = config.option
-NAME = "dataset_sweep"
-MIX = "+"  # joins the shard sets of a mixture in a --patching entry
-# what the sweep sets in every trial: not for --patch
-SWEPT = ("data", "joint_data", "supported", "eval_data", "out", "workers")
-
-
-@dataclass(frozen=True)
-class DatasetSweepConfig(options.StageSweepConfig):
-    """Options of the dataset sweep (the common sweep options first)."""
-
-    patching: tuple[str, ...] = option(
-        (),
-        help="what to patch on, one trial each: a shard set, or shard sets joined by '+' "
-        "(A+B: a mixture, PAINT's joint patching)",
-    )
-    eval_data: tuple[str, ...] = option(
-        (), help="more evaluation shard sets (patching and supported sets are always evaluated)"
-    )
-    supported: tuple[str, ...] = option(
-        (), help="supported-task shard sets: alpha selection (PAINT's rule) and evaluation"
-    )
-    patch: tuple[str, ...] = option(
-        (),
-        help="an mtmg.patch option of every trial as KEY=VALUE (repeatable; lists "
-        "comma-separated), e.g. --patch lr=1e-5 alphas=0,0.5,1 selection=patching",
-    )
-    patch_config: str | None = option(
-        None, help="YAML of mtmg.patch options (lr, epochs, ...); --patch overrides it"
-    )
+from mtmg.sweeps.dataset.config import COMMAND, MIX, SWEPT, DatasetSweepConfig
+from mtmg.sweeps.dataset.config import NAME as NAME  # the Tune experiment's name, for callers
 
 
 def check_options(cfg: DatasetSweepConfig) -> None:
@@ -186,27 +155,14 @@ def prepare(cfg: DatasetSweepConfig) -> common.Prepared:
     )
 
 
-SWEEP = common.Sweep(
-    NAME,
-    DatasetSweepConfig,
-    "Which patching dataset, or mixture of datasets (PAINT's joint patching), helps which "
-    "evaluation dataset: one Ray Tune trial per --patching entry (fine-tune, select alpha), "
-    "every evaluation dataset evaluated zero-shot and patched.",
-    "--patching entries: a shard set (one trial patching on it), or shard sets joined by\n"
-    "'+' (A+B: one trial patching on A and B together, `mtmg.patch --data A --joint-data\n"
-    "B`). An entry that is itself a shard set stays one set even if its path holds '+';\n"
-    "one that reads both ways is refused. Example: --patching ben ems ben+ems.\n"
-    "outputs in --out: gains.parquet/.csv (patching x evaluation: zero-shot, patched,\n"
-    "fine-tuned, gain), gains.png (heat map), sweep.parquet/.csv (one row per trial),\n"
-    "summary.md, summary.json, best_config.yaml (for `python -m mtmg.patch --config`),\n"
-    "patch_config.yaml (what every trial starts from), spec.yaml. --resume continues an\n"
-    "interrupted sweep without re-running finished trials.",
-    check_options,
-    prepare,
-    trial_modules=(trial.__name__,),
-)
+SWEEP = common.Sweep(COMMAND, check_options, prepare, trial_modules=(trial.__name__,))
+
+
+def execute(cfg: DatasetSweepConfig) -> int:
+    """The sweep of parsed options, as its command runs it (`common.execute`)."""
+    return common.execute(SWEEP, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python sweeps/dataset_sweep.py --patching SHARDS|A+B ... --out DIR [options]`."""
-    return common.main(SWEEP, argv)
+    return command.main(COMMAND, argv)

@@ -12,7 +12,7 @@ from mtmg.sweeps import common, outputs
 from mtmg.sweeps.dataset.trial import DatasetTrialInputs, trial_sets
 
 if TYPE_CHECKING:
-    from mtmg.sweeps.dataset.driver import DatasetSweepConfig
+    from mtmg.sweeps.dataset.config import DatasetSweepConfig
 
 
 def matrix_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:

@@ -24,45 +24,9 @@ import torch
 from mtmg import config
 from mtmg.data import evalsets
 from mtmg.stages.align import driver as align
-from mtmg.sweeps import common, options, outputs, trials
-
-option = config.option
-NAME = "loss_sweep"
-SPACE = ("w_img", "w_txt", "w_kd", "distance", "lr")
-# what the sweep sets in every trial: not for --align
-FIXED = ("data", "out", "eval_every", "eval_init")
-
-
-@dataclass(frozen=True)
-class LossSweepConfig(options.StageSweepConfig):
-    """Options of the loss sweep (the common sweep options first)."""
-
-    data: str | None = option(None, help="shard set to align on (train; val for the objective)")
-    eval_data: tuple[str, ...] = option(
-        (),
-        help="more shard sets to report test metrics on: PATH, or PATH:NOMENCLATURE for another "
-        "label set of it (e.g. shards/ben:ben5)",
-    )
-    teacher: str | None = option(None, help="a mtmg.patch / alpha-sweep output dir (teacher)")
-    align: tuple[str, ...] = option(
-        (),
-        help="an mtmg.align option of every trial as KEY=VALUE (repeatable; lists "
-        "comma-separated), e.g. --align batch_size=64 student=vit_base_patch16_224",
-    )
-    align_config: str | None = option(
-        None, help="YAML of mtmg.align options (a run's config.yaml works); --align overrides it"
-    )
-    w_img: tuple[float, ...] = option((1.0,), help="space: weight of the embedding distance")
-    w_txt: tuple[float, ...] = option((0.0, 0.05, 0.5), help="space: weight of the head loss")
-    w_kd: tuple[float, ...] = option((0.0,), help="space: weight of the KL to teacher logits")
-    distance: tuple[str, ...] = option(("mse",), help="space: distances D (mse, mse-norm, cosine)")
-    lr: tuple[float, ...] = option((1e-4,), help="space: learning rates")
-    objective: str = option(
-        "zeroshot",
-        help="validation objective: MS zero-shot metric, mean R@1 both ways, or sum",
-        choices=list(trials.OBJECTIVES),
-    )
-    asha: bool = option(True, help="optuna search: stop poor trials early (ASHA, per epoch)")
+from mtmg.sweeps import command, common, options, outputs, trials
+from mtmg.sweeps.loss.config import COMMAND, FIXED, SPACE, LossSweepConfig
+from mtmg.sweeps.loss.config import NAME as NAME  # the Tune experiment's name, for callers
 
 
 def check_options(cfg: LossSweepConfig) -> None:
@@ -81,7 +45,7 @@ def check_options(cfg: LossSweepConfig) -> None:
     bad = [d for d in cfg.distance if d not in align.DISTANCES]
     if not cfg.distance or bad:
         raise ValueError(f"--distance: choose from {list(align.DISTANCES)}, got {bad}")
-    if cfg.objective not in trials.OBJECTIVES:
+    if cfg.objective not in options.OBJECTIVES:
         raise ValueError(f"unknown --objective {cfg.objective!r}")
     options.check_overrides(align.AlignConfig, cfg.align, "--align", (*SPACE, *FIXED))
 
@@ -237,21 +201,14 @@ def write(
     return summary
 
 
-SWEEP = common.Sweep(
-    NAME,
-    LossSweepConfig,
-    "Sweep the alignment loss (w_img, w_txt, w_kd, distance, lr) with Ray Tune: a grid, or "
-    "Optuna TPE with ASHA early stopping.",
-    "outputs in --out: sweep.parquet/.csv (one row per trial: config, validation and test\n"
-    "metrics, time, status, error), summary.md, summary.json, best_config.yaml (for\n"
-    "`python -m mtmg.align --config`), align_config.yaml (what every trial starts from),\n"
-    "spec.yaml, loss_sweep.png.\n"
-    "--resume continues an interrupted sweep without re-running finished trials.",
-    check_options,
-    prepare,
-)
+SWEEP = common.Sweep(COMMAND, check_options, prepare)
+
+
+def execute(cfg: LossSweepConfig) -> int:
+    """The sweep of parsed options, as its command runs it (`common.execute`)."""
+    return common.execute(SWEEP, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python sweeps/loss_sweep.py --data SHARDS --teacher RUN --out DIR [options]`."""
-    return common.main(SWEEP, argv)
+    return command.main(COMMAND, argv)
