@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "\n".join(summary["table"]))
     for g in summary["gains"]:
         print(f"- {g}")
+    print("\nthe paper's published gains beside the demo's:\n" + "\n".join(summary["paper_table"]))
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")
     runs = out / "paper"
     print(f"  report:        {runs / 'report' / 'summary.md'} (+ paper.md, summary.json, plots)")

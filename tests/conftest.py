@@ -140,8 +140,8 @@ def local_cluster(tmp_path_factory):
         head.wait()
 
 
-# Command lines as users type them (run from the repository root). Each is a fresh interpreter
-# that imports torch and open_clip: seconds apiece, so `cli` starts them all at once.
+# Command lines as users type them (run from the repository root). Each is a fresh interpreter,
+# some import torch and open_clip (seconds apiece), so `cli` starts them all at once.
 CLI = {
     "align --help": ["-m", "mtmg.align", "--help"],
     "patch --help": ["-m", "mtmg.patch", "--help"],
