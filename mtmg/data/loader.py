@@ -65,6 +65,13 @@ class ShardSet:
     def has_ms(self) -> bool:
         return self.manifest["modality"].startswith("S2")
 
+    @property
+    def upsample(self) -> str:
+        """How this set's 20/60 m bands reach the 10 m grid when decoded: the method it was
+        sharded with (`shard.py --resample`, format 2), else nearest."""
+        method = self.manifest.get("resampling", {}).get("method")
+        return method if method in grids.UPSAMPLING else "nearest"
+
     def nomenclature(self, name: str | None = None) -> str:
         """The nomenclature to use: `name`, else BigEarthNet-19 where offered, else the stored."""
         options = self.manifest["nomenclatures"]
@@ -157,6 +164,22 @@ class Decoder:
     epoch: int = 0
     defer_augment: bool = False  # leave crop/resize/jitter to `device_batch` on the GPU
     upsample: str = "nearest"  # format 2: how 20/60 m bands reach the 10 m grid
+
+    @classmethod
+    def of(
+        cls,
+        ds: ShardSet,
+        view: str,
+        targets: Targets,
+        image_size: int,
+        ms_size: int | None = None,
+        **kw: Any,
+    ) -> Decoder:
+        """The decoder of `ds`'s samples: its bands, modality and upsampling (`ShardSet.upsample`
+        unless `kw` names one); `ms_size` defaults to `image_size`."""
+        kw.setdefault("upsample", ds.upsample)
+        bands, modality = tuple(ds.manifest["bands"]), ds.manifest["modality"]
+        return cls(bands, modality, view, targets, image_size, ms_size or image_size, **kw)
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         key = verify.check_members(sample)["__key__"]

@@ -31,15 +31,14 @@ class Models:
 
     def decoder(self, ds: loader.ShardSet, nomenclature: str | None, **kw: Any) -> loader.Decoder:
         spec = self.student.spec
-        return loader.Decoder(
-            tuple(ds.manifest["bands"]),
-            ds.manifest["modality"],
+        return loader.Decoder.of(
+            ds,
             f"rgb+{spec.input}",
             loader.Targets.of(ds, nomenclature),
             self.image_size,
             spec.img_size,
-            self.mean,
-            self.std,
+            mean=self.mean,
+            std=self.std,
             **kw,
         )
 

@@ -34,16 +34,8 @@ class _Evaluator:
     def batches(self, i: int, split: str) -> Any:
         if (i, split) not in self.cached:
             ds, nomen, b = self.shard_sets[i], self.sets[i][2], self.bundle
-            dec = loader.Decoder(
-                tuple(ds.manifest["bands"]),
-                ds.manifest["modality"],
-                "rgb",
-                loader.Targets.of(ds, nomen),
-                b.image_size,
-                b.image_size,
-                b.mean,
-                b.std,
-            )
+            targets = loader.Targets.of(ds, nomen)
+            dec = loader.Decoder.of(ds, "rgb", targets, b.image_size, mean=b.mean, std=b.std)
             batch_loader = skeleton.eval_loader(self.cfg, self.ctx, ds, split, dec)
             cached = evaluate.materialize(batch_loader, self.budget)
             self.cached[(i, split)] = cached or batch_loader

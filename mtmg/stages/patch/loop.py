@@ -85,17 +85,15 @@ def tasks(
     out = []
     for ds, nomenclature in patching:
         targets = loader.Targets.of(ds, nomenclature)
-        decoder = loader.Decoder(
-            tuple(ds.manifest["bands"]),
-            ds.manifest["modality"],
+        decoder = loader.Decoder.of(
+            ds,
             "rgb",
             targets,
             bundle.image_size,
-            bundle.image_size,
-            bundle.mean,
-            bundle.std,
-            transforms.Augment() if cfg.augment else None,
-            cfg.seed,
+            mean=bundle.mean,
+            std=bundle.std,
+            augment=transforms.Augment() if cfg.augment else None,
+            seed=cfg.seed,
             defer_augment=cfg.defer_augment(ctx.device),
         )
         steps = loop.train_steps(ds, per_set, cfg.epochs, cfg.seed, ctx.world)

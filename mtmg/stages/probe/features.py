@@ -128,8 +128,7 @@ def _compute(
     in sample-key order."""
     stored = loader.Targets.of(ds, ds.manifest["label_nomenclature"])
     norm = {} if enc.mean is None else {"mean": enc.mean, "std": enc.std}
-    bands, modality = tuple(ds.manifest["bands"]), ds.manifest["modality"]
-    dec = loader.Decoder(bands, modality, enc.view, stored, enc.size, enc.size, **norm)
+    dec = loader.Decoder.of(ds, enc.view, stored, enc.size, **norm)
     batches = loader.make_loader(ds, split, dec, batch_size=batch, train=False, num_workers=workers)
     keys, x, y = evaluate.predict(lambda b: enc.features(b[enc.view]), batches, device)
     order = sorted(range(len(keys)), key=keys.__getitem__)

@@ -167,9 +167,7 @@ def stream_split(
     ds = loader.ShardSet.open(s.path)
     size, mean, std = inputs.decoder
     targets = loader.Targets.of(ds, s.nomenclature)
-    dec = loader.Decoder(
-        tuple(ds.manifest["bands"]), ds.manifest["modality"], "rgb", targets, size, size, mean, std
-    )
+    dec = loader.Decoder.of(ds, "rgb", targets, size, mean=mean, std=std)
     return loader.make_loader(
         ds,
         split,
