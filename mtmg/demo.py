@@ -166,7 +166,11 @@ def _steps(out: Path, patches: int, fresh: bool, quick: bool, report_to: str = "
         "pretrain a small zero-shot CLIP",
         clip / pretrain.CHECKPOINT,
         fresh,
-        lambda: pretrain.pretrain(pretrain.PretrainConfig(out=str(clip), model=MODEL)),
+        lambda: pretrain.pretrain(
+            pretrain.PretrainConfig(
+                out=str(clip), model=MODEL, report_to=(report_to,) if report_to else ()
+            )
+        ),
         times,
     )
     paper_out = out / "paper"

@@ -123,3 +123,18 @@ def test_a_sweep_tracks_one_run_per_trial_under_one_experiment(shards, tmp_path)
     assert len({e.parent for e in events}) == 2  # one TensorBoard run per trial
     ea = _scalars(events[0].parent)
     assert len(ea.Scalars("ray/tune/val_zeroshot")) == 3
+
+
+def test_pretraining_reports_each_step_and_its_zero_shot_accuracy(tmp_path):
+    from mtmg.stages.pretrain import command as pretrain
+
+    out = tmp_path / "clip"
+    argv = ["--out", str(out), "--model", "mtmg-tiny-vit", "--steps", "6", "-q"]
+    argv += ["--images-per-class", "4", "--images-per-word", "2", "--eval-per-class", "2"]
+    assert pretrain.main([*argv, "--report-to", "tensorboard"]) == 0
+    ea = _scalars(out / "tensorboard")
+    assert [e.step for e in ea.Scalars("train/loss")] == list(range(6))
+    assert ea.Scalars("train/lr")[0].value > 0
+    result = json.loads((out / "pretrain.json").read_text())
+    (acc,) = ea.Scalars("test/zeroshot_top1")
+    assert acc.value == pytest.approx(result["zeroshot_top1"]) and acc.step == 6

@@ -54,7 +54,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "an image of a {c}.",
     "a picture of the {c}.",
 )
-_NOT_IN_KEY = ("out", "progress")  # options that do not change the trained model
+_NOT_IN_KEY = ("out", "progress", "report_to")  # options that do not change the trained model
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ class PretrainConfig:
     )
     threads: int | None = option(None, help="torch CPU threads (default: torch's choice)")
     progress: bool = option(True, help="show a progress bar")
+    report_to: tuple[str, ...] = option(
+        (), help="also track the run in tensorboard,mlflow,wandb (any subset; README: Tracking)"
+    )
 
 
 def cache_key(cfg: PretrainConfig) -> dict[str, Any]:
@@ -106,6 +109,9 @@ def read_result(out: str | os.PathLike) -> dict[str, Any] | None:
 
 def check_options(cfg: PretrainConfig) -> None:
     """Refuse options that cannot train (ValueError naming the option)."""
+    from mtmg import tracking
+
+    tracking.check(cfg.report_to)
     for name in (*cfg.classes, *cfg.extra_classes):
         parse_shape_class(name)  # raises ValueError naming colours and shapes
     if len(set(cfg.classes)) != len(cfg.classes) or not cfg.classes:

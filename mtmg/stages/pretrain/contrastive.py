@@ -107,8 +107,11 @@ def _loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, same: torch
     return 0.5 * (loss_i + loss_t)
 
 
-def train(cfg: PretrainConfig, bundle: clip.ClipBundle, size: int) -> dict[str, Any]:
-    """Train `bundle.model` contrastively in place on rendered shapes and word textures."""
+def train(
+    cfg: PretrainConfig, bundle: clip.ClipBundle, size: int, run: Any = None
+) -> dict[str, Any]:
+    """Train `bundle.model` contrastively in place on rendered shapes and word textures; each
+    step's loss and learning rate go to `run` (a `mtmg.tracking.Run`) when given."""
     model = bundle.model
     shape_classes = list(dict.fromkeys([*cfg.classes, *cfg.extra_classes]))
     words = [w for w in dict.fromkeys(cfg.words) if w not in shape_classes]
@@ -159,6 +162,8 @@ def train(cfg: PretrainConfig, bundle: clip.ClipBundle, size: int) -> dict[str, 
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if run is not None:
+            run.log_metrics(step, {"train/loss": losses[-1], "train/lr": opt.param_groups[0]["lr"]})
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{float(np.mean(losses[-10:])):.3f}")
     bar.close()

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from mtmg import config
+from mtmg import config, tracking
 from mtmg.data import labels
 from mtmg.models import clip, weights
 from mtmg.stages.pretrain import contrastive, render
@@ -69,18 +69,27 @@ def pretrain(cfg: PretrainConfig) -> Path:
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    run = tracking.start(cfg.report_to, out, "pretrain")
+    end = "FAILED"
     try:
+        if run is not None:
+            run.log_config(config.to_dict(cfg))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # initialisation (open_clip draws from the global RNG)
             bundle = clip.load_clip(cfg.model)
             size = int(cfg.image_size or bundle.image_size)
-            info = contrastive.train(cfg, bundle, size)
+            info = contrastive.train(cfg, bundle, size, run)
         images, ys = render.heldout_set(cfg, size)
         acc = contrastive.zeroshot_accuracy(
             bundle.model, bundle.tokenizer, cfg.classes, images, ys, bundle.mean, bundle.std
         )
+        if run is not None:
+            run.log_metrics(cfg.steps, {"test/zeroshot_top1": acc})
+        end = "FINISHED"
     finally:
         torch.set_num_threads(threads)
+        if run is not None:
+            run.close(end)
     seconds = time.perf_counter() - t0
     chance = 100.0 / len(cfg.classes)
     log.info(
