@@ -151,6 +151,31 @@ def resume(dest: Destination | None) -> Run | None:
     return Run(dest, [_OPEN[b](dest, dest.ids.get(b)) for b in dest.backends])
 
 
+def record_results(
+    report_to: Sequence[str],
+    out: str | Path,
+    kind: str,
+    config: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+) -> None:
+    """One finished run of an evaluation stage (no training steps): its config, its result
+    table and each row's value as `test/<names' values joined by />`."""
+    run = start(report_to, out, kind)
+    if run is None:
+        return
+    run.log_config(config)
+    run.log_table(kind, rows)
+    run.log_metrics(
+        0,
+        {
+            "test/" + "/".join(str(r[n]) for n in names if r.get(n) is not None): r["value"]
+            for r in rows
+        },
+    )
+    run.close("FINISHED")
+
+
 def scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numbers of `metrics`, nested dicts and lists flattened to `a/b`, `a/0`."""
     out: dict[str, float] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmg import config, prep, synth
 from mtmg.data import loader
@@ -244,8 +246,15 @@ def test_aligned_and_untrained_students_in_two_label_sets(sets, runs, tmp_path):
         encoders=encoders,
         nomenclature=("ben19", "ben43"),
         fractions=(0.25, 1.0),
+        report_to=("tensorboard",),
     )
     rows = pq.read_table(Path(cfg.out) / "probe.parquet").to_pylist()
+    ea = EventAccumulator(str(Path(cfg.out) / "tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()  # --report-to: each test row's value, named by encoder, set, label set, share
+    for r in (r for r in rows if r["split"] == "test"):
+        name = f"test/{r['encoder']}/bigearthnet/{r['nomenclature']}/{r['fraction']}/mAP"
+        name = re.sub(r"[^\w./-]", "_", name)  # TensorBoard's tag characters
+        assert ea.Scalars(name)[0].value == pytest.approx(r["value"])
     aligned, untrained = "aligned MS encoder", "untrained MS encoder (random init)"
     assert {r["encoder"] for r in rows} == {aligned, untrained, "from YAML"}
     n = loader.ShardSet.open(sets["ben"]).count("train")

@@ -8,6 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmg import prep, synth
 from mtmg.models import clip
@@ -68,9 +69,14 @@ def _zeroshot(inputs, out, **kw) -> zeroshot.ZeroShotConfig:
 
 
 def test_checkpoints_score_as_the_patch_stage_at_alpha_0(inputs, tmp_path):
-    summary = zeroshot.run(_zeroshot(inputs, tmp_path / "zs"))
+    summary = zeroshot.run(_zeroshot(inputs, tmp_path / "zs", report_to=("tensorboard",)))
     out = tmp_path / "zs"
     rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    ea = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()  # --report-to: each row's value as a scalar, named by model, set and metric
+    for r in rows:
+        name = f"test/{r['model']}/{r['dataset']}/{r['nomenclature']}/test/{r['metric']}"
+        assert ea.Scalars(name)[0].value == pytest.approx(r["value"])
     got = {(r["model"], r["dataset"]): r for r in rows}
     assert len(rows) == 4 and summary["stage"] == "zeroshot"
     assert {r["nomenclature"] for r in rows} == {"ben19", "eurosat-ms"}

@@ -54,3 +54,6 @@ class ProbeConfig:
         None, help="cache directory: features in DIR/features, reused (default ~/.cache/mtmg)"
     )
     overwrite: bool = option(False, help="--out holds a run of other inputs: delete it first")
+    report_to: tuple[str, ...] = option(
+        (), help="also track the results in tensorboard,mlflow,wandb (any subset; README: Tracking)"
+    )

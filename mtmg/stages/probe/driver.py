@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mtmg import config, rundir
+from mtmg import config, rundir, tracking
 from mtmg.data import loader
 from mtmg.errors import InputError
 from mtmg.report import tables
@@ -36,6 +36,7 @@ def resolve_inputs(cfg: ProbeConfig) -> tuple[list[encoders.Spec], Sets]:
     splits and label sets, encoder specs and which sets each encoder can read."""
     if not cfg.data or not cfg.encoders:
         raise InputError("give at least one --data shard set and one --encoders spec")
+    tracking.check(cfg.report_to)
     for f in cfg.fractions:
         if not 0 < f <= 1:
             raise InputError(f"--fractions: {f:g} is not a share of the train split in (0, 1]")
@@ -195,6 +196,9 @@ def _write(cfg, out: Path, rows, grid, extracted, seconds: float) -> dict[str, A
         "seconds": round(seconds, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    test = [r for r in rows if r["split"] == "test"]
+    names = ("encoder", "dataset", "nomenclature", "fraction", "metric")
+    tracking.record_results(cfg.report_to, out, "probe", config.to_dict(cfg), test, names)
     return summary
 
 

@@ -56,6 +56,9 @@ class ZeroShotConfig:
     seed: int = option(0, help="seed of a model without pretrained weights")
     cache_dir: str | None = option(None, help="zero-shot head cache (default ~/.cache/mtmg)")
     overwrite: bool = option(False, help="--out holds a run of other inputs: delete it first")
+    report_to: tuple[str, ...] = option(
+        (), help="also track the results in tensorboard,mlflow,wandb (any subset; README: Tracking)"
+    )
 
     def __post_init__(self) -> None:
         self.specs()  # a bad spec is an error before anything is loaded

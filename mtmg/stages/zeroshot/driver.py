@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mtmg import config, rundir
+from mtmg import config, rundir, tracking
 from mtmg.data import loader
 from mtmg.engine import evaluate, metrics
 from mtmg.engine.context import WorkerContext
@@ -40,6 +40,7 @@ def resolve_inputs(cfg: ZeroShotConfig) -> tuple[list[ModelSpec], Sets]:
     """Every spec's architecture and weights file, every shard set, checked before any model is
     built. Returns the specs and the (role, absolute path, nomenclature) of every set."""
     specs = cfg.specs()
+    tracking.check(cfg.report_to)
     if cfg.model_config:
         configs.register_model_config(cfg.model_config)
     for s in specs:
@@ -87,6 +88,8 @@ def run(cfg: ZeroShotConfig) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 1),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        names = ("model", "dataset", "nomenclature", "split", "metric")
+        tracking.record_results(cfg.report_to, out, "zeroshot", config.to_dict(cfg), rows, names)
         return summary
 
 
