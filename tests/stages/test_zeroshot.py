@@ -4,6 +4,8 @@ and SkyCLIP publish, scored on generated shards as the patching stage scores alp
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +19,8 @@ from mtmg.stages.align import driver as align
 from mtmg.stages.patch import driver as patch
 from mtmg.stages.zeroshot import command
 from mtmg.stages.zeroshot import driver as zeroshot
+
+from conftest import REPO
 
 TINY = "mtmg-tiny-vit"
 
@@ -182,3 +186,25 @@ def test_a_skyclip_checkpoint_teaches_the_alignment(inputs, tmp_path):
     teacher = [r for r in summary["test"] if r["encoder"] == "teacher"]
     zs = zeroshot.run(_zeroshot(inputs, tmp_path / "zs", data=(inputs["ben"],)))
     assert [r["value"] for r in teacher] == [zs["rows"][1]["value"]]
+
+
+def test_on_a_running_cluster_as_one_task(inputs, local_cluster, tmp_path):
+    """`--cluster`: the scoring runs as a Ray task of the cluster, with the same numbers."""
+    spec = f"RemoteCLIP={TINY}:{inputs['remote']}"
+    out = tmp_path / "cluster"
+    argv = ["--data", inputs["ems"], "--models", spec, "--cache-dir", inputs["cache"]]
+    argv += ["--loader-workers", "1", "--out", str(out), "--cluster", "-q"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtmg.zeroshot", *argv],
+        cwd=REPO,
+        env=local_cluster,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ran_on"]["pid"] != proc.pid  # a Ray worker, not the command's process
+    here = zeroshot.run(_zeroshot(inputs, tmp_path / "here", data=(inputs["ems"],), models=(spec,)))
+    assert [r["value"] for r in summary["rows"]] == [r["value"] for r in here["rows"]]

@@ -54,6 +54,9 @@ class ProbeConfig:
         None, help="cache directory: features in DIR/features, reused (default ~/.cache/mtmg)"
     )
     overwrite: bool = option(False, help="--out holds a run of other inputs: delete it first")
+    cluster: bool = option(
+        False, help="run as one task on a running Ray cluster (RAY_ADDRESS or auto)"
+    )
     report_to: tuple[str, ...] = option(
         (), help="also track the results in tensorboard,mlflow,wandb (any subset; README: Tracking)"
     )

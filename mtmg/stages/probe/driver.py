@@ -9,6 +9,7 @@ linear classifier fit on train, its L2 penalty chosen on val, scored on val and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -70,9 +71,16 @@ def _reads(spec: encoders.Spec, ds: loader.ShardSet) -> bool:
 
 
 def run(cfg: ProbeConfig) -> dict[str, Any]:
-    """The whole stage; returns the summary also written to OUT/summary.json."""
-    t0 = time.perf_counter()
+    """The whole stage; returns the summary also written to OUT/summary.json. With `cluster`:
+    as one task on the running cluster."""
     specs, sets = resolve_inputs(cfg)
+    if cfg.cluster:
+        from mtmg.runtime import remote
+
+        local = dataclasses.replace(cfg, cluster=False)
+        reads = [ds.root for ds, _ in sets]
+        return remote.on_cluster(run, local, reads=reads, writes=cfg.out, gpu=cfg.gpu)
+    t0 = time.perf_counter()
     with rundir.claim("probe", cfg, cfg.out, overwrite=cfg.overwrite), _threads(cfg.threads):
         out = Path(cfg.out).resolve()
         tables.save_config(config.to_dict(cfg), out / "config.yaml")

@@ -56,6 +56,9 @@ class ZeroShotConfig:
     seed: int = option(0, help="seed of a model without pretrained weights")
     cache_dir: str | None = option(None, help="zero-shot head cache (default ~/.cache/mtmg)")
     overwrite: bool = option(False, help="--out holds a run of other inputs: delete it first")
+    cluster: bool = option(
+        False, help="run as one task on a running Ray cluster (RAY_ADDRESS or auto)"
+    )
     report_to: tuple[str, ...] = option(
         (), help="also track the results in tensorboard,mlflow,wandb (any subset; README: Tracking)"
     )

@@ -11,8 +11,11 @@ is one read of each test split.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -63,9 +66,16 @@ def resolve_inputs(cfg: ZeroShotConfig) -> tuple[list[ModelSpec], Sets]:
 
 def run(cfg: ZeroShotConfig) -> dict[str, Any]:
     """Score every spec on every set; writes OUT (see `mtmg.zeroshot --help`), returns the
-    summary also written to OUT/summary.json."""
-    t0 = time.perf_counter()
+    summary also written to OUT/summary.json. With `cluster`: as one task on the
+    running cluster."""
     specs, sets = resolve_inputs(cfg)
+    if cfg.cluster:
+        from mtmg.runtime import remote
+
+        local = dataclasses.replace(cfg, cluster=False)
+        reads = [p for _, p, _ in sets]
+        return remote.on_cluster(run, local, reads=reads, writes=cfg.out, gpu=cfg.gpu)
+    t0 = time.perf_counter()
     with rundir.claim("zeroshot", cfg, cfg.out, overwrite=cfg.overwrite):
         out = Path(cfg.out).resolve()
         tables.save_config(config.to_dict(cfg), out / "config.yaml")
@@ -86,6 +96,7 @@ def run(cfg: ZeroShotConfig) -> dict[str, Any]:
             "table": md.splitlines(),
             "rows": rows,
             "seconds": round(time.perf_counter() - t0, 1),
+            "ran_on": {"host": socket.gethostname(), "pid": os.getpid()},
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         names = ("model", "dataset", "nomenclature", "split", "metric")
