@@ -1,20 +1,14 @@
 """`python -m mtmg.align`: the command-line face of `mtmg.stages.align` (`run(cfg)` from
 Python, imported when first used)."""
 
-from typing import Any
-
+from mtmg import faces
 from mtmg.stages.align.command import main
 from mtmg.stages.align.config import AlignConfig
 
 __all__ = ["AlignConfig", "main"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "run":
-        from mtmg.stages.align.driver import run
-
-        return run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = faces.lazy(__name__, {"run": "mtmg.stages.align.driver:run"})
 
 
 if __name__ == "__main__":

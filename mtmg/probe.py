@@ -1,20 +1,14 @@
 """`python -m mtmg.probe`: the command-line face of `mtmg.stages.probe` (`run(cfg)` from
 Python, imported when first used)."""
 
-from typing import Any
-
+from mtmg import faces
 from mtmg.stages.probe.command import main
 from mtmg.stages.probe.config import ProbeConfig
 
 __all__ = ["ProbeConfig", "main"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "run":
-        from mtmg.stages.probe.driver import run
-
-        return run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = faces.lazy(__name__, {"run": "mtmg.stages.probe.driver:run"})
 
 
 if __name__ == "__main__":

@@ -1,20 +1,14 @@
 """`python -m mtmg.zeroshot`: the command-line face of `mtmg.stages.zeroshot` (`run(cfg)` from
 Python, imported when first used)."""
 
-from typing import Any
-
+from mtmg import faces
 from mtmg.stages.zeroshot.command import main
 from mtmg.stages.zeroshot.config import ModelSpec, ZeroShotConfig
 
 __all__ = ["ModelSpec", "ZeroShotConfig", "main"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "run":
-        from mtmg.stages.zeroshot.driver import run
-
-        return run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = faces.lazy(__name__, {"run": "mtmg.stages.zeroshot.driver:run"})
 
 
 if __name__ == "__main__":
