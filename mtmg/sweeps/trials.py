@@ -166,14 +166,17 @@ def run_patch(
     return patch.worker(conf, WorkerContext(device=device, reporter=report))
 
 
-def eval_values(rows: list[dict[str, Any]], alpha: float) -> dict[str, dict[str, Any]]:
-    """path -> {metric, zeroshot, patched, finetuned, gain} from a patch run's test rows
-    (alpha 0, the chosen alpha, 1)."""
-    out: dict[str, dict[str, Any]] = {}
+def eval_values(
+    rows: list[dict[str, Any]], alpha: float, per_nomenclature: bool = False
+) -> dict[Any, dict[str, Any]]:
+    """path (with `per_nomenclature`: (path, nomenclature)) -> {metric, zeroshot, patched,
+    finetuned, gain} from a patch run's test rows (alpha 0, the chosen alpha, 1)."""
+    out: dict[Any, dict[str, Any]] = {}
     for r in rows:
         if "selected" not in r:  # validation rows of the alpha grid
             continue
-        d = out.setdefault(r["path"], {"metric": r["metric"], "split": r["split"]})
+        key = (r["path"], r["nomenclature"]) if per_nomenclature else r["path"]
+        d = out.setdefault(key, {"metric": r["metric"], "split": r["split"]})
         if r["alpha"] == 0.0:
             d["zeroshot"] = r["value"]
         if r["alpha"] == 1.0:

@@ -142,14 +142,17 @@ def test_gain_matrix_with_a_failing_trial(sets, tmp_path):
 
 def test_a_mixture_is_a_row_of_the_matrix(sets, tmp_path):
     """`--patching A+B`: one trial patching on both sets together (joint patching), its row of
-    the gain matrix, and a best_config.yaml that `mtmg.patch` takes as that joint patching."""
+    the gain matrix (BigEarthNet also in its 5-class nomenclature: `--eval-data PATH:ben5`), and
+    a best_config.yaml that `mtmg.patch` takes as that joint patching."""
     out = tmp_path / "mix"
     ben, ems, img = (str(sets / f"{n}-shards") for n in ("ben", "ems", "img"))
+    evals = ("--eval-data", img, f"{ben}:ben5")
     code = dataset_sweep.main(
-        _argv(sets, out, "--patching", f"{ben}+{ems}", "--eval-data", img, "--epochs", "2")
+        _argv(sets, out, "--patching", f"{ben}+{ems}", *evals, "--epochs", "2")
     )
     assert code == 0
-    label, evals = "bigearthnet+eurosat-ms", ["bigearthnet", "eurosat-ms", "imagefolder"]
+    label = "bigearthnet+eurosat-ms"
+    evals = ["bigearthnet", "eurosat-ms", "imagefolder", "bigearthnet:ben5"]
     (row,) = _table(out / "sweep.parquet")
     assert row["status"] == "TERMINATED" and row["config/patching"] == label
     for e in evals:
@@ -163,12 +166,13 @@ def test_a_mixture_is_a_row_of_the_matrix(sets, tmp_path):
     assert f"| {label} |" in (out / "summary.md").read_text() and (out / "gains.png").exists()
     # read and checked as `python -m mtmg.patch --config best_config.yaml` does
     cfg = config.parse(patch.PatchConfig, ["--config", str(out / "best_config.yaml")], "")
-    assert (cfg.data, cfg.joint_data, cfg.eval_data) == (ben, (ems,), (img,))
+    assert (cfg.data, cfg.joint_data, cfg.eval_data) == (ben, (ems,), (img, f"{ben}:ben5"))
     _, patch_sets = patch.resolve_inputs(cfg)
-    assert [(role, p) for role, p, _ in patch_sets] == [
-        ("patching", ben),
-        ("patching", ems),
-        ("eval", img),
+    assert patch_sets == [
+        ("patching", ben, None),
+        ("patching", ems, None),
+        ("eval", img, None),
+        ("eval", ben, "ben5"),
     ]
 
 
@@ -277,9 +281,12 @@ def test_bad_input_fails_before_ray(sets, tmp_path, capsys):
     assert "the sweep sets joint_data itself" in capsys.readouterr().err
     assert dataset_sweep.main(_argv(sets, out, "--patching", ben, "--patch", "selection=best")) == 2
     assert "argument --selection: invalid choice" in capsys.readouterr().err
-    argv = _argv(sets, out, "--patching", ben, "--eval-data", f"{ben}:ben5")
+    argv = _argv(sets, out, "--patching", ben, "--eval-data", f"{ben}:ben19")
     assert dataset_sweep.main(argv) == 2
-    assert f"--eval-data {ben}:ben5: the dataset sweep" in capsys.readouterr().err
+    assert f"--eval-data {ben}:ben19: already scored" in capsys.readouterr().err
+    argv = _argv(sets, out, "--patching", ben, "--eval-data", f"{ben}:ben99")
+    assert dataset_sweep.main(argv) == 2
+    assert "has no nomenclature 'ben99'" in capsys.readouterr().err
     assert not out.exists()
 
 

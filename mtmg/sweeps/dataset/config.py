@@ -26,7 +26,9 @@ class DatasetSweepConfig(options.StageSweepConfig):
         "(A+B: a mixture, PAINT's joint patching)",
     )
     eval_data: tuple[str, ...] = option(
-        (), help="more evaluation shard sets (patching and supported sets are always evaluated)"
+        (),
+        help="more evaluation shard sets, PATH or PATH:NOMENCLATURE (e.g. shards/ben:ben5); "
+        "patching and supported sets are always evaluated, in their default nomenclature",
     )
     supported: tuple[str, ...] = option(
         (), help="supported-task shard sets: alpha selection (PAINT's rule) and evaluation"

@@ -51,13 +51,6 @@ def check_options(cfg: DatasetSweepConfig) -> None:
     if len(set(cfg.patching)) != len(cfg.patching):
         raise ValueError("--patching: repeated entries")
     options.check_overrides(patch.PatchConfig, cfg.patch, "--patch", SWEPT)
-    named = [e for e in cfg.eval_data if evalsets.EvalEntry.parse(e).nomenclature is not None]
-    if named:  # its gain tables are keyed by shard set
-        raise InputError(
-            f"--eval-data {named[0]}: the dataset sweep scores each set in its default "
-            "nomenclature only; score others with mtmg.patch or the alpha sweep "
-            "(--eval-data PATH:NOMENCLATURE)"
-        )
 
 
 def _is_shard_set(path: str) -> bool:
@@ -118,33 +111,58 @@ def patch_config(
     return options.stage_config(patch.PatchConfig, cfg.patch_config, cfg.patch, "--patch", values)
 
 
+def evaluation_entries(
+    patching: list[str], supported: list[str], eval_data: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Every set the trials score, as entries `PATH[:NOMENCLATURE]` (patching and supported
+    sets in their default nomenclature first), and each one's nomenclature resolved; an eval
+    entry that repeats one of them is an error naming it."""
+    keys = [*patching, *(s for s in supported if s not in patching)]
+    nomens = [loader.ShardSet.open(p).nomenclature() for p in keys]
+    for e in evalsets.check(eval_data):
+        nomen = e.open().nomenclature(e.nomenclature)
+        if (e.path, nomen) in zip(keys, nomens, strict=True):
+            raise InputError(f"--eval-data {e}: already scored (a patching or supported set)")
+        keys.append(str(e))
+        nomens.append(nomen)
+    return keys, nomens
+
+
 def prepare(cfg: DatasetSweepConfig) -> common.Prepared:
     """Every dataset checked and labelled; the zero-shot weights and every head, once."""
     mixes = entries(cfg.patching)
     patching = common.unique_paths([p for m in mixes for p in m])
     supported = common.unique_paths(cfg.supported)
-    paths = common.unique_paths([*patching, *supported, *cfg.eval_data])
-    for p in paths:
-        common.check_evaluable(p)
+    keys, nomens = evaluation_entries(patching, supported, cfg.eval_data)
+    parsed = [evalsets.EvalEntry.parse(k) for k in keys]
+    for e in parsed:
+        common.check_evaluable(e.path)
     common.check_supported(supported)
-    labels = common.dataset_labels(paths)
-    names = {MIX.join(labels[paths.index(p)] for p in m): m for m in mixes}
+    sets = list(dict.fromkeys(e.path for e in parsed))
+    label = dict(zip(sets, common.dataset_labels(sets), strict=True))
+    labels = [label[e.path] + (f":{e.nomenclature}" if e.nomenclature else "") for e in parsed]
+    names = {MIX.join(labels[keys.index(p)] for p in m): m for m in mixes}
     if len(names) != len(mixes):
         raise ValueError(f"--patching: entries with the same label ({', '.join(names)})")
-    base = patch_config(cfg, patching, supported, paths)
+    base = patch_config(cfg, patching, supported, keys)
     bundle, head_weights = trials.clip_and_heads(
-        base.model, base.pretrained, base.model_config, base, [(p, None) for p in paths]
+        base.model,
+        base.pretrained,
+        base.model_config,
+        base,
+        [(e.path, e.nomenclature) for e in parsed],
     )
     inputs = trial.DatasetTrialInputs(
         dataclasses.asdict(base),
         {k: v.cpu() for k, v in bundle.model.state_dict().items()},
         head_weights,
-        paths,
+        keys,
         labels,
         names,
         supported,
         trials.TrialResources.of(cfg),
         bundle.build_kwargs,
+        nomens,
     )
     out = Path(cfg.out).resolve()
     return common.Prepared(

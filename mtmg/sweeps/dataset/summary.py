@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtmg import config
+from mtmg.data.evalsets import EvalEntry
 from mtmg.stages.patch import driver as patch
 from mtmg.sweeps import common, outputs
 from mtmg.sweeps.dataset.trial import DatasetTrialInputs, trial_sets
@@ -51,7 +52,7 @@ def entry_config(
         "data": mix[0],
         "joint_data": list(mix[1:]),
         "supported": [p for role, p, _ in sets if role == "supported"],
-        "eval_data": [p for role, p, _ in sets if role == "eval"],
+        "eval_data": [str(EvalEntry(p, n)) for role, p, n in sets if role == "eval"],
         "out": str(out / "best"),
     }
 
