@@ -229,7 +229,7 @@ def _paper_spec(
             **common,
             **tracked,
         },
-        "probe": {"data": [ben], "loader_workers": 1, **common},
+        "probe": {"data": [ben], "loader_workers": 1, **common, **tracked},
     }
 
 

@@ -167,7 +167,7 @@ def test_the_demo_spec_is_a_valid_paper_spec_and_carries_report_to(tmp_path):
     path.write_text(yaml.safe_dump(text))
     loaded = spec.load(path)
     assert sorted(loaded) == ["align", "alpha", "losses", "probe"]
-    for name in ("alpha", "align", "losses"):
+    for name in ("alpha", "align", "losses", "probe"):
         step = steps.step(name)
         options = {**loaded[name], **step.wiring(tmp_path / "paper")}
         cfg = config.from_args(step.config_class(), argparse.Namespace(**options))
