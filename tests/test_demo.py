@@ -169,6 +169,6 @@ def test_the_demo_spec_is_a_valid_paper_spec_and_carries_report_to(tmp_path):
     assert sorted(loaded) == ["align", "alpha", "losses", "probe"]
     for name in ("alpha", "align", "losses", "probe"):
         step = steps.step(name)
-        options = {**loaded[name], **step.wiring(tmp_path / "paper")}
+        options = {**loaded[name], **step.wiring(tmp_path / "paper", loaded)}
         cfg = config.from_args(step.config_class(), argparse.Namespace(**options))
         assert tracking.check(cfg.report_to) == ("tensorboard",), name

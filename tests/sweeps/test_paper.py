@@ -88,6 +88,24 @@ def test_dry_run_writes_each_stage_config_and_reruns_decide_per_stage(tmp_path, 
     assert "--redo ['alphas']: not a stage" in capsys.readouterr().err
 
 
+def test_every_encoder_is_probed_the_baselines_too(tmp_path):
+    path, out = tmp_path / "paper.yaml", tmp_path / "out"
+    sky = "SkyCLIP=ViT-B-32:sky.pt"
+    path.write_text(
+        "alpha: {data: ben}\nalign: {data: ben}\nprobe: {data: [ben]}\n"
+        f"baselines: {{data: [ben], models: ['{sky}']}}\n"
+    )
+    assert driver.main(["--spec", str(path), "--out", str(out), "--dry-run"]) == 0
+    probed = yaml.safe_load((out / "specs" / "probe.yaml").read_text())["encoders"]
+    assert probed == [
+        f"zero-shot CLIP=clip:{out / 'alpha'}@0",
+        f"patched CLIP=clip:{out / 'alpha'}",
+        f"aligned MS encoder=student:{out / 'align'}",
+        f"untrained MS encoder=untrained:{out / 'align'}",
+        sky,
+    ]
+
+
 def test_published_gains_sit_beside_the_measured_ones():
     def row(model, label, metric, value):
         dataset, _, nomen = label.partition(":")

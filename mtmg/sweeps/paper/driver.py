@@ -68,7 +68,7 @@ def run(cfg: PaperConfig, notes: Sequence[str] = ()) -> dict[str, Any]:
         cascade = False
         for st in steps.STEPS:
             if st.name in sections:
-                ran = _stage(cfg, st, sections[st.name], out, record, cascade)
+                ran = _stage(cfg, st, sections, out, record, cascade)
                 cascade = cascade or ran
         if cfg.dry_run:
             return {}
@@ -78,13 +78,14 @@ def run(cfg: PaperConfig, notes: Sequence[str] = ()) -> dict[str, Any]:
 def _stage(
     cfg: PaperConfig,
     st: steps.Step,
-    section: dict[str, Any],
+    sections: dict[str, dict[str, Any]],
     out: Path,
     record: dict[str, Any],
     cascade: bool,
 ) -> bool:
-    """Run one stage unless it finished with these options; returns whether it ran."""
-    options = {**section, **st.wiring(out)}
+    """Run one stage unless it finished with the options of its section of `sections` (the
+    spec); returns whether it ran."""
+    options = {**sections[st.name], **st.wiring(out, sections)}
     finished = (out / st.name / st.done).is_file()
     redo = cascade or st.name in cfg.redo
     if finished and not redo:

@@ -50,12 +50,12 @@ def check(path: str | Path, step: steps.Step, section: Any) -> dict[str, Any]:
     cls = step.config_class()
     names = {f.name for f in dataclasses.fields(cls)}
     for key in options:
-        if key in SET_BY_PIPELINE or key in step.wiring(Path("OUT")):
+        if key in SET_BY_PIPELINE or key in step.wiring(Path("OUT"), {}):
             raise InputError(f"{where}: {key!r} is set by the paper pipeline, not the spec")
         if key not in names:
             raise InputError(f"{where}: {key!r} is not an option of {step.face}")
     try:
-        config.from_args(cls, argparse.Namespace(**options, **step.wiring(Path("OUT"))))
+        config.from_args(cls, argparse.Namespace(**options, **step.wiring(Path("OUT"), {})))
     except (TypeError, ValueError) as e:
         raise InputError(f"{where}: {e}") from e
     return options

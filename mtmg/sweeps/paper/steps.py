@@ -4,12 +4,13 @@ and the options the pipeline sets itself (the spec gives all the others)."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Wiring = Callable[[Path], dict[str, Any]]  # OUT -> options the pipeline sets for a step
+# (OUT, the spec's sections) -> the options the pipeline sets for a step
+Wiring = Callable[[Path, Mapping[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ STEPS = (
         "mtmg.sweeps.alpha.driver",
         "mtmg.sweeps.alpha.config:AlphaSweepConfig",
         "summary.json",
-        lambda out: {"out": str(out / "alpha")},
+        lambda out, spec: {"out": str(out / "alpha")},
         sweep=True,
     ),
     Step(
@@ -52,7 +53,7 @@ STEPS = (
         "mtmg.stages.align.command",
         "mtmg.stages.align.config:AlignConfig",
         "summary.json",
-        lambda out: {"out": str(out / "align"), "teacher": str(out / "alpha")},
+        lambda out, spec: {"out": str(out / "align"), "teacher": str(out / "alpha")},
     ),
     Step(
         "losses",
@@ -61,23 +62,24 @@ STEPS = (
         "mtmg.sweeps.loss.driver",
         "mtmg.sweeps.loss.config:LossSweepConfig",
         "summary.json",
-        lambda out: {"out": str(out / "losses"), "teacher": str(out / "alpha")},
+        lambda out, spec: {"out": str(out / "losses"), "teacher": str(out / "alpha")},
         sweep=True,
     ),
     Step(
         "probe",
-        "linear probes: zero-shot and patched CLIP (RGB), aligned and untrained student (MS)",
+        "linear probes: zero-shot and patched CLIP, aligned and untrained student, baselines",
         "-m mtmg.probe",
         "mtmg.stages.probe.command",
         "mtmg.stages.probe.config:ProbeConfig",
         "summary.json",
-        lambda out: {
+        lambda out, spec: {
             "out": str(out / "probe"),
             "encoders": [
                 f"zero-shot CLIP=clip:{out / 'alpha'}@0",
                 f"patched CLIP=clip:{out / 'alpha'}",
                 f"aligned MS encoder=student:{out / 'align'}",
                 f"untrained MS encoder=untrained:{out / 'align'}",
+                *spec.get("baselines", {}).get("models", []),  # NAME=MODEL:PRETRAINED, as probe's
             ],
         },
     ),
@@ -88,7 +90,7 @@ STEPS = (
         "mtmg.stages.zeroshot.command",
         "mtmg.stages.zeroshot.config:ZeroShotConfig",
         "summary.json",
-        lambda out: {"out": str(out / "baselines")},
+        lambda out, spec: {"out": str(out / "baselines")},
     ),
 )
 NAMES = tuple(s.name for s in STEPS)
