@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmg import config, faults, prep, rundir, synth
 from mtmg.data import loader
@@ -77,6 +78,7 @@ def first(sets):
         loader_workers=1,
         cache_dir=str(root / "cache"),
         alphas=(0.0, 0.5, 1.0),
+        report_to=("tensorboard",),
     )
     prepare, run_tuner = inputs.prepare, tuner.run_tuner
 
@@ -155,6 +157,13 @@ def test_fine_tune_then_sweep(first, run_dir):
     assert sorted(r["alpha"] for r in table) == [0.0, 0.5, 1.0]
     assert summary["alpha"] in (0.0, 0.5, 1.0) and summary["trials"]["failed"] == 0
     assert summary["timings"]["fine_tune_s"] > 0
+    # --report-to: the sweep's own fine-tune is a tracked run of its steps, every trial another
+    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()
+    assert (
+        len(ea.Scalars("train/loss")) == json.loads((run_dir / "summary.json").read_text())["steps"]
+    )
+    assert len(list((Path(cfg.out) / "tune").rglob("events.out.tfevents*"))) == 3
     # fine-tuning helped the patching task on held-out validation data
     by_alpha = {r["alpha"]: r for r in table}
     assert by_alpha[1.0]["patching"] > by_alpha[0.0]["patching"] + 5

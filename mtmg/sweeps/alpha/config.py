@@ -181,7 +181,7 @@ def patch_config(cfg: AlphaSweepConfig) -> patch.PatchConfig:
     for key in ("eval_batch_size", "loader_workers", "cache_dir"):
         if getattr(cfg, key) is not None:
             values[key] = getattr(cfg, key)
-    values.update(selection=cfg.selection, tolerance=cfg.tolerance)
+    values.update(selection=cfg.selection, tolerance=cfg.tolerance, report_to=cfg.report_to)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     if "data" not in values:
         raise ValueError("the patch config names no --data shard set")
