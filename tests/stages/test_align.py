@@ -1,4 +1,8 @@
-"""Stage 2 (cross-modal alignment) on generated shards with tiny models, on CPU."""
+"""Stage 2 (cross-modal alignment) on generated shards with tiny models, on CPU.
+
+One file for the one stage: its tests share the module's generated shards and the patched
+teacher they align to (the costly part); the loss, scoring and student pieces are tested here
+through the stage because they have no job outside it."""
 
 from __future__ import annotations
 
