@@ -9,6 +9,8 @@
                                plus the drawn augmentation (resize to 224 px and augmentation
                                happen on the GPU, `device_batch`)
                  ms_native     the 13-band student tensor at 120 px
+                 ms_deferred   MS for the accelerator path: format 1 the 13 bands in half
+                               precision, format 2 its native grids (upsampled on the GPU)
 Prints one JSON object; `ratio_*` = format 2 / format 1.
 
     python bench/shard_format.py [--patches 600] [--repeat 3]
@@ -129,6 +131,7 @@ def main() -> None:
         ("rgb_native", "rgb", False),
         ("rgb_deferred", "rgb", True),
         ("ms_native", "ms", False),
+        ("ms_deferred", "ms", True),
     ):
         rates = {v: 0.0 for v in (1, 2)}
         for _ in range(args.repeat):  # alternating, so both formats see the same machine load

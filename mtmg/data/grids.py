@@ -122,36 +122,54 @@ def has_groups(sample: dict[str, Any]) -> bool:
     return any(m in sample for m in MEMBERS)
 
 
-def read_bands(sample: dict[str, Any], names: Sequence[str], method: str = "nearest") -> np.ndarray:
-    """Bands `names` of a format 2 sample on its 10 m grid, decoding only the members that hold
-    them: uint16 with `nearest`, float32 with `bilinear` or `bicubic`. A band no member holds,
-    or a member that does not decode, raises GroupError naming the member."""
-    if method not in UPSAMPLING:
-        raise ValueError(f"unknown upsampling {method!r} (choose from {', '.join(UPSAMPLING)})")
-    where: dict[str, tuple[str, int]] = {}
+def read_groups(sample: dict[str, Any], names: Sequence[str]) -> list[Group]:
+    """The groups of a format 2 sample that hold bands `names`, finest grid first, decoding
+    only those members. A band no member holds, or a member that does not decode, raises
+    GroupError naming the member."""
+    where: dict[str, str] = {}
     for member in MEMBERS:  # headers read in grid order until every band is found
         if member in sample and not set(names) <= set(where):
             try:
                 group_names = peek(sample[member])[0]
             except GroupError as e:
                 raise GroupError(f"{member}: {e}") from None
-            where.update({b: (member, i) for i, b in enumerate(group_names)})
+            where.update({b: member for b in group_names})
     missing = [b for b in names if b not in where]
     if missing:
         raise GroupError(f"no member holds band(s) {missing} (members: {sorted(where)})")
-    decoded: dict[str, Group] = {}
-    for member in dict.fromkeys(where[b][0] for b in names):
-        try:
-            decoded[member] = decode_group(sample[member])
-        except GroupError as e:
-            raise GroupError(f"{member}: {e}") from None
-    first = next(iter(decoded.values()))
+    groups = []
+    for member in MEMBERS:
+        if member in {where[b] for b in names}:
+            try:
+                groups.append(decode_group(sample[member]))
+            except GroupError as e:
+                raise GroupError(f"{member}: {e}") from None
+    grid = {(g.pixels.shape[1] * g.factor, g.pixels.shape[2] * g.factor) for g in groups}
+    if len(grid) > 1:
+        raise GroupError(f"its grids do not cover one 10 m grid ({sorted(grid)})")
+    return groups
+
+
+def read_bands(sample: dict[str, Any], names: Sequence[str], method: str = "nearest") -> np.ndarray:
+    """Bands `names` of a format 2 sample on its 10 m grid (`read_groups`): uint16 with
+    `nearest`, float32 with `bilinear` or `bicubic`."""
+    if method not in UPSAMPLING:
+        raise ValueError(f"unknown upsampling {method!r} (choose from {', '.join(UPSAMPLING)})")
+    return on_grid(read_groups(sample, names), names, method)
+
+
+def on_grid(groups: Sequence[Group], names: Sequence[str], method: str = "nearest") -> np.ndarray:
+    """Bands `names` of decoded `groups` on the 10 m grid, in that order."""
+    where = {b: (g, i) for g in groups for i, b in enumerate(g.names)}
+    first = groups[0]
     hw = tuple(n * first.factor for n in first.pixels.shape[1:])
-    if len(decoded) == 1 and first.factor == 1:  # one 10 m member: a plain band selection
+    if len(groups) == 1 and first.factor == 1:  # one 10 m member: a plain band selection
         return _as(first.pixels[[where[b][1] for b in names]], method)
     out = np.empty((len(names), *hw), np.uint16 if method == "nearest" else np.float32)
-    for member, g in decoded.items():
-        ks = [k for k, b in enumerate(names) if where[b][0] == member]
+    for g in groups:
+        ks = [k for k, b in enumerate(names) if where[b][0] is g]
+        if not ks:
+            continue
         rows = [where[names[k]][1] for k in ks]
         picked = g.pixels if rows == list(range(len(g.names))) else g.pixels[rows]
         out[ks] = _upsample(picked, g.factor, hw, method)

@@ -181,35 +181,27 @@ class Decoder:
         bands, modality = tuple(ds.manifest["bands"]), ds.manifest["modality"]
         return cls(bands, modality, view, targets, image_size, ms_size or image_size, **kw)
 
+    @property
+    def unread(self) -> frozenset[str]:
+        """Members this decoder never looks at, which a reader may skip unread: format 2's
+        coarser grids when no MS input is wanted, S1 when no S1 input is."""
+        wanted = view_inputs(self.view)
+        skip = set() if "ms" in wanted else {grids.member_name(f) for f in (2, 6)}
+        return frozenset(skip if "s1" in wanted else skip | {"s1.npy"})
+
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         key = verify.check_members(sample)["__key__"]
         meta = verify.load_json(sample)
         out: dict[str, Any] = {"__key__": key, "target": self.targets(meta["labels"])}
         wanted = view_inputs(self.view)
-        ms, stored = self._multispectral(sample, "ms" in wanted)
-        if ms is not None:
-            rgb = transforms.rgb_from_ms(ms, stored, self.modality)
-        else:
-            rgb = _decode_rgb(sample)
-        views = {"rgb": rgb}
-        if "ms" in wanted:
-            if ms is None:
-                raise ValueError(f"sample {key}: the multispectral view needs ms.npy")
-            views["ms"] = transforms.ms_input(ms, stored)
-        if "s1" in wanted:
-            if "s1.npy" not in sample:
-                raise ValueError(f"sample {key}: the S1 view needs s1.npy (shard with --s1)")
-            views["s1"] = transforms.s1_input(verify.load_array(sample, "s1.npy", len(bnd.S1)))
+        if self.defer_augment and self.augment is not None:
+            return {**out, **self._deferred(sample, wanted, key)}
+        views = self._inputs(sample, wanted)
+        if "rgb" in views:
+            views["rgb"] = transforms.to_unit(views["rgb"])
         if self.augment is not None:
-            # per-sample randomness from (seed, epoch, key): independent of worker assignment
-            digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
-            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-            p = self.augment.params(*rgb.shape[-2:], gen)
-            if self.defer_augment:  # native size, half precision: cheap to decode and to move
-                out["aug"] = transforms.params_tensor(p)
-                out.update({k: v.half() for k, v in views.items() if k in wanted})
-                return out
-            if "rgb" in wanted:
+            p = self.augment.params(*next(iter(views.values())).shape[-2:], self._generator(key))
+            if "rgb" in views:
                 views["rgb"] = self.augment.photometric(
                     self.augment.geometry(views["rgb"], p, self.image_size), p
                 )
@@ -217,27 +209,79 @@ class Decoder:
                 if k in views:
                     views[k] = self.augment.geometry(views[k], p, self.ms_size)
         else:
-            if "rgb" in wanted:
+            if "rgb" in views:
                 views["rgb"] = transforms.resize(views["rgb"], self.image_size)
             for k in STUDENT_INPUTS:
                 if k in views:
                     views[k] = transforms.resize(views[k], self.ms_size)
-        if "rgb" in wanted:
-            out["rgb"] = transforms.normalize(views["rgb"], self.mean, self.std)
-        out.update({k: views[k] for k in STUDENT_INPUTS if k in views})
+        if "rgb" in views:
+            views["rgb"] = transforms.normalize(views["rgb"], self.mean, self.std)
+        return {**out, **views}
+
+    def _generator(self, key: str) -> torch.Generator:
+        """Per-sample randomness from (seed, epoch, key): independent of worker assignment."""
+        digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+    def _deferred(self, sample: dict[str, Any], wanted: tuple[str, ...], key: str) -> dict:
+        """Inputs at their stored size for `device_batch` (cheap to decode and to move): RGB as
+        uint8, S1 and format 1's MS in half precision, format 2's MS as its native grids (their
+        uint16 bits as int16, upsampled on the device), plus the drawn augmentation."""
+        groups = None
+        if "ms" in wanted and grids.has_groups(sample) and self.upsample in grids.UPSAMPLING:
+            groups = verify.read_groups(sample, list(self.bands))
+            wanted = tuple(k for k in wanted if k != "ms")
+        views = self._inputs(sample, wanted, groups)
+        out: dict[str, Any] = {k: v if k == "rgb" else v.half() for k, v in views.items()}
+        if groups is not None:
+            out.update(
+                {
+                    grids.member_name(g.factor): torch.from_numpy(g.pixels.view(np.int16))
+                    for g in groups
+                }
+            )
+            out["ms_grids"] = tuple((g.names, g.factor) for g in groups)
+            hw = tuple(n * groups[0].factor for n in groups[0].pixels.shape[1:])
+        else:
+            hw = next(iter(views.values())).shape[-2:]
+        out["aug"] = transforms.params_tensor(self.augment.params(*hw, self._generator(key)))
         return out
 
-    def _multispectral(
-        self, sample: dict[str, Any], every_band: bool
-    ) -> tuple[np.ndarray | None, list[str]]:
-        """The stored bands on the 10 m grid and their names: all of them, or for format 2
-        without `every_band` only the RGB composite's (the other grids are not decoded)."""
+    def _inputs(
+        self, sample: dict[str, Any], wanted: tuple[str, ...], groups: list | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The wanted inputs at their stored size: RGB composite or image as uint8, the MS
+        student input and S1 as float. Format 2 decodes only the grids they need."""
+        key, views = sample["__key__"], {}
         if "ms.npy" in sample:
-            return verify.load_array(sample, "ms.npy", len(self.bands)), list(self.bands)
-        if not grids.has_groups(sample):
-            return None, []
-        names = list(self.bands) if every_band else list(bnd.RGB_BANDS)
-        return verify.read_bands(sample, names, self.upsample), names
+            ms, stored = verify.load_array(sample, "ms.npy", len(self.bands)), list(self.bands)
+            if "rgb" in wanted:
+                views["rgb"] = transforms.rgb_composite(ms, stored, self.modality)
+            if "ms" in wanted:
+                views["ms"] = transforms.ms_input(ms, stored)
+        elif grids.has_groups(sample):
+            names = list(self.bands) if "ms" in wanted else list(bnd.RGB_BANDS)
+            groups = groups or verify.read_groups(sample, names)
+            if "rgb" in wanted:
+                rgb = grids.on_grid(groups, bnd.RGB_BANDS)  # 10 m bands: never resampled
+                views["rgb"] = transforms.rgb_composite(rgb, list(bnd.RGB_BANDS), self.modality)
+            if "ms" in wanted:
+                views["ms"] = self._ms_from_groups(groups)
+        elif "ms" in wanted:
+            raise ValueError(f"sample {key}: the multispectral view needs ms.npy")
+        elif "rgb" in wanted:
+            views["rgb"] = _decode_rgb(sample)
+        if "s1" in wanted:
+            if "s1.npy" not in sample:
+                raise ValueError(f"sample {key}: the S1 view needs s1.npy (shard with --s1)")
+            views["s1"] = transforms.s1_input(verify.load_array(sample, "s1.npy", len(bnd.S1)))
+        return views
+
+    def _ms_from_groups(self, groups: list[grids.Group]) -> torch.Tensor:
+        if self.upsample == "nearest":
+            return transforms.ms_input_from_groups(groups)
+        names = list(self.bands)
+        return transforms.ms_input(grids.on_grid(groups, names, self.upsample), names)
 
 
 def _decode_rgb(sample: dict[str, Any]) -> torch.Tensor:
@@ -255,17 +299,40 @@ def _decode_rgb(sample: dict[str, Any]) -> torch.Tensor:
 def device_batch(
     batch: dict[str, Any], decoder: Decoder, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Move a batch to `device`, finishing deferred augmentation there; RGB is normalised."""
+    """Move a batch to `device`, finishing deferred work there: format 2's grids upsampled into
+    the MS input, the augmentation; RGB is normalised."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    if "ms_grids" in batch:
+        out["ms"] = _ms_on_device(out, batch["ms_grids"], decoder.upsample)
     if "aug" in out:
         aug = decoder.augment
         if "rgb" in out:
-            rgb = transforms.batch_augment(out["rgb"], out["aug"], decoder.image_size, aug.color)
+            rgb = transforms.to_unit(out["rgb"])
+            rgb = transforms.batch_augment(rgb, out["aug"], decoder.image_size, aug.color)
             out["rgb"] = transforms.normalize(rgb, decoder.mean, decoder.std)
         for k in STUDENT_INPUTS:
             if k in out:
                 out[k] = transforms.batch_augment(out[k], out["aug"], decoder.ms_size, False)
     return out
+
+
+def _ms_on_device(out: dict[str, torch.Tensor], layouts: list, method: str) -> torch.Tensor:
+    """The 13-band student input of a batch of format 2 grids (popped from `out`), as
+    `transforms.ms_input` of `grids.on_grid` computes it per sample."""
+    layout = layouts[0]
+    if any(other != layout for other in layouts):
+        raise ValueError("a batch mixes samples whose band grids differ")
+    pixels = [(out.pop(grids.member_name(f)).int() & 0xFFFF).float() for _, f in layout]
+    n, _, h, w = pixels[0].shape
+    h, w = h * layout[0][1], w * layout[0][1]
+    ms = torch.zeros((n, len(bnd.S2_L1C), h, w), device=pixels[0].device)
+    for (names, f), x in zip(layout, pixels, strict=True):
+        if f > 1 and method == "nearest":
+            x = torch.nn.functional.interpolate(x, scale_factor=f, mode="nearest")
+        elif f > 1:
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode=method, align_corners=False)
+        ms[:, [bnd.S2_L1C.index(b) for b in names]] = x
+    return (ms / bnd.REFLECTANCE_SCALE).clamp_(0, 1)
 
 
 def _unbatch(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -7,8 +7,10 @@ teacher and the student see the same crop (docs/reference-differences.md, defect
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,29 +18,64 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-from mtmg.data import bands
+from mtmg.data import bands, grids
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def rgb_from_ms(ms: np.ndarray, stored: list[str], modality: str) -> torch.Tensor:
-    """RGB composite (B04, B03, B02) in [0, 1]: `x / scale * 255` clamped to 0-255
-    (docs/method.md, 'Stage 1')."""
+def rgb_composite(ms: np.ndarray, stored: list[str], modality: str) -> torch.Tensor:
+    """RGB composite (B04, B03, B02) as the reference makes it: uint8 3 x H x W,
+    `x / scale * 255` in float32, clamped to 0-255 and truncated (docs/method.md, 'Stage 1')."""
     if modality not in bands.RGB_SCALE:
         raise ValueError(f"no RGB composite scale for modality {modality!r}")
     idx = bands.reorder_indices(tuple(stored), bands.RGB_BANDS)
-    x = torch.from_numpy(ms[idx].astype(np.float32))
-    return (x / bands.RGB_SCALE[modality]).clamp_(0, 1)
+    if ms.dtype == np.uint16:  # a table of every uint16 value: one lookup per pixel
+        return torch.from_numpy(np.take(_composite_table(modality), ms[idx]))
+    x = torch.from_numpy(np.ascontiguousarray(ms[idx], dtype=np.float32))
+    return (x / bands.RGB_SCALE[modality] * 255).clamp_(0, 255).to(torch.uint8)
+
+
+@functools.cache
+def _composite_table(modality: str) -> np.ndarray:
+    x = torch.arange(1 << 16, dtype=torch.float32)
+    return (x / bands.RGB_SCALE[modality] * 255).clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def rgb_from_ms(ms: np.ndarray, stored: list[str], modality: str) -> torch.Tensor:
+    """The RGB composite (`rgb_composite`) as float in [0, 1]."""
+    return to_unit(rgb_composite(ms, stored, modality))
+
+
+def to_unit(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 images as float in [0, 1] (other dtypes are taken to be there already)."""
+    return rgb.float().div_(255) if rgb.dtype == torch.uint8 else rgb.float()
 
 
 def ms_input(ms: np.ndarray, stored: list[str]) -> torch.Tensor:
     """13 bands in L1C order, `clamp(x / 10000, 0, 1)`; bands L2A lacks (B10) are zero."""
-    out = torch.zeros((len(bands.S2_L1C), *ms.shape[1:]), dtype=torch.float32)
+    rows = {b: ms[stored.index(b)] for b in bands.S2_L1C if b in stored}
+    return _reflectance(rows, ms.shape[1:])
+
+
+def ms_input_from_groups(groups: Sequence[grids.Group]) -> torch.Tensor:
+    """`ms_input` of format 2 grid groups brought onto the 10 m grid by nearest neighbour,
+    without an intermediate uint16 array of every band."""
+    rows = {}
+    for g in groups:
+        f = g.factor
+        pixels = g.pixels if f == 1 else g.pixels.repeat(f, axis=1).repeat(f, axis=2)
+        rows.update(zip(g.names, pixels, strict=True))
+    first = groups[0]
+    return _reflectance(rows, [n * first.factor for n in first.pixels.shape[1:]])
+
+
+def _reflectance(rows: dict[str, np.ndarray], hw: Sequence[int]) -> torch.Tensor:
+    """Band name -> H x W reflectances x 10000, as the 13-band L1C input in [0, 1]."""
+    out = np.empty((len(bands.S2_L1C), *hw), np.float32)
     for i, b in enumerate(bands.S2_L1C):
-        if b in stored:
-            out[i] = torch.from_numpy(ms[stored.index(b)].astype(np.float32))
-    return (out / bands.REFLECTANCE_SCALE).clamp_(0, 1)
+        out[i] = rows[b] if b in rows else 0
+    return torch.from_numpy(out).div_(bands.REFLECTANCE_SCALE).clamp_(0, 1)
 
 
 S1_DB_RANGE = (-30.0, 5.0)  # backscatter in dB clamped to this range, then mapped to [0, 1]
@@ -52,10 +89,10 @@ def s1_input(s1: np.ndarray) -> torch.Tensor:
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:
-    """An encoded RGB image as a float tensor 3 x H x W in [0, 1]."""
+    """An encoded RGB image as a uint8 tensor 3 x H x W."""
     with Image.open(io.BytesIO(data)) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ manifest.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -77,8 +78,20 @@ def check_members(sample: dict[str, Any], allowed: frozenset[str] = MEMBERS) -> 
 def read_bands(sample: dict[str, Any], names: Sequence[str], method: str = "nearest") -> np.ndarray:
     """Bands `names` of a format 2 sample on its 10 m grid (`grids.read_bands`); a member that
     does not decode is a ShardError naming the sample and its shard."""
-    try:
+    with _naming(sample):
         return grids.read_bands(sample, names, method)
+
+
+def read_groups(sample: dict[str, Any], names: Sequence[str]) -> list[grids.Group]:
+    """The decoded grid groups holding bands `names` (`grids.read_groups`), errors as above."""
+    with _naming(sample):
+        return grids.read_groups(sample, names)
+
+
+@contextlib.contextmanager
+def _naming(sample: dict[str, Any]) -> Iterator[None]:
+    try:
+        yield
     except grids.GroupError as e:
         where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
         raise ShardError(f"{where}: {e}; {RECOVER}") from e

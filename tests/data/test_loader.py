@@ -48,13 +48,28 @@ def test_rgb_composite_and_ms_input_follow_the_spec(ben_shards):
         torch.tensor(transforms.CLIP_STD)[:, None, None],
     )
     rgb = out["rgb"] * std + mean
-    for c, band in enumerate(bands.RGB_BANDS):  # x / 2000 for L2A, clamped
-        want = np.clip(ms[bands.S2_L2A.index(band)] / 2000.0, 0, 1)
+    for c, band in enumerate(bands.RGB_BANDS):  # x / 2000 * 255 for L2A, clamped, uint8
+        x = ms[bands.S2_L2A.index(band)].astype(np.float32)
+        want = np.floor(np.clip(x / np.float32(2000) * np.float32(255), 0, 255)) / 255
         np.testing.assert_allclose(rgb[c].numpy(), want, atol=1e-5)
+        assert len(np.unique(want)) > 50  # not all clamped
     assert out["ms"].shape == (13, 120, 120)
     assert torch.all(out["ms"][bands.S2_L1C.index("B10")] == 0)  # L2A has no B10
     b8a = np.clip(ms[bands.S2_L2A.index("B8A")] / 10000.0, 0, 1)
     np.testing.assert_allclose(out["ms"][bands.S2_L1C.index("B8A")].numpy(), b8a, atol=1e-6)
+
+
+@pytest.mark.parametrize("modality", sorted(bands.RGB_SCALE))
+def test_the_composite_is_the_references_uint8_for_every_stored_value(modality):
+    """`x / scale * 255`, clamped and cast to uint8 as the reference does, for all 65,536
+    uint16 values (table lookup) and from float input (bands upsampled bilinearly)."""
+    x = np.arange(1 << 16, dtype=np.uint16).reshape(1, 256, 256).repeat(3, 0)
+    ref = (torch.from_numpy(x.astype(np.int32)) / bands.RGB_SCALE[modality] * 255).clamp(0, 255)
+    ref = ref.to(torch.uint8)
+    stored = list(bands.RGB_BANDS)
+    assert torch.equal(transforms.rgb_composite(x, stored, modality), ref)
+    assert torch.equal(transforms.rgb_composite(x.astype(np.float32), stored, modality), ref)
+    assert torch.equal(transforms.rgb_from_ms(x, stored, modality), ref.float() / 255)
 
 
 def test_augmentation_crops_and_flips_both_views_alike(ben_shards):

@@ -226,3 +226,25 @@ def test_format_1_sets_stay_readable_and_say_their_version(both):
     assert m1["format_version"] == 1 and "ms.npy" in m1["fields"] and "ms_codec" not in m1
     ds = ShardSet.open(str(outs[1]))
     assert ds.count("train") == sum(n for _, n in ds.shards("train"))
+
+
+@pytest.mark.parametrize("method", grids.UPSAMPLING)
+def test_deferred_grids_are_upsampled_on_the_device_as_on_the_cpu(both, method):
+    """The GPU path ships format 2's grids at their native sizes (uint16 bits as int16) and
+    builds the 13-band input there, as the loader worker would."""
+    from mtmg.data import transforms
+    from mtmg.data.loader import collate, device_batch
+
+    _, outs = both
+    ds = ShardSet.open(str(outs[2]))
+    raws = list(_samples(outs[2], decode=False).values())[:4]
+    kw = dict(augment=transforms.Augment(scale=(0.6, 0.9)), seed=5, upsample=method)
+    cpu, deferred = _decoder(ds, "both", **kw), _decoder(ds, "both", defer_augment=True, **kw)
+    shipped = collate([deferred(dict(r)) for r in raws])
+    assert "ms" not in shipped and shipped["ms20.zst"].shape == (4, 6, 30, 30)
+    assert shipped["ms10.zst"].dtype == torch.int16 and shipped["rgb"].dtype == torch.uint8
+    got = device_batch(shipped, deferred, torch.device("cpu"))
+    want = collate([cpu(dict(r)) for r in raws])
+    assert got["ms"].shape == want["ms"].shape == (4, 13, 60, 60)
+    torch.testing.assert_close(got["ms"], want["ms"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["rgb"], want["rgb"], atol=1e-5, rtol=0)
