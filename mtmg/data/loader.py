@@ -335,10 +335,27 @@ def _ms_on_device(out: dict[str, torch.Tensor], layouts: list, method: str) -> t
     return (ms / bnd.REFLECTANCE_SCALE).clamp_(0, 1)
 
 
-def _unbatch(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for batch in batches:
-        for i in range(len(batch["__key__"])):
-            yield {k: v[i] for k, v in batch.items()}
+@dataclass(frozen=True)
+class _Rebatch:
+    """Worker batches -> batches of exactly `size` in the same sample order (the last one
+    partial only with `partial`); a full batch with nothing pending passes through uncopied."""
+
+    size: int
+    partial: bool
+
+    def __call__(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        pending: list[dict[str, Any]] = []
+        for batch in batches:
+            n = len(batch["__key__"])
+            if not pending and n == self.size:
+                yield batch
+                continue
+            pending += ({k: v[i] for k, v in batch.items()} for i in range(n))
+            while len(pending) >= self.size:
+                yield collate(pending[: self.size])
+                del pending[: self.size]
+        if pending and self.partial:
+            yield collate(pending)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -466,7 +483,7 @@ def make_loader(
     local = part.urls
     loader = wds.WebLoader(pipe, batch_size=None, num_workers=min(num_workers, len(local)))
     # re-batch in the main process: full batches whatever the per-worker leftovers
-    loader = loader.compose(_unbatch).batched(batch_size, collation_fn=collate, partial=not train)
+    loader = loader.compose(_Rebatch(batch_size, partial=not train))
     steps = min(p.count for p in parts) // batch_size if train else None
     if train and steps == 0:
         raise ValueError(

@@ -251,3 +251,21 @@ def test_shards_are_read_through_uris_too(ben_shards):
         return [k for b in loader for k in b["__key__"]]
 
     assert keys(by_uri) == keys(by_path) and len(keys(by_uri)) == by_path.count("val")
+
+
+@pytest.mark.parametrize("partial", [True, False])
+def test_rebatching_keeps_the_order_and_passes_full_batches_through(partial):
+    from mtmg.data.loader import _Rebatch, collate
+
+    keys = iter(range(100))
+    sizes = [4, 3, 4, 1, 4, 2]
+    worker = [
+        collate([{"__key__": k, "x": torch.tensor([k])} for k in itertools.islice(keys, n)])
+        for n in sizes
+    ]
+    out = list(_Rebatch(4, partial)(iter(worker)))
+    flat = [k for b in out for k in b["__key__"]]
+    assert flat == list(range(18 if partial else 16))
+    assert [len(b["__key__"]) for b in out] == [4, 4, 4, 4] + ([2] if partial else [])
+    assert out[0] is worker[0]  # nothing pending: not copied
+    assert all(torch.equal(b["x"][:, 0], torch.tensor(b["__key__"])) for b in out)
