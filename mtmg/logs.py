@@ -42,11 +42,17 @@ def setup(verbosity: int = 0) -> None:
     logging.getLogger("mtmg").setLevel(logging.WARNING if verbosity < 0 else logging.INFO)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if verbosity > 0 else logging.ERROR)
-    global _quiet
-    _quiet = verbosity < 0
+    global _quiet, _verbosity
+    _quiet, _verbosity = verbosity < 0, verbosity
 
 
 _quiet = False
+_verbosity = 0
+
+
+def verbosity() -> int:
+    """The level `setup` was last given: what Ray workers of this command are set up with."""
+    return _verbosity
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

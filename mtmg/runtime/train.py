@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mtmg import logs
 from mtmg.engine.context import WorkerContext
 from mtmg.errors import USER_ERRORS
 from mtmg.runtime import ray_private
@@ -50,11 +51,13 @@ def ray_context() -> WorkerContext:
     )
 
 
-def _entry(worker: Worker, cpus: float, config: dict[str, Any]) -> None:
+def _entry(worker: Worker, cpus: float, verbosity: int, config: dict[str, Any]) -> None:
     """What Ray Train runs on every worker: `worker(conf, ctx)` with `conf`'s object
-    references fetched and torch using the CPUs the worker reserved (Ray limits it to 1)."""
+    references fetched, torch using the CPUs the worker reserved (Ray limits it to 1) and the
+    command's logging (`logs.setup`)."""
     import ray
 
+    logs.setup(verbosity)
     torch.set_num_threads(max(1, int(cpus)))
     conf = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in config.items()}
     worker(conf, ray_context())
@@ -229,7 +232,7 @@ def fit(
     if "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)  # workers change their cwd
     trainer = _trainer_class(lean)(
-        functools.partial(_entry, worker, cpus_per_worker),
+        functools.partial(_entry, worker, cpus_per_worker, logs.verbosity()),
         train_loop_config=config,
         torch_config=_node_local_torch_config() if lean else None,
         scaling_config=ray.train.ScalingConfig(

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from mtmg import tracking
+from mtmg import logs, tracking
 from mtmg.data import storage
 
 log = logging.getLogger(__name__)
@@ -158,14 +158,17 @@ def bind(fn: Callable[..., None], **inputs: Any) -> Callable[[dict], None]:
     import ray
 
     refs = {k: v if isinstance(v, ray.ObjectRef) else ray.put(v) for k, v in inputs.items()}
-    trainable = functools.partial(_call_with_inputs, fn, refs)
+    trainable = functools.partial(_call_with_inputs, fn, refs, logs.verbosity())
     trainable.__name__ = getattr(fn, "__name__", "trial")  # type: ignore[attr-defined]
     return trainable
 
 
-def _call_with_inputs(fn: Callable[..., None], refs: dict[str, Any], config: dict) -> None:
+def _call_with_inputs(
+    fn: Callable[..., None], refs: dict[str, Any], verbosity: int, config: dict
+) -> None:
     import ray
 
+    logs.setup(verbosity)  # the command's logging: no library chatter in trial output
     fn(config, **{k: ray.get(r) for k, r in refs.items()})
 
 
