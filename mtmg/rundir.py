@@ -51,6 +51,7 @@ OPERATIONAL = frozenset(
         "resume",
         "retry_failed",
         "spec",
+        "threads",
     }
 )
 # what an earlier mtmg run leaves in OUT: with these and no run.json, its inputs are unknown

@@ -26,6 +26,7 @@ class Cfg:
     lr: float = 1e-5
     alphas: tuple[float, ...] = (0.0, 1.0)
     cluster: bool = False  # operational: may change on a rerun
+    threads: int | None = None  # as are the CPU threads
 
 
 @pytest.fixture
@@ -46,6 +47,7 @@ def test_same_run_resumes_another_is_refused_naming_what_differs(shards, tmp_pat
     cfg = Cfg(str(shards), str(tmp_path / "run"))
     assert _claim(cfg) is False  # a new run
     assert _claim(replace(cfg, cluster=True)) is True  # where it runs is not what it computes
+    assert _claim(replace(cfg, threads=2)) is True
     with pytest.raises(rundir.RunDirError, match=r"--lr 1e-05 -> 0.001.*--overwrite"):
         _claim(replace(cfg, lr=1e-3))
     with pytest.raises(rundir.RunDirError, match=r"--alphas \[0.0, 1.0\] -> \[0.5\]"):
