@@ -17,7 +17,6 @@ import io
 import json
 import os
 import sys
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,7 +26,7 @@ import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from mtmg import errors, logs
-from mtmg.data import bands, grids, storage
+from mtmg.data import bands, grids, storage, tarstream
 from mtmg.data.storage import Location
 from mtmg.errors import MtmgError
 
@@ -149,15 +148,27 @@ def decode_sample(sample: dict[str, Any], band_names: Sequence[str]) -> dict[str
 class ShardReader:
     """WebDataset stage: shard URLs -> samples, each shard checked as it is read: its size as
     the manifest records it, every sample with the members the manifest's `fields` list and no
-    other (`check_members`), as many samples as the manifest counts. A truncated or replaced
-    shard is an error naming it, not a shorter epoch. Picklable, for loader workers."""
+    other (`check_members`), as many samples as the manifest counts. A truncated, corrupt or
+    replaced shard is an error naming it, not a shorter epoch. Picklable, for loader workers.
 
-    def __init__(self, out: str | Location, split: str, manifest: dict[str, Any]) -> None:
+    Members whose suffix is in `skip` (say {"ms20.zst", "ms60.zst"} for a view that decodes
+    only the 10 m grid) are not read: checked by name like the others, then left out of the
+    samples yielded."""
+
+    def __init__(
+        self,
+        out: str | Location,
+        split: str,
+        manifest: dict[str, Any],
+        *,
+        skip: frozenset[str] = frozenset(),
+    ) -> None:
         loc = out if isinstance(out, Location) else storage.location(out)
         entries = manifest["splits"][split]["shards"]
         self.expect = {loc.join(e["name"]).uri: (e["count"], e.get("bytes")) for e in entries}
         self.fields = tuple(f.replace("<ext>", "") for f in manifest.get("fields", {}))
         self.allowed = MEMBERS_OF[manifest.get("format_version", 1)]
+        self.skip = frozenset(skip)
 
     def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for shard in src:
@@ -172,13 +183,14 @@ class ShardReader:
                     f"{url}: {have} bytes, manifest.json records {size} (a truncated "
                     f"or replaced shard); {RECOVER}"
                 )
-            from webdataset.tariterators import group_by_keys, tar_file_expander  # slow import
-
-            with loc.fs.open_input_stream(loc.path) as stream:
-                for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+            with _open(loc) as f:
+                for sample in tarstream.samples(f, url, size=have, skip=self.skip):
                     n += 1
-                    yield self.complete(check_members(sample, self.allowed))
-        except (tarfile.TarError, OSError) as e:
+                    self.complete(check_members(sample, self.allowed))
+                    for k in self.skip.intersection(sample):  # seen by name, never read
+                        del sample[k]
+                    yield sample
+        except (tarstream.TarStreamError, OSError) as e:
             raise ShardError(
                 f"{url}: unreadable or truncated after {n} samples ({e}); {RECOVER}"
             ) from e
@@ -198,6 +210,14 @@ class ShardReader:
                 f"truncated shard?); {RECOVER}"
             )
         return sample
+
+
+def _open(loc: Location) -> Any:
+    """A shard for reading front to back: a buffered local file (seekable, so skipped members
+    cost a seek), else a stream with a read buffer (skipped members are read and dropped)."""
+    if loc.is_local:
+        return open(loc.path, "rb")
+    return loc.fs.open_input_stream(loc.path, buffer_size=1 << 20)
 
 
 # ------------------------------------------------------------------------------ the command
