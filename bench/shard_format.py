@@ -97,7 +97,7 @@ def loader_rate(out: Path, view: str, defer: bool, repeat: int) -> float:
     for _ in range(repeat):
         pipe = wds.DataPipeline(
             wds.SimpleShardList(urls),
-            verify.ShardReader(ds.root, "train", ds.manifest),
+            verify.ShardReader(ds.root, "train", ds.manifest, skip=dec.unread),
             wds.map(dec),
             wds.batched(64, collation_fn=collate, partial=True),
         )

@@ -162,7 +162,7 @@ class Decoder:
     augment: transforms.Augment | None = None
     seed: int = 0
     epoch: int = 0
-    defer_augment: bool = False  # leave crop/resize/jitter to `device_batch` on the GPU
+    defer_augment: bool = False  # leave resize, augmentation, normalising to `device_batch`
     upsample: str = "nearest"  # format 2: how 20/60 m bands reach the 10 m grid
 
     @classmethod
@@ -194,7 +194,7 @@ class Decoder:
         meta = verify.load_json(sample)
         out: dict[str, Any] = {"__key__": key, "target": self.targets(meta["labels"])}
         wanted = view_inputs(self.view)
-        if self.defer_augment and self.augment is not None:
+        if self.defer_augment:
             return {**out, **self._deferred(sample, wanted, key)}
         views = self._inputs(sample, wanted)
         if "rgb" in views:
@@ -218,15 +218,15 @@ class Decoder:
             views["rgb"] = transforms.normalize(views["rgb"], self.mean, self.std)
         return {**out, **views}
 
-    def _generator(self, key: str) -> torch.Generator:
+    def _generator(self, key: str) -> random.Random:
         """Per-sample randomness from (seed, epoch, key): independent of worker assignment."""
         digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        return random.Random(int.from_bytes(digest[:8], "little"))
 
     def _deferred(self, sample: dict[str, Any], wanted: tuple[str, ...], key: str) -> dict:
         """Inputs at their stored size for `device_batch` (cheap to decode and to move): RGB as
         uint8, S1 and format 1's MS in half precision, format 2's MS as its native grids (their
-        uint16 bits as int16, upsampled on the device), plus the drawn augmentation."""
+        uint16 bits as int16, upsampled on the device), plus the drawn augmentation if any."""
         groups = None
         if "ms" in wanted and grids.has_groups(sample) and self.upsample in grids.UPSAMPLING:
             groups = verify.read_groups(sample, list(self.bands))
@@ -244,7 +244,9 @@ class Decoder:
             hw = tuple(n * groups[0].factor for n in groups[0].pixels.shape[1:])
         else:
             hw = next(iter(views.values())).shape[-2:]
-        out["aug"] = transforms.params_tensor(self.augment.params(*hw, self._generator(key)))
+        if self.augment is not None:
+            p = self.augment.params(*hw, self._generator(key))
+            out["aug"] = transforms.params_tensor(p)
         return out
 
     def _inputs(
@@ -299,12 +301,19 @@ def _decode_rgb(sample: dict[str, Any]) -> torch.Tensor:
 def device_batch(
     batch: dict[str, Any], decoder: Decoder, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Move a batch to `device`, finishing deferred work there: format 2's grids upsampled into
-    the MS input, the augmentation; RGB is normalised."""
+    """Move a batch to `device`, finishing a deferring decoder's work there: format 2's grids
+    upsampled into the MS input, the augmentation or the evaluation resize; RGB normalised."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
     if "ms_grids" in batch:
         out["ms"] = _ms_on_device(out, batch["ms_grids"], decoder.upsample)
-    if "aug" in out:
+    if decoder.defer_augment and "aug" not in out:
+        if "rgb" in out:
+            rgb = transforms.resize(transforms.to_unit(out["rgb"]), decoder.image_size)
+            out["rgb"] = transforms.normalize(rgb, decoder.mean, decoder.std)
+        for k in STUDENT_INPUTS:
+            if k in out:
+                out[k] = transforms.resize(out[k].float(), decoder.ms_size)
+    elif "aug" in out:
         aug = decoder.augment
         if "rgb" in out:
             rgb = transforms.to_unit(out["rgb"])
@@ -472,7 +481,8 @@ def make_loader(
     stages: list[Any] = [
         wds.SimpleShardList(list(part.urls)),
         wds.split_by_worker,
-        verify.ShardReader(ds.root, split, ds.manifest),  # size, members and count checked
+        # size, members and count checked; members the decoder never reads are skipped
+        verify.ShardReader(ds.root, split, ds.manifest, skip=decoder.unread),
     ]
     if part.by_sample:
         stages.append(_EveryNth(part))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -112,33 +113,33 @@ class Augment:
     p_blur: float = 0.4
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
-    def params(self, h: int, w: int, gen: torch.Generator) -> dict:
-        """One draw: the crop box of an h x w input, flips and the colour parameters."""
+    def params(self, h: int, w: int, rng: random.Random) -> dict:
+        """One draw: the crop box of an h x w input (torchvision's RandomResizedCrop rule),
+        flips and the colour parameters; Python's generator, a few microseconds a draw."""
         area = h * w
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
         for _ in range(10):
-            target = area * float(torch.empty(1).uniform_(*self.scale, generator=gen))
-            lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-            ar = math.exp(float(torch.empty(1).uniform_(lo, hi, generator=gen)))
+            target = area * rng.uniform(*self.scale)
+            ar = math.exp(rng.uniform(lo, hi))
             cw, ch = round(math.sqrt(target * ar)), round(math.sqrt(target / ar))
             if 0 < cw <= w and 0 < ch <= h:
-                top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-                left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+                top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
                 break
         else:
             top, left, ch, cw = 0, 0, h, w
-        r = torch.rand(5, generator=gen)
-        factors = torch.empty(3).uniform_(max(0.0, 1 - self.jitter), 1 + self.jitter, generator=gen)
-        order = torch.randperm(3, generator=gen)
-        sigma = float(torch.empty(1).uniform_(*self.blur_sigma, generator=gen))
+        r = [rng.random() for _ in range(5)]
+        factors = [rng.uniform(max(0.0, 1 - self.jitter), 1 + self.jitter) for _ in range(3)]
+        order = rng.sample(range(3), 3)
+        sigma = rng.uniform(*self.blur_sigma)
         return {
             "box": (top, left, ch, cw),
-            "hflip": self.flips and bool(r[0] < 0.5),
-            "vflip": self.flips and bool(r[1] < 0.5),
-            "jitter": self.color and bool(r[2] < self.p_jitter),
-            "factors": tuple(float(f) for f in factors),  # brightness, contrast, saturation
-            "order": tuple(int(o) for o in order),
-            "grey": self.color and bool(r[3] < self.p_grey),
-            "blur": self.color and bool(r[4] < self.p_blur),
+            "hflip": self.flips and r[0] < 0.5,
+            "vflip": self.flips and r[1] < 0.5,
+            "jitter": self.color and r[2] < self.p_jitter,
+            "factors": tuple(factors),  # brightness, contrast, saturation
+            "order": tuple(order),
+            "grey": self.color and r[3] < self.p_grey,
+            "blur": self.color and r[4] < self.p_blur,
             "sigma": sigma,
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import numpy as np
 import pytest
@@ -207,10 +208,10 @@ def test_colour_augmentation_is_torchvisions_with_the_references_probabilities()
     GaussianBlur(kernel (3, 7))), and the draws follow p = 0.8 / 0.2 / 0.4 / 0.5."""
     import torchvision.transforms.v2.functional as tvf
 
-    aug, gen = transforms.Augment(), torch.Generator().manual_seed(0)
-    img = torch.rand(3, 24, 20, generator=gen)
+    aug, rng = transforms.Augment(), random.Random(0)
+    img = torch.rand(3, 24, 20, generator=torch.Generator().manual_seed(0))
     ops = (tvf.adjust_brightness, tvf.adjust_contrast, tvf.adjust_saturation)
-    draws = [aug.params(24, 20, gen) for _ in range(2000)]
+    draws = [aug.params(24, 20, rng) for _ in range(2000)]
     for p in draws[:40]:
         want = img
         if p["jitter"]:
@@ -228,6 +229,11 @@ def test_colour_augmentation_is_torchvisions_with_the_references_probabilities()
     assert {p["order"] for p in draws} == set(itertools.permutations(range(3)))
     sigmas = [p["sigma"] for p in draws]
     assert 0.1 <= min(sigmas) < 0.2 and 1.9 < max(sigmas) <= 2.0
+    boxes = np.array([p["box"] for p in draws])  # top, left, h, w inside the 24 x 20 input
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 24).all()
+    assert (boxes[:, 1] + boxes[:, 3] <= 20).all()
+    area = boxes[:, 2] * boxes[:, 3] / (24 * 20)
+    assert 0.85 < area.min() and area.max() <= 1 and len(set(map(tuple, boxes))) > 20
 
 
 def test_evaluation_resizes_the_shortest_side_and_centre_crops():

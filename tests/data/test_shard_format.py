@@ -248,3 +248,23 @@ def test_deferred_grids_are_upsampled_on_the_device_as_on_the_cpu(both, method):
     assert got["ms"].shape == want["ms"].shape == (4, 13, 60, 60)
     torch.testing.assert_close(got["ms"], want["ms"], atol=1e-5, rtol=0)
     torch.testing.assert_close(got["rgb"], want["rgb"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_deferring_decoder_without_augmentation_resizes_on_the_device(both, version):
+    """Model-ready on the GPU path: uint8 RGB and the stored grids leave the worker; resize and
+    normalising on the device give what the worker path gives."""
+    from mtmg.data.loader import collate, device_batch
+
+    _, outs = both
+    ds = ShardSet.open(str(outs[version]))
+    raws = list(_samples(outs[version], decode=False).values())[:4]
+    cpu = Decoder.of(ds, "both", Targets.of(ds), 48)
+    deferred = Decoder.of(ds, "both", Targets.of(ds), 48, defer_augment=True)
+    shipped = collate([deferred(dict(r)) for r in raws])
+    assert shipped["rgb"].shape == (4, 3, 60, 60) and "aug" not in shipped
+    got = device_batch(shipped, deferred, torch.device("cpu"))
+    want = collate([cpu(dict(r)) for r in raws])
+    for k in ("rgb", "ms"):
+        assert got[k].shape == want[k].shape, k
+        torch.testing.assert_close(got[k], want[k], atol=1e-3 if version == 1 else 1e-5, rtol=0)
