@@ -368,9 +368,13 @@ class _Rebatch:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors; other fields (the `__key__` of each sample) become lists."""
+    """Stack tensors (in a loader worker straight into shared memory, as torch's own collate
+    does, so the batch is not copied again on its way out); other fields (the `__key__` of each
+    sample) become lists."""
+    from torch.utils.data import default_collate
+
     return {
-        k: torch.stack([s[k] for s in samples])
+        k: default_collate([s[k] for s in samples])
         if isinstance(v, torch.Tensor)
         else [s[k] for s in samples]
         for k, v in samples[0].items()
