@@ -3,12 +3,16 @@
 Each rank scores its own part of the split (see `mtmg.data.loader`); rank 0 gathers and orders the
 predictions by sample key, so 1 and N workers give the same numbers on the same weights.
 Decoded batches can be kept in memory and reused, since an alpha sweep evaluates one split
-many times with different weights.
+many times with different weights. A set scored in several nomenclatures (BigEarthNet in 5, 19
+and 43 classes) is decoded once in its stored one and run through the model once:
+`classification_by_heads` applies every nomenclature's head to the same features and maps the
+targets (`TargetMap`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -84,9 +88,78 @@ def classification(
     if got is None:
         return None
     keys, logits, targets = got
+    return _scores(logits, targets, task, len(keys))
+
+
+def _scores(logits: torch.Tensor, targets: torch.Tensor, task: str, n: int) -> dict[str, Any]:
     out = metrics.classification_metrics(logits, targets, task)
     out["per_class"], out["support"] = metrics.per_class(logits, targets, task)
-    out["n"] = len(keys)
+    out["n"] = n
+    return out
+
+
+@dataclass(frozen=True)
+class TargetMap:
+    """Targets decoded in a set's stored nomenclature -> the targets of another of its
+    nomenclatures, equal to decoding in that one (`mtmg.data.loader.Targets` maps label names
+    the same way), so one decoding pass serves every nomenclature of a set."""
+
+    mapping: tuple[int, ...] | None  # stored index -> target index (-1: dropped); None: the same
+    n_classes: int  # of the target nomenclature
+
+    def __call__(self, targets: torch.Tensor) -> torch.Tensor:
+        """Multi-label (n, stored) 0/1 rows -> (n, n_classes) 0/1 rows; single-label class
+        indices -> class indices (-1 for a dropped class, as decoding gives)."""
+        if self.mapping is None:
+            return targets
+        index = torch.tensor(self.mapping, dtype=torch.long)
+        if targets.ndim == 1:
+            return index[targets]
+        onto = torch.zeros(len(index), self.n_classes, dtype=targets.dtype)
+        kept = (index >= 0).nonzero().squeeze(1)
+        onto[kept, index[kept]] = 1
+        return (targets @ onto).clamp(max=1)  # sums of 0/1 products: exact in any float dtype
+
+
+def classification_by_heads(
+    ctx: WorkerContext,
+    features: Callable[[Batch], torch.Tensor],
+    heads: Sequence[tuple[Callable[[torch.Tensor], torch.Tensor], TargetMap]],
+    batches: Iterable[Batch],
+    task: str,
+    amp: torch.dtype | None = None,
+) -> list[dict[str, Any]] | None:
+    """`classification` of every (head, target map) in `heads` over one pass of the batches:
+    `features` once per batch, every head's logits from them (in the same autocast), each
+    scored against the batches' targets through its map. One metrics dict per head, on rank
+    0; None elsewhere. The metrics equal scoring each head in a pass of its own."""
+    widths = [m.n_classes for _, m in heads]
+
+    def fn(batch: Batch) -> torch.Tensor:
+        f = features(batch)
+        return torch.cat([h(f) for h, _ in heads], dim=1)
+
+    got = gather(ctx, *predict(fn, batches, ctx.device, amp))
+    if got is None:
+        return None
+    keys, logits, targets = got
+    if not keys:  # nothing scored: what `classification` makes of an empty split
+        return [_scores(logits, targets, task, 0) for _ in heads]
+    if logits.shape[1] != sum(widths):
+        raise ValueError(f"the heads give {logits.shape[1]} logits, their maps {widths}")
+    parts = logits.split(widths, dim=1)
+    return [_scores(p, m(targets), task, len(keys)) for p, (_, m) in zip(parts, heads, strict=True)]
+
+
+def group_jobs(
+    jobs: Iterable[tuple[int, str]], paths: Sequence[str]
+) -> dict[tuple[str, str], list[int]]:
+    """(set index, split) jobs grouped by (shard set path, split), in the order they first
+    occur: the sets of a group are one set in several nomenclatures (or roles), scored in one
+    pass by `classification_by_heads`."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for i, split in jobs:
+        out.setdefault((paths[i], split), []).append(i)
     return out
 
 

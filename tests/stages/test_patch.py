@@ -22,6 +22,8 @@ from mtmg.data import labels, loader
 from mtmg.engine import evaluate, loop
 from mtmg.engine.context import WorkerContext
 from mtmg.models import clip, heads, weights
+from mtmg.stages import skeleton
+from mtmg.stages.patch import alpha as patch_alpha
 from mtmg.stages.patch import command
 from mtmg.stages.patch import driver as patch
 from mtmg.stages.patch.loop import epoch_batches, tasks
@@ -247,6 +249,58 @@ def test_joint_batches_are_the_same_on_every_rank(sets, tmp_path):
         keys.append([[k for step in f for k in step[i]["__key__"]] for i, f in enumerate(first)])
     for i in range(2):
         assert keys[0][i] and not set(keys[0][i]) & set(keys[1][i])
+
+
+def test_a_set_in_three_nomenclatures_is_decoded_and_run_once(sets, tmp_path, monkeypatch):
+    """BigEarthNet in ben19 (patching), ben5 and ben43 (eval): its test split is decoded once
+    for every nomenclature and alpha, and each row is what scoring that nomenclature alone
+    gives (its own decoding, its own pass)."""
+    ben = sets[0]
+    cfg = _cfg(sets, tmp_path / "run", eval_data=(f"{ben}:ben5", f"{ben}:ben43"), loader_workers=0)
+    bundle, all_sets = patch.resolve_inputs(cfg)
+    head_weights = patch.build_heads(cfg, bundle, all_sets)
+    zs = weights.image_state(bundle.model)
+    gen = torch.Generator().manual_seed(0)
+    ft = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in zs.items()}
+    decoded, eval_loader = [], skeleton.eval_loader
+
+    def counted(cfg, ctx, ds, split, dec):
+        decoded.append((ds.name, split))
+        return eval_loader(cfg, ctx, ds, split, dec)
+
+    monkeypatch.setattr(skeleton, "eval_loader", counted)
+    ctx = WorkerContext()
+    ev = patch_alpha._Evaluator(cfg, ctx, bundle, zs, ft, head_weights, all_sets)
+    jobs = [(i, "test") for i in range(len(all_sets))]
+    for a in (0.5, 1.0):
+        rows = ev.rows(a, jobs)
+        assert [(r["role"], r["nomenclature"]) for r in rows] == [
+            ("patching", "ben19"),
+            ("supported", "imagefolder"),
+            ("eval", "ben5"),
+            ("eval", "ben43"),
+        ]
+        for (role, path, nomen), w, row in zip(all_sets, head_weights, rows, strict=True):
+            ds = loader.ShardSet.open(path)
+            dec = loader.Decoder.of(
+                ds,
+                "rgb",
+                loader.Targets.of(ds, nomen),
+                bundle.image_size,
+                mean=bundle.mean,
+                std=bundle.std,
+            )
+            head = heads.ZeroShotHead.from_weights(w)
+            m = evaluate.classification(
+                ctx,
+                lambda b, h=head: h(ev.visual(b["rgb"])),
+                eval_loader(cfg, ctx, ds, "test", dec),
+                ds.task,
+            )
+            assert (row["path"], row["role"], row["n"]) == (path, role, m["n"])
+            assert row["value"] == m[row["metric"]]
+            assert row["per_class"] == evaluate.class_values(ds.classes(nomen), m)
+    assert decoded == [("bigearthnet", "test"), ("imagefolder", "test")]
 
 
 def test_two_ddp_workers_evaluate_like_one(sets, tmp_path):

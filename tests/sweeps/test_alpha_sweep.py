@@ -33,7 +33,7 @@ from mtmg.models import heads, weights
 from mtmg.runtime import tuner
 from mtmg.stages.patch import driver as patch
 from mtmg.sweeps import options
-from mtmg.sweeps.alpha import driver, inputs, trial
+from mtmg.sweeps.alpha import driver, early, inputs, trial
 from mtmg.sweeps.alpha.config import ALPHAS, AlphaSweepConfig, patch_config
 
 from conftest import REPO
@@ -343,6 +343,61 @@ def test_sets_the_run_did_not_evaluate_are_evaluated_by_the_sweep(sets, run_dir,
             mean = sum(v for v, _ in got) / len(got)
         assert mean == pytest.approx(value, abs=1e-9), (role, nomen, a)
     assert {r["label"] for r in test} >= {"eval/bigearthnet:ben5", "eval/bigearthnet:ben43"}
+
+
+def test_trials_decode_a_set_once_for_all_its_nomenclatures(sets, tmp_path):
+    """BigEarthNet in ben19 (patching), ben5 and ben43 (eval): its validation split goes into
+    the object store once, and a trial's rows are what scoring each nomenclature in a pass of
+    its own over its own decoding gives."""
+    import ray
+
+    root, ben, img = sets
+    pcfg = patch.PatchConfig(
+        data=ben,
+        supported=(img,),
+        eval_data=(f"{ben}:ben5", f"{ben}:ben43"),
+        out=str(tmp_path / "run"),
+        model=MODEL,
+        pretrained=None,
+        eval_batch_size=64,
+        loader_workers=0,
+        cache_dir=str(root / "cache"),
+    )
+    bundle, sets_ = patch.resolve_inputs(pcfg)
+    ti = inputs.trial_inputs(AlphaSweepConfig(out=str(tmp_path)), pcfg, bundle, sets_, faults.NONE)
+    val = inputs._decode_all(ti, list(range(len(sets_))), on_cluster=False)
+    assert sorted(val) == sorted([ben, img])  # one decoded split per path, not per set
+    zs = weights.image_state(bundle.model)
+    gen = torch.Generator().manual_seed(0)
+    ft = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in zs.items()}
+    refs = {
+        "visual": ray.put(early.pack_visual(bundle.model.visual, script=True)),
+        "zs": ray.put(inputs._numpy_state(zs)),
+        "ft": ray.put(inputs._numpy_state(ft)),
+        "heads": ray.put([h.numpy() for h in patch.build_heads(pcfg, bundle, sets_)]),
+        "val": val,
+    }
+    ev = trial.Evaluator(ti, refs, worker=False)
+    rows = ev.rows(0.5, [(i, "val") for i in range(len(sets_))])
+    assert [(r["role"], r["nomenclature"]) for r in rows] == [
+        ("patching", "ben19"),
+        ("supported", "imagefolder"),
+        ("eval", "ben5"),
+        ("eval", "ben43"),
+    ]
+    size, mean, std = ti.decoder
+    for s, head, row in zip(ti.sets, ev.heads, rows, strict=True):
+        ds = loader.ShardSet.open(s.path)
+        dec = loader.Decoder.of(
+            ds, "rgb", loader.Targets.of(ds, s.nomenclature), size, mean=mean, std=std
+        )
+        batches = loader.make_loader(ds, "val", dec, batch_size=64, train=False, num_workers=0)
+        with torch.jit.optimized_execution(False):
+            m = evaluate.classification(
+                WorkerContext(), lambda b, h=head: h(ev.model.visual(b["rgb"])), batches, s.task
+            )
+        assert (row["label"], row["n"], row["value"]) == (s.label, m["n"], m[row["metric"]])
+        assert row["per_class"] == evaluate.class_values(list(s.classes), m)
 
 
 def test_optuna_sweep(run_dir, tmp_path):

@@ -4,6 +4,7 @@ the chosen alpha and 1."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -19,8 +20,10 @@ Jobs = list[tuple[int, str]]  # (index into the sets, split)
 
 
 class _Evaluator:
-    """Metrics of theta(alpha) on splits of the sets, each split's decoded batches kept up to
-    `--eval-cache-gb` (shared evenly by the sets) for the next alpha."""
+    """Metrics of theta(alpha) on splits of the sets. A shard set's split is decoded once, in
+    its stored nomenclature, for every set of that path (one set in several nomenclatures or
+    roles), and run through the image tower once for all their heads; its decoded batches are
+    kept up to `--eval-cache-gb` (shared evenly by the paths) for the next alpha."""
 
     def __init__(self, cfg, ctx, bundle, theta_zs, theta_ft, head_weights, sets: Sets) -> None:
         self.cfg, self.ctx, self.bundle, self.sets = cfg, ctx, bundle, sets
@@ -28,53 +31,88 @@ class _Evaluator:
         self.visual = bundle.model.visual.to(ctx.device).eval()
         self.amp = loop.amp_dtype(cfg.precision, ctx.device)
         self.shard_sets = [loader.ShardSet.open(path) for _, path, _ in sets]
-        self.budget = cfg.eval_cache_gb * 2**30 / len(sets)
-        self.cached: dict[tuple[int, str], Any] = {}
+        self.budget = cfg.eval_cache_gb * 2**30 / len({path for _, path, _ in sets})
+        self.cached: dict[tuple[str, str], Any] = {}  # (path, split) -> batches
 
-    def batches(self, i: int, split: str) -> Any:
-        if (i, split) not in self.cached:
-            ds, nomen, b = self.shard_sets[i], self.sets[i][2], self.bundle
-            targets = loader.Targets.of(ds, nomen)
+    def batches(self, i: int, split: str) -> Iterable[evaluate.Batch]:
+        """The split of set `i`, targets in its nomenclature (for a caller scoring one set:
+        `mtmg.zeroshot`), from the decoding its path's sets share."""
+        decoded, tm = self._decoded(i, split), self._target_map(i)
+        return decoded if tm.mapping is None else _Mapped(decoded, tm)
+
+    def _target_map(self, i: int) -> evaluate.TargetMap:
+        targets = loader.Targets.of(self.shard_sets[i], self.sets[i][2])
+        return evaluate.TargetMap(targets.mapping, targets.n_classes)
+
+    def _decoded(self, i: int, split: str) -> Any:
+        """The split of set `i`'s shard set, targets in its stored nomenclature: decoded once
+        for every set of that path."""
+        key = (self.sets[i][1], split)
+        if key not in self.cached:
+            ds, b = self.shard_sets[i], self.bundle
+            targets = loader.Targets.of(ds, ds.manifest["label_nomenclature"])
             dec = loader.Decoder.of(ds, "rgb", targets, b.image_size, mean=b.mean, std=b.std)
             batch_loader = skeleton.eval_loader(self.cfg, self.ctx, ds, split, dec)
             cached = evaluate.materialize(batch_loader, self.budget)
-            self.cached[(i, split)] = cached or batch_loader
-        return self.cached[(i, split)]
+            self.cached[key] = cached or batch_loader
+        return self.cached[key]
 
     def rows(self, a: float, jobs: Jobs) -> list[dict[str, Any]]:
-        """One row per (set, split) of `jobs` with theta(a) in the image tower."""
+        """One row per (set, split) of `jobs`, in their order, with theta(a) in the image tower
+        (on rank 0; none elsewhere)."""
         weights.load_image_state(self.bundle.model, weights.interpolate(*self.thetas, a))
-        out = []
-        for i, split in jobs:
-            ds = self.shard_sets[i]
-            head = heads.ZeroShotHead.from_weights(self.head_weights[i]).to(self.ctx.device)
-            m = evaluate.classification(
+        got = {}
+        for (_, split), group in evaluate.group_jobs(jobs, [p for _, p, _ in self.sets]).items():
+            ds = self.shard_sets[group[0]]
+            scored = [
+                (
+                    heads.ZeroShotHead.from_weights(self.head_weights[i]).to(self.ctx.device),
+                    self._target_map(i),
+                )
+                for i in group
+            ]
+            ms = evaluate.classification_by_heads(
                 self.ctx,
-                lambda b, h=head: h(self.visual(b["rgb"])),
-                self.batches(i, split),
+                lambda b: self.visual(b["rgb"]),
+                scored,
+                self._decoded(group[0], split),
                 ds.task,
                 self.amp,
             )
-            if m is not None:
-                main = "mAP" if ds.task == "multi-label" else "top1"
-                nomen = ds.nomenclature(self.sets[i][2])
-                out.append(
-                    {
-                        "dataset": ds.name,
-                        "nomenclature": nomen,
-                        "path": self.sets[i][1],
-                        "role": self.sets[i][0],
-                        "split": split,
-                        "alpha": a,
-                        "metric": main,
-                        "value": m[main],
-                        "n": m["n"],
-                        "device": self.ctx.device.type,
-                        "amp": "bf16" if self.amp else "fp32",
-                        "per_class": evaluate.class_values(ds.classes(nomen), m),
-                    }
-                )
-        return out
+            if ms is None:  # not rank 0
+                continue
+            for i, m in zip(group, ms, strict=True):
+                got[(i, split)] = self._row(i, split, a, m)
+        return [got[j] for j in jobs if j in got]
+
+    def _row(self, i: int, split: str, a: float, m: dict[str, Any]) -> dict[str, Any]:
+        ds = self.shard_sets[i]
+        main = "mAP" if ds.task == "multi-label" else "top1"
+        nomen = ds.nomenclature(self.sets[i][2])
+        return {
+            "dataset": ds.name,
+            "nomenclature": nomen,
+            "path": self.sets[i][1],
+            "role": self.sets[i][0],
+            "split": split,
+            "alpha": a,
+            "metric": main,
+            "value": m[main],
+            "n": m["n"],
+            "device": self.ctx.device.type,
+            "amp": "bf16" if self.amp else "fp32",
+            "per_class": evaluate.class_values(ds.classes(nomen), m),
+        }
+
+
+class _Mapped:
+    """Batches with their targets mapped (`evaluate.TargetMap`), as often as iterated."""
+
+    def __init__(self, batches: Iterable[evaluate.Batch], tm: evaluate.TargetMap) -> None:
+        self.batches, self.tm = batches, tm
+
+    def __iter__(self) -> Iterator[evaluate.Batch]:
+        return ({**b, "target": self.tm(b["target"])} for b in self.batches)
 
 
 def search(

@@ -2,8 +2,9 @@
 
 `prepare` makes what does not depend on theta_ft: the validation splits decoded (while they fit
 in `--eval-cache-gb`; beyond that trials stream the shards), the image tower packed, and the
-test splits decoded where the driver computes the test metrics itself. `load` adds the patch
-run's weights and zero-shot heads once the run is finished.
+test splits decoded where the driver computes the test metrics itself. A split is decoded once
+per shard set path, in the set's stored nomenclature, for every nomenclature it is scored in.
+`load` adds the patch run's weights and zero-shot heads once the run is finished.
 """
 
 from __future__ import annotations
@@ -58,12 +59,12 @@ class Sweep:
 
 @dataclass
 class Prepared:
-    """What `prepare` makes: refs of the decoded validation splits and the packed tower, and
-    the test splits decoded for the driver's own test metrics."""
+    """What `prepare` makes: refs of the decoded validation splits (by path) and the packed
+    tower, and the test splits decoded for the driver's own test metrics (by path, split)."""
 
-    val: dict[int, Any]
+    val: dict[str, Any]
     visual: Any
-    tests: dict[tuple[int, str], list[dict[str, Any]]]
+    tests: dict[tuple[str, str], list[dict[str, Any]]]
 
 
 @dataclass
@@ -73,7 +74,7 @@ class SweptRun:
     shared: dict[str, Any]  # the object-store refs every trial reads
     theta_zs: dict[str, torch.Tensor]
     theta_ft: dict[str, torch.Tensor]
-    tests: dict[tuple[int, str], list[dict[str, Any]]]  # `Prepared.tests`
+    tests: dict[tuple[str, str], list[dict[str, Any]]]  # `Prepared.tests`
     ready_at: float = field(default_factory=time.perf_counter)  # when the trials could start
 
 
@@ -92,7 +93,14 @@ def trial_inputs(
     records = zip(resolved, _labels(resolved, opened), opened, strict=True)
     return trial.AlphaTrialInputs(
         sets=tuple(
-            trial.EvalSet(*s, label, ds.name, ds.task, tuple(ds.classes(s[2])))
+            trial.EvalSet(
+                *s,
+                label,
+                ds.name,
+                ds.task,
+                tuple(ds.classes(s[2])),
+                loader.Targets.of(ds, s[2]).mapping,
+            )
             for s, label, ds in records
         ),
         decoder=(bundle.image_size, tuple(bundle.mean), tuple(bundle.std)),
@@ -173,10 +181,10 @@ def _decode(
     return True, [{k: v.numpy() if torch.is_tensor(v) else v for k, v in b.items()} for b in got]
 
 
-def _decode_all(ti: trial.AlphaTrialInputs, sets: list[int], on_cluster: bool) -> dict[int, Any]:
-    """Validation splits decoded once into the object store: set index -> ref of the list of
-    its parts (refs of batch lists), or None when over `ti.cache_gb` (trials then stream the
-    shards).
+def _decode_all(ti: trial.AlphaTrialInputs, sets: list[int], on_cluster: bool) -> dict[str, Any]:
+    """Validation splits decoded once into the object store, once per shard set path (in its
+    stored nomenclature, for every set of that path): path -> ref of the list of its parts (refs
+    of batch lists), or None when over `ti.cache_gb` (trials then stream the shards).
 
     On a cluster, parallel Ray tasks (one per part) write the batches straight into the object
     store; embedded, the driver decodes them itself (no extra worker processes to start).
@@ -185,23 +193,24 @@ def _decode_all(ti: trial.AlphaTrialInputs, sets: list[int], on_cluster: bool) -
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(_decode).options(num_cpus=1, num_returns=2)
-    parts: dict[int, list] = {}
+    first: dict[str, int] = {}  # path -> the first of its sets
     for i in sets:
-        world = max(1, min(cpus, len(loader.ShardSet.open(ti.sets[i].path).shards("val"))))
+        first.setdefault(ti.sets[i].path, i)
+    parts: dict[str, list] = {}
+    for path, i in first.items():
+        world = max(1, min(cpus, len(loader.ShardSet.open(path).shards("val"))))
         world = world if on_cluster else 1
-        budget = ti.cache_gb * 2**30 / len(sets) / world
+        budget = ti.cache_gb * 2**30 / len(first) / world
         if on_cluster:
-            parts[i] = [task.remote(ti, i, r, world, budget) for r in range(world)]
+            parts[path] = [task.remote(ti, i, r, world, budget) for r in range(world)]
         else:
             ok, batches = _decode(ti, i, 0, 1, budget)
-            parts[i] = [(ray.put(ok), ray.put(batches))]
+            parts[path] = [(ray.put(ok), ray.put(batches))]
     out = {}
-    for i, refs in parts.items():
+    for path, refs in parts.items():
         if all(ray.get([ok for ok, _ in refs])):
-            out[i] = ray.put([b for _, b in refs])
+            out[path] = ray.put([b for _, b in refs])
         else:
-            log.warning(
-                "%s: validation split over --eval-cache-gb; trials stream it", ti.sets[i].path
-            )
-            out[i] = None
+            log.warning("%s: validation split over --eval-cache-gb; trials stream it", path)
+            out[path] = None
     return out

@@ -33,6 +33,9 @@ class EvalSet(NamedTuple):
     name: str  # the dataset's name (its manifest's)
     task: str  # multi-label or single-label (the manifest's)
     classes: tuple[str, ...] = ()  # of the nomenclature: the per-class rows' names
+    # stored nomenclature index -> this one's (-1: dropped), as `loader.Targets.mapping`; None:
+    # the stored one. Splits are decoded in the stored nomenclature, once per path.
+    mapping: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,58 +100,67 @@ class Evaluator:
         self.heads = [
             ZeroShotHead(torch.from_numpy(w)).to(self.device) for w in ray.get(refs["heads"])
         ]
-        # (set, split) -> batches decoded once: shared validation splits, test splits (test_rows)
-        self.kept: dict[tuple[int, str], list[dict[str, Any]]] = {
-            (i, "val"): _torch_batches([b for part in ray.get(ray.get(r)) for b in part])
-            for i, r in refs["val"].items()
+        # (path, split) -> batches decoded once in the stored nomenclature: shared validation
+        # splits, test splits (test_rows)
+        self.kept: dict[tuple[str, str], list[dict[str, Any]]] = {
+            (path, "val"): _torch_batches([b for part in ray.get(ray.get(r)) for b in part])
+            for path, r in refs["val"].items()
             if r is not None
         }
         self.base: float | None = None  # constrained rule: supported metric at alpha 0
 
     def _batches(self, i: int, split: str) -> Any:
-        if (i, split) in self.kept:
-            return self.kept[(i, split)]
+        key = (self.inputs.sets[i].path, split)
+        if key in self.kept:
+            return self.kept[key]
         return stream_split(self.inputs, i, split)  # too large to share: stream the shards
 
     def rows(self, alpha: float, jobs: list[tuple[int, str]]) -> list[dict[str, Any]]:
-        """One metric row per (set, split) job at theta(alpha)."""
+        """One metric row per (set, split) job at theta(alpha), in their order; the sets of
+        one path share a pass of the image tower (`evaluate.classification_by_heads`)."""
         weights.load_image_state(self.model, weights.interpolate(self.zs, self.ft, alpha))
-        out = []
-        for i, split in jobs:
-            s = self.inputs.sets[i]
-            head = self.heads[i]
+        sets, got = self.inputs.sets, {}
+        for (_, split), group in evaluate.group_jobs(jobs, [s.path for s in sets]).items():
+            scored = [
+                (self.heads[i], evaluate.TargetMap(sets[i].mapping, self.heads[i].num_classes))
+                for i in group
+            ]
             # TorchScript: run the graph as eager would, without profiling runs or fusion passes
             with torch.jit.optimized_execution(False):
-                m = evaluate.classification(
+                ms = evaluate.classification_by_heads(
                     _ctx(self.device),
-                    lambda b, h=head: h(self.model.visual(b["rgb"])),
-                    self._batches(i, split),
-                    s.task,
+                    lambda b: self.model.visual(b["rgb"]),
+                    scored,
+                    self._batches(group[0], split),
+                    sets[group[0]].task,
                     self.amp,
                 )
-            main = "mAP" if s.task == "multi-label" else "top1"
-            out.append(
-                {
-                    "dataset": s.name,
-                    "nomenclature": s.nomenclature,
-                    "label": s.label,
-                    "path": s.path,
-                    "role": s.role,
-                    "split": split,
-                    "alpha": alpha,
-                    "metric": main,
-                    "value": m[main],
-                    "n": m["n"],
-                    "per_class": evaluate.class_values(list(s.classes), m),
-                }
-            )
-        return out
+            for i, m in zip(group, ms, strict=True):
+                got[(i, split)] = _row(sets[i], split, alpha, m)
+        return [got[j] for j in jobs]
 
     def supported_at_zero(self, jobs: list[tuple[int, str]]) -> float | None:
         """The constrained rule's base: the supported metric at alpha 0, once per process."""
         if self.base is None:
             self.base = role_mean(self.rows(0.0, jobs), "supported")
         return self.base
+
+
+def _row(s: EvalSet, split: str, alpha: float, m: dict[str, Any]) -> dict[str, Any]:
+    main = "mAP" if s.task == "multi-label" else "top1"
+    return {
+        "dataset": s.name,
+        "nomenclature": s.nomenclature,
+        "label": s.label,
+        "path": s.path,
+        "role": s.role,
+        "split": split,
+        "alpha": alpha,
+        "metric": main,
+        "value": m[main],
+        "n": m["n"],
+        "per_class": evaluate.class_values(list(s.classes), m),
+    }
 
 
 def _ctx(device: torch.device) -> Any:
@@ -160,13 +172,13 @@ def _ctx(device: torch.device) -> Any:
 def stream_split(
     inputs: AlphaTrialInputs, i: int, split: str, rank: int = 0, world: int = 1
 ) -> Any:
-    """The batches of one split of set `i` (part `rank` of `world`), decoded from its shards."""
+    """The batches of one split of set `i`'s shard set (part `rank` of `world`), decoded from its
+    shards with targets in the stored nomenclature: the same for every set of that path."""
     from mtmg.data import loader  # imports torchvision: only where a split is streamed
 
-    s = inputs.sets[i]
-    ds = loader.ShardSet.open(s.path)
+    ds = loader.ShardSet.open(inputs.sets[i].path)
     size, mean, std = inputs.decoder
-    targets = loader.Targets.of(ds, s.nomenclature)
+    targets = loader.Targets.of(ds, ds.manifest["label_nomenclature"])
     dec = loader.Decoder.of(ds, "rgb", targets, size, mean=mean, std=std)
     return loader.make_loader(
         ds,
@@ -183,7 +195,8 @@ def stream_split(
 def decode_split(
     inputs: AlphaTrialInputs, i: int, split: str, max_bytes: float, rank: int = 0, world: int = 1
 ) -> list[dict[str, Any]] | None:
-    """A split's batches decoded once (part `rank` of `world`), or None over `max_bytes`.
+    """A split of set `i`'s shard set decoded once (part `rank` of `world`; `stream_split`), or
+    None over `max_bytes`.
 
     With one torch thread: decoding applies small per-sample tensor ops, which torch's thread
     pool does not speed up, and when other processes keep the CPUs busy its threads wait on
@@ -254,12 +267,14 @@ def test_jobs(inputs: AlphaTrialInputs) -> list[tuple[int, str]]:
     ]
 
 
-def decode_tests(inputs: AlphaTrialInputs) -> dict[tuple[int, str], list[dict[str, Any]]]:
-    """The test splits decoded once (those within the cache budget), for `test_rows(kept=)`."""
-    got = {
-        (i, split): decode_split(inputs, i, split, inputs.cache_gb * 2**30)
-        for i, split in test_jobs(inputs)
-    }
+def decode_tests(inputs: AlphaTrialInputs) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The test splits decoded once per (path, split) (those within the cache budget), for
+    `test_rows(kept=)`."""
+    got: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
+    for i, split in test_jobs(inputs):
+        key = (inputs.sets[i].path, split)
+        if key not in got:
+            got[key] = decode_split(inputs, i, split, inputs.cache_gb * 2**30)
     return {k: v for k, v in got.items() if v is not None}
 
 
@@ -268,7 +283,7 @@ def test_rows(
     alphas: list[float],
     chosen: float,
     worker: bool = True,
-    kept: dict[tuple[int, str], list[dict[str, Any]]] | None = None,
+    kept: dict[tuple[str, str], list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Test metrics (val where a set has no test split) at the given alphas; each split is
     decoded once for all of them (`decode_tests`, or given already decoded in `kept`)."""
