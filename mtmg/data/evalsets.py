@@ -88,13 +88,4 @@ def check(entries: Iterable[str], option: str = "--eval-data") -> list[EvalEntry
 def remap(targets: torch.Tensor, ds: loader.ShardSet, nomenclature: str | None) -> torch.Tensor:
     """Targets decoded in the set's stored nomenclature, in `nomenclature` instead (the map of
     `loader.Targets.of`): one decoding pass serves every nomenclature of a set."""
-    want = loader.Targets.of(ds, nomenclature)
-    if want.mapping is None:
-        return targets
-    index = torch.tensor(want.mapping, dtype=torch.long)
-    if not want.multi_label:
-        return index[targets]
-    onto = torch.zeros(len(index), want.n_classes)
-    kept = index >= 0
-    onto[torch.arange(len(index))[kept], index[kept]] = 1.0
-    return (targets.float() @ onto).clamp(max=1.0)
+    return loader.Targets.of(ds, nomenclature).remap(targets)

@@ -7,8 +7,13 @@ BigEarthNet lists are in the official order (label_indices.json, torchgeo), neve
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 BEN43: tuple[str, ...] = (
     "Continuous urban fabric",
@@ -199,3 +204,28 @@ def ben_nomenclatures() -> dict[str, dict]:
         "ben19": {"classes": list(BEN19), "from": "ben43", "map": list(BEN43_TO_19)},
         "ben5": {"classes": list(BEN5), "from": "ben43", "map": list(BEN43_TO_5)},
     }
+
+
+@dataclass(frozen=True)
+class TargetMap:
+    """Targets decoded in a set's stored nomenclature -> the targets of another of its
+    nomenclatures, equal to decoding in that one (`mtmg.data.loader.Targets` maps label names
+    the same way), so one decoding pass serves every nomenclature of a set."""
+
+    mapping: tuple[int, ...] | None  # stored index -> target index (-1: dropped); None: the same
+    n_classes: int  # of the target nomenclature
+
+    def __call__(self, targets: torch.Tensor) -> torch.Tensor:
+        """Multi-label (n, stored) 0/1 rows -> (n, n_classes) 0/1 rows; single-label class
+        indices -> class indices (-1 for a dropped class, as decoding gives)."""
+        import torch  # the label tables above are read by commands that need no torch
+
+        if self.mapping is None:
+            return targets
+        index = torch.tensor(self.mapping, dtype=torch.long)
+        if targets.ndim == 1:
+            return index[targets]
+        onto = torch.zeros(len(index), self.n_classes, dtype=targets.dtype)
+        kept = (index >= 0).nonzero().squeeze(1)
+        onto[kept, index[kept]] = 1
+        return (targets @ onto).clamp(max=1)  # sums of 0/1 products: exact in any float dtype

@@ -24,7 +24,7 @@ import torch
 import webdataset as wds
 
 from mtmg.data import bands as bnd
-from mtmg.data import grids, shards, storage, transforms, verify
+from mtmg.data import grids, labels, shards, storage, transforms, verify
 from mtmg.errors import InputError
 
 VIEWS = ("rgb", "ms", "s1", "rgb+ms", "rgb+s1", "both")  # "both" = "rgb+ms"
@@ -134,6 +134,10 @@ class Targets:
             if j >= 0:
                 out[j] = 1.0
         return torch.from_numpy(out)
+
+    def remap(self, stored: torch.Tensor) -> torch.Tensor:
+        """Targets decoded in the stored nomenclature as these targets would decode them."""
+        return labels.TargetMap(self.mapping, self.n_classes)(stored)
 
     @functools.cached_property
     def _lookup(self) -> tuple[dict[str, int], tuple[int, ...]]:

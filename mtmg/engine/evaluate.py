@@ -12,11 +12,11 @@ targets (`TargetMap`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from mtmg.data.labels import TargetMap
 from mtmg.engine import metrics
 from mtmg.engine.context import WorkerContext
 
@@ -96,29 +96,6 @@ def _scores(logits: torch.Tensor, targets: torch.Tensor, task: str, n: int) -> d
     out["per_class"], out["support"] = metrics.per_class(logits, targets, task)
     out["n"] = n
     return out
-
-
-@dataclass(frozen=True)
-class TargetMap:
-    """Targets decoded in a set's stored nomenclature -> the targets of another of its
-    nomenclatures, equal to decoding in that one (`mtmg.data.loader.Targets` maps label names
-    the same way), so one decoding pass serves every nomenclature of a set."""
-
-    mapping: tuple[int, ...] | None  # stored index -> target index (-1: dropped); None: the same
-    n_classes: int  # of the target nomenclature
-
-    def __call__(self, targets: torch.Tensor) -> torch.Tensor:
-        """Multi-label (n, stored) 0/1 rows -> (n, n_classes) 0/1 rows; single-label class
-        indices -> class indices (-1 for a dropped class, as decoding gives)."""
-        if self.mapping is None:
-            return targets
-        index = torch.tensor(self.mapping, dtype=torch.long)
-        if targets.ndim == 1:
-            return index[targets]
-        onto = torch.zeros(len(index), self.n_classes, dtype=targets.dtype)
-        kept = (index >= 0).nonzero().squeeze(1)
-        onto[kept, index[kept]] = 1
-        return (targets @ onto).clamp(max=1)  # sums of 0/1 products: exact in any float dtype
 
 
 def classification_by_heads(

@@ -146,7 +146,7 @@ def _probe(cfg, enc, ds, name: str, feats, device) -> tuple[list[dict], list[dic
 
     def xy(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         f = feats[split]
-        y = features.in_nomenclature(f.y, targets)
+        y = targets.remap(f.y)
         keep = torch.ones(len(y), dtype=torch.bool) if targets.multi_label else y >= 0
         return f.x[keep].to(device), y[keep].to(device)
 

@@ -4,7 +4,7 @@ The cache holds `<key>.safetensors` (features, targets) and `<key>.json` (what t
 for, and the sample keys). The key hashes the encoder's identity (architecture, output, weights
 fingerprint), the shard set (its manifest), the split and the preprocessing, so a changed input
 is extracted again and an unchanged one is read back. Targets are kept in the set's stored
-nomenclature; `in_nomenclature` maps them to any label set the manifest derives from it.
+nomenclature; `loader.Targets.remap` maps them to any label set the manifest derives from it.
 """
 
 from __future__ import annotations
@@ -133,16 +133,3 @@ def _compute(
     keys, x, y = evaluate.predict(lambda b: enc.features(b[enc.view]), batches, device)
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return [keys[i] for i in order], x[order].contiguous(), y[order].contiguous()
-
-
-def in_nomenclature(y: torch.Tensor, targets: loader.Targets) -> torch.Tensor:
-    """Stored-nomenclature targets in the label set of `targets` (`loader.Targets.of`)."""
-    if targets.mapping is None:
-        return y
-    index = torch.tensor(targets.mapping)
-    if not targets.multi_label:
-        return index[y]
-    out = torch.zeros(len(y), targets.n_classes, dtype=y.dtype)
-    keep = index >= 0
-    out.index_add_(1, index[keep], y[:, keep])
-    return out.clamp_(max=1)
