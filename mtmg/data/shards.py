@@ -288,36 +288,39 @@ INDEX_SCHEMA = pa.schema(
         ("labels", pa.list_(pa.string())),
     ]
 )
-INDEX_ROW_GROUP = 1 << 13  # rows the driver gathers (~4 MB) before it writes them as a row group
+INDEX_ROW_GROUP = 1000  # rows of a row group at least: one default-size shard (~130 KB as Arrow)
 
 
 def write_index(out: Location, results: Iterable[ShardResult]) -> None:
     """`index.parquet`: key, split, shard, labels: one row per written sample, in the order of
     `results`.
 
-    Rows stream from each shard's keys and labels (`shard_rows`) into row groups of
-    INDEX_ROW_GROUP rows, so an archive's rows are never in memory at once; a set of fewer
-    rows is one row group, as `pq.write_table` writes it. The file is written under a
-    temporary name and moved into place when complete.
+    Rows stream from each shard's keys and labels (`shard_rows`), as Arrow, into row groups
+    of INDEX_ROW_GROUP rows or more, so an archive's rows are never in memory at once; a set
+    of fewer rows is one row group, byte for byte as `pq.write_table` writes it. The file is
+    written under a temporary name and moved into place when complete.
     """
     path = out.child_path("index.parquet")
     with (
         storage.atomic_output(out.fs, path) as f,
         pq.ParquetWriter(_Writable(f), INDEX_SCHEMA, compression="zstd") as writer,
     ):
-        rows: dict[str, list] = {name: [] for name in INDEX_SCHEMA.names}
-        groups = 0
+        batches: list[pa.RecordBatch] = []
+        rows = groups = 0
         for r in results:
             keys, labels = shard_rows(out, r)
-            rows["key"] += keys
-            rows["split"] += [r.name.split("/", 1)[0]] * len(keys)
-            rows["shard"] += [r.name] * len(keys)
-            rows["labels"] += labels
-            if len(rows["key"]) >= INDEX_ROW_GROUP:
-                writer.write_table(pa.table(rows, schema=INDEX_SCHEMA))
-                rows, groups = {name: [] for name in INDEX_SCHEMA.names}, groups + 1
-        if rows["key"] or not groups:
-            writer.write_table(pa.table(rows, schema=INDEX_SCHEMA))
+            if not keys:
+                continue
+            split, n = r.name.split("/", 1)[0], len(keys)
+            batches.append(
+                pa.record_batch([keys, [split] * n, [r.name] * n, labels], schema=INDEX_SCHEMA)
+            )
+            rows += n
+            if rows >= INDEX_ROW_GROUP:
+                writer.write_table(pa.Table.from_batches(batches).combine_chunks())
+                batches, rows, groups = [], 0, groups + 1
+        if rows or not groups:
+            writer.write_table(pa.Table.from_batches(batches, INDEX_SCHEMA).combine_chunks())
 
 
 def shard_rows(out: Location, result: ShardResult) -> tuple[list[str], list[list[str]]]:
