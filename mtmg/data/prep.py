@@ -122,6 +122,10 @@ def nothing_left(inventory: Inventory, rejected: list[dict[str, str]] | None = N
 
 
 def plan_fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -> str:
+    """A digest of what the plan writes: options, input roots, patch size, each shard's keys.
+
+    The JSON is hashed as it is encoded: at 590k keys it would be a ~25 MB string at once.
+    """
     content = {
         "format_version": cfg.format,
         "dataset": cfg.dataset,
@@ -132,7 +136,10 @@ def plan_fingerprint(cfg: ShardConfig, layout: Layout, tasks: list[ShardTask]) -
         "size": getattr(layout, "size", None),
         "shards": [[t.name, [i.key for i in t.items]] for t in tasks],
     }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    h = hashlib.sha256()
+    for chunk in json.JSONEncoder(sort_keys=True).iterencode(content):
+        h.update(chunk.encode())
+    return h.hexdigest()
 
 
 def prepare_out(out: Location, fingerprint: str, overwrite: bool) -> None:
@@ -157,6 +164,7 @@ def prepare_out(out: Location, fingerprint: str, overwrite: bool) -> None:
                 fs.delete_file(out.child_path(name))
     for split in SPLITS:
         storage.remove_stale_temporaries(fs, out.child_path(split))
+    storage.remove_stale_temporaries(fs, out.path)  # an index.parquet cut short
     storage.write_json_atomic(fs, plan_path, {"fingerprint": fingerprint})
 
 
@@ -164,11 +172,16 @@ def run_shard(
     layout: Layout, task: ShardTask, out: Location, skip_bad: bool, version: int = FORMAT_VERSION
 ) -> ShardResult:
     """One shard task: `write_shard`, with a StorageError (full disk, read-only, refused: no
-    retry helps) returned as the shard's error; other OSErrors are raised, and retried."""
+    retry helps) returned as the shard's error; other OSErrors are raised, and retried.
+
+    The result comes back without its keys and labels (the shard's resume state holds them, and
+    `write_index` reads them from there), so the driver holds no per-sample lists.
+    """
     try:
-        return write_shard(layout, task, out, skip_bad=skip_bad, version=version)
+        res = write_shard(layout, task, out, skip_bad=skip_bad, version=version)
     except StorageError as e:
         return ShardResult(task.name, error={"kind": "storage", "reason": str(e)})
+    return dataclasses.replace(res, keys=[], labels=[])
 
 
 def raise_error(res: ShardResult) -> None:

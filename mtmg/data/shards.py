@@ -18,7 +18,7 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,8 +92,10 @@ def plan_tasks(items: dict[str, list[Item]], shard_size: int) -> list[ShardTask]
     return tasks
 
 
-def _state_path(out: Location, task: ShardTask) -> str:
-    return out.child_path(STATE_DIR, "shards", f"{task.stem}.json")
+def _state_path(out: Location, name: str) -> str:
+    """The resume state of the shard `name` (`<split>/<split>-NNNNNN.tar`)."""
+    stem = name.rsplit("/", 1)[-1].removesuffix(".tar")
+    return out.child_path(STATE_DIR, "shards", f"{stem}.json")
 
 
 def write_shard(
@@ -111,7 +113,7 @@ def write_shard(
     Without `skip_bad` the first bad sample aborts the shard (nothing is written) and is returned
     as `error`; with it, bad samples are left out and listed in `rejected`.
     """
-    fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
+    fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task.name)
     inputs = input_fingerprint(layout, task.items)
     done, note = _kept(out, task, inputs, skip_bad)
     if done is not None:
@@ -173,7 +175,7 @@ def _kept(
 ) -> tuple[ShardResult | None, str]:
     """An earlier run's shard if it can be kept, else None and why it is rewritten ("" when it
     was never finished)."""
-    fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task)
+    fs, final, state = out.fs, out.child_path(task.name), _state_path(out, task.name)
     if not storage.exists(fs, state):
         return None, ""
     try:
@@ -278,27 +280,77 @@ def grid_fields(fields: dict[str, str], layout: Layout, names: Sequence[str]) ->
     return out
 
 
-def write_index(out: Location, results: list[ShardResult]) -> None:
-    """`index.parquet`: key, split, shard, labels: one row per written sample."""
-    rows: dict[str, list] = {"key": [], "split": [], "shard": [], "labels": []}
-    for r in results:
-        split = r.name.split("/", 1)[0]
-        for key, labs in zip(r.keys, r.labels, strict=True):
-            rows["key"].append(key)
-            rows["split"].append(split)
-            rows["shard"].append(r.name)
-            rows["labels"].append(labs)
-    schema = pa.schema(
-        [
-            ("key", pa.string()),
-            ("split", pa.string()),
-            ("shard", pa.string()),
-            ("labels", pa.list_(pa.string())),
-        ]
-    )
-    buf = io.BytesIO()
-    pq.write_table(pa.table(rows, schema=schema), buf, compression="zstd")
-    storage.write_bytes_atomic(out.fs, out.child_path("index.parquet"), buf.getvalue())
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.string()),
+        ("labels", pa.list_(pa.string())),
+    ]
+)
+INDEX_ROW_GROUP = 1000  # rows of a row group at least: one default-size shard (~130 KB as Arrow)
+
+
+def write_index(out: Location, results: Iterable[ShardResult]) -> None:
+    """`index.parquet`: key, split, shard, labels: one row per written sample, in the order of
+    `results`.
+
+    Rows stream from each shard's keys and labels (`shard_rows`), as Arrow, into row groups
+    of INDEX_ROW_GROUP rows or more, so an archive's rows are never in memory at once; a set
+    of fewer rows is one row group, byte for byte as `pq.write_table` writes it. The file is
+    written under a temporary name and moved into place when complete.
+    """
+    path = out.child_path("index.parquet")
+    with (
+        storage.atomic_output(out.fs, path) as f,
+        pq.ParquetWriter(_Writable(f), INDEX_SCHEMA, compression="zstd") as writer,
+    ):
+        batches: list[pa.RecordBatch] = []
+        rows = groups = 0
+        for r in results:
+            keys, labels = shard_rows(out, r)
+            if not keys:
+                continue
+            split, n = r.name.split("/", 1)[0], len(keys)
+            batches.append(
+                pa.record_batch([keys, [split] * n, [r.name] * n, labels], schema=INDEX_SCHEMA)
+            )
+            rows += n
+            if rows >= INDEX_ROW_GROUP:
+                writer.write_table(pa.Table.from_batches(batches).combine_chunks())
+                batches, rows, groups = [], 0, groups + 1
+        if rows or not groups:
+            writer.write_table(pa.Table.from_batches(batches, INDEX_SCHEMA).combine_chunks())
+
+
+def shard_rows(out: Location, result: ShardResult) -> tuple[list[str], list[list[str]]]:
+    """A finished shard's keys and labels, in shard order: the result's own when it carries
+    them (`write_shard`'s), else those its writer persisted in the shard's resume state (the
+    sharding job's driver keeps results without them)."""
+    if len(result.keys) == result.count:
+        return result.keys, result.labels
+    path = _state_path(out, result.name)
+    state = storage.read_json(out.fs, path)
+    keys, labels = state.get("keys", []), state.get("labels", [])
+    if state.get("sha256") != result.sha256 or not len(keys) == len(labels) == result.count:
+        raise ShardError(
+            f"{path}: no longer the state of {result.name} as written by this run "
+            f"(is another run writing {out}?)"
+        )
+    return keys, labels
+
+
+class _Writable(io.RawIOBase):
+    """`storage.atomic_output`'s writer as the file object pyarrow writes to."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self._f.write(data)
 
 
 def load_manifest(out: str | Location) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 `shard(cfg)` is what `python data_prep/shard.py` runs. The driver checks that OUT is writable
 and plans (`mtmg.data.prep`); tasks read GeoTIFFs and write tars; the driver writes
 `index.parquet` and, last, `manifest.json`.
+
+The driver's memory grows with the archive only by its plan (one compact `Item` per patch):
+tasks return results without per-sample lists, and the index streams from the shards' resume
+states (bench/shard_growth.py).
 """
 
 from __future__ import annotations
@@ -105,6 +109,10 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     prepare_out(out, plan_fingerprint(cfg, layout, tasks), cfg.overwrite)
     with cluster.interruptible("sharding"):
         results = run_tasks(cfg, layout, tasks, out)
+    # the items are written: let the index's rows reuse their memory (the manifest needs only
+    # what was excluded and rejected)
+    del tasks
+    inventory.items.clear()
     if not any(r.count for r in results):
         rejected = [x for r in results for x in r.rejected]
         raise DatasetError(

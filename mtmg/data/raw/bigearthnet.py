@@ -10,8 +10,9 @@ from __future__ import annotations
 import bz2
 import importlib.metadata
 import importlib.resources
+from collections import Counter
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -24,6 +25,7 @@ from mtmg.data.raw.common import (
     Item,
     Layout,
     SampleError,
+    Shared,
     assign_from_lists,
     find_split_files,
     open_raster,
@@ -42,18 +44,26 @@ V2_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "
 # ----------------------------------------------------------------- official lists (offline)
 
 
-def _resource_lines(name: str) -> list[str]:
-    data = importlib.resources.files("bigearthnet_common").joinpath(name).read_bytes()
-    return [ln.strip() for ln in bz2.decompress(data).decode().splitlines() if ln.strip()]
+# Not cached: the lists name every patch of the archive (~60 MB as sets, ~120 MB for the S1
+# pairs), which a driver would otherwise hold for the whole run after one scan.
 
 
-@lru_cache(maxsize=1)
+def _resource_lines(name: str) -> Iterator[str]:
+    """The non-empty lines of a shipped list, decompressed as they are read (CRLF-safe)."""
+    with (
+        importlib.resources.files("bigearthnet_common").joinpath(name).open("rb") as raw,
+        bz2.open(raw, "rt") as text,
+    ):
+        for line in text:
+            if line := line.strip():
+                yield line
+
+
 def official_splits() -> dict[str, frozenset[str]]:
     """The official v1 19-class splits, shipped in the `bigearthnet-common` package."""
     return {s: frozenset(_resource_lines(f"{s}.csv.bz2")) for s in SPLITS}
 
 
-@lru_cache(maxsize=1)
 def official_exclusions() -> dict[str, frozenset[str]]:
     """Official v1 exclusion lists (the shipped files have CRLF line ends)."""
     return {
@@ -62,13 +72,18 @@ def official_exclusions() -> dict[str, frozenset[str]]:
     }
 
 
-@lru_cache(maxsize=1)
-def official_s2_to_s1() -> dict[str, str]:
-    """Official S2 -> S1 patch-name mapping (`s1_s2_name_country_season.csv`)."""
+def official_s2_to_s1(s2_names: Collection[str]) -> dict[str, str]:
+    """Official S1 patch names of `s2_names` (`s1_s2_name_country_season.csv`), the other
+    rows of the archive's 590k skipped as read."""
     rows = _resource_lines("s1_s2_name_country_season.csv.bz2")
-    header = rows[0].split(",")
+    header = next(rows).split(",")
     i1, i2 = header.index("s1_name"), header.index("s2_name")
-    return {r.split(",")[i2]: r.split(",")[i1] for r in rows[1:]}
+    out = {}
+    for row in rows:
+        fields = row.split(",")
+        if fields[i2] in s2_names:
+            out[fields[i2]] = fields[i1]
+    return out
 
 
 def _official_version() -> str:
@@ -117,7 +132,10 @@ def _s2_header(nomenclature: str, nomenclatures: dict, has_s1: bool) -> dict[str
 
 @dataclass(frozen=True)
 class _BigEarthNet(Layout):
-    """What v1 and v2 share: items are (S2 patch folder, S1 patch folder or "")."""
+    """What v1 and v2 share: an item's ref is (folder of its S2 patch folder, folder of its S1
+    patch folder or "", S1 patch name or ""); the S2 patch folder is named by the key. Items
+    in one folder share its string, so an archive's items hold only their keys and S1 names.
+    """
 
     root: Location
     s1: Location | None = None
@@ -129,7 +147,7 @@ class _BigEarthNet(Layout):
     native: bool = False  # read bands as stored, in grid groups (shard format 2)
 
     def sample_size(self, item: Item) -> tuple[int, int]:
-        path = f"{item.ref[0]}/{item.key}_B02.tif"
+        path = f"{patch_dir(item)}/{item.key}_B02.tif"
         with open_raster(self.root, path, item.key, georef=False) as ds:
             return ds.height, ds.width
 
@@ -138,19 +156,18 @@ class _BigEarthNet(Layout):
         return on_one_grid(self.root, self._band_paths(item), item.key)
 
     def _band_paths(self, item: Item) -> dict[str, str]:
-        return {b: f"{item.ref[0]}/{item.key}_{b}.tif" for b in bands.S2_L2A}
+        return {b: f"{patch_dir(item)}/{item.key}_{b}.tif" for b in bands.S2_L2A}
 
     def sources(self, item: Item) -> list[tuple[Location, str]]:
-        key, (patch_dir, s1_dir) = item.key, item.ref
-        out = [(self.root, f"{patch_dir}/{key}_{b}.tif") for b in bands.S2_L2A]
+        out = [(self.root, path) for path in self._band_paths(item).values()]
+        s1_dir, s1_name = s1_patch(item)
         if s1_dir:
-            s1_name = s1_dir.rsplit("/", 1)[1]
             out += [(self.s1, f"{s1_dir}/{s1_name}_{pol}.tif") for pol in bands.S1]
         return out
 
     def _read_patch(self, item: Item, with_georef: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """The sample's arrays (S2, and S1 when paired) and the georeferencing record."""
-        key, s1_dir = item.key, item.ref[1]
+        key, (s1_dir, s1_name) = item.key, s1_patch(item)
         sample, geo = read_s2(
             self.root,
             self._band_paths(item),
@@ -162,10 +179,25 @@ class _BigEarthNet(Layout):
             native=self.native,
         )
         if s1_dir:
-            s1_name = s1_dir.rsplit("/", 1)[1]
             sample["s1.npy"] = read_s1(self.s1, s1_dir, s1_name, key, grid_size(sample))
             geo["s1"] = {"patch": s1_name}
         return sample, geo
+
+    def ref_id(self, item: Item) -> tuple[str, str]:
+        """(S2 patch folder, S1 patch folder or ""): the ref of mtmg before refs were compact,
+        so shards written then are still kept by a rerun."""
+        return patch_dir(item), s1_patch(item)[0]
+
+
+def patch_dir(item: Item) -> str:
+    """The item's S2 patch folder."""
+    return f"{item.ref[0]}/{item.key}"
+
+
+def s1_patch(item: Item) -> tuple[str, str]:
+    """The item's S1 patch folder and name; ("", "") when it has none."""
+    _, parent, name = item.ref
+    return (f"{parent}/{name}", name) if parent else ("", "")
 
 
 # ---------------------------------------------------------------------------------- v1.0
@@ -204,7 +236,8 @@ class BigEarthNetV1(_BigEarthNet):
                 "split_source": f"official 19-class splits ({_official_version()})",
                 "found_of_official": {s: [len(by_split[s]), OFFICIAL_COUNTS[s]] for s in SPLITS},
             }
-        s1_names = self._pair_s1(sorted(tree)) if self.s1 else {}
+        s1_dir, s1_names = self._pair_s1(tree) if self.s1 else ("", {})
+        no_s1 = (s2, "", "")  # one tuple for every item without an S1 patch
         items: dict[str, list[Item]] = {s: [] for s in SPLITS}
         for split, keys in by_split.items():
             for key in keys:
@@ -215,7 +248,7 @@ class BigEarthNetV1(_BigEarthNet):
                         raise err
                     rejected.append({**err.to_dict(), "split": split})
                     continue
-                items[split].append(Item(key, split, (f"{s2}/{key}", s1_name)))
+                items[split].append(Item(key, split, (s2, s1_dir, s1_name) if s1_name else no_s1))
         return Inventory(items, excluded, rejected, info)
 
     def _official(self, tree: dict) -> tuple[dict, list, list]:
@@ -235,16 +268,16 @@ class BigEarthNetV1(_BigEarthNet):
             )
         return by_split, excluded, []
 
-    def _pair_s1(self, s2_keys: list[str]) -> dict[str, str]:
-        """S2 name -> S1 folder: the official mapping, else the S1 JSON's corresponding_s2_patch."""
+    def _pair_s1(self, s2_keys: Collection[str]) -> tuple[str, dict[str, str]]:
+        """The folder of the S1 patch folders, and S2 name -> S1 name: the official mapping,
+        else the S1 JSON's corresponding_s2_patch."""
         fs, s1_dir = self.s1.fs, self.s1.path
         if storage.is_dir(fs, f"{s1_dir}/{S1_V1_DIR}"):
             s1_dir = f"{s1_dir}/{S1_V1_DIR}"
         present = set(storage.list_dir(fs, s1_dir, dirs_only=True))
         if not present:
             raise DatasetError(f"no BigEarthNet-S1 patch folders found in {s1_dir}")
-        official = official_s2_to_s1()
-        pairs = {k: official[k] for k in s2_keys if official.get(k) in present}
+        pairs = {k: v for k, v in official_s2_to_s1(s2_keys).items() if v in present}
         for s1_name in sorted(present - set(pairs.values())):
             path = f"{s1_dir}/{s1_name}/{s1_name}_labels_metadata.json"
             try:
@@ -254,11 +287,11 @@ class BigEarthNetV1(_BigEarthNet):
             s2_name = meta.get("corresponding_s2_patch") if isinstance(meta, dict) else None
             if s2_name and s2_name not in pairs:
                 pairs[s2_name] = s1_name
-        return {k: f"{s1_dir}/{v}" for k, v in pairs.items()}
+        return s1_dir, pairs
 
     def read(self, item: Item) -> dict[str, Any]:
-        key, patch_dir = item.key, item.ref[0]
-        json_path = f"{patch_dir}/{key}_labels_metadata.json"
+        key = item.key
+        json_path = f"{patch_dir(item)}/{key}_labels_metadata.json"
         try:
             meta = storage.read_json(self.root.fs, json_path)
         except (OSError, ValueError) as e:
@@ -269,7 +302,7 @@ class BigEarthNetV1(_BigEarthNet):
         # v1 patches carry their georeferencing in the JSON: skip parsing it from the GeoTIFF
         sample, geo = self._read_patch(item, with_georef=False)
         if "s1" in geo:
-            s1_dir, s1_name = item.ref[1], geo["s1"]["patch"]
+            s1_dir, s1_name = s1_patch(item)
             s1_json = f"{s1_dir}/{s1_name}_labels_metadata.json"
             try:
                 s1_meta = storage.read_json(self.s1.fs, s1_json)
@@ -283,10 +316,10 @@ class BigEarthNetV1(_BigEarthNet):
 
     def sources(self, item: Item) -> list[tuple[Location, str]]:
         out = super().sources(item)
-        out.append((self.root, f"{item.ref[0]}/{item.key}_labels_metadata.json"))
-        if item.ref[1]:
-            s1_name = item.ref[1].rsplit("/", 1)[1]
-            out.append((self.s1, f"{item.ref[1]}/{s1_name}_labels_metadata.json"))
+        out.append((self.root, f"{patch_dir(item)}/{item.key}_labels_metadata.json"))
+        s1_dir, s1_name = s1_patch(item)
+        if s1_dir:
+            out.append((self.s1, f"{s1_dir}/{s1_name}_labels_metadata.json"))
         return out
 
     def header(self) -> dict[str, Any]:
@@ -302,29 +335,36 @@ class BigEarthNetV2(_BigEarthNet):
 
     name: str = "bigearthnet-v2"
 
-    def _table(self) -> dict[str, dict[str, Any]]:
-        path = self.root.child_path("metadata.parquet")
-        if not storage.exists(self.root.fs, path):
+    def _table(self, shared: Shared) -> dict[str, tuple[str, tuple, str]]:
+        """metadata.parquet as patch_id -> (split as written there, the item's `extra`, S1 name
+        or ""), read in batches with repeated values shared: as one dict a row the table
+        would cost ~1 KB a patch."""
+        fs, path = self.root.fs, self.root.child_path("metadata.parquet")
+        if not storage.exists(fs, path):
             raise DatasetError(f"{path} not found: a BigEarthNet v2 root holds metadata.parquet")
-        cols = ["patch_id", "labels", "split", "s1_name"]
-        table = pq.read_table(path, filesystem=self.root.fs)
-        missing = [c for c in cols[:3] if c not in table.column_names]
+        have = pq.read_schema(path, filesystem=fs).names
+        missing = [c for c in ("patch_id", "labels", "split") if c not in have]
         if missing:
             raise DatasetError(f"{path} lacks the column(s) {missing}")
-        rows = table.select([c for c in cols if c in table.column_names]).to_pylist()
-        return {r["patch_id"]: r for r in rows}
+        cols = ["patch_id", "split", "labels", *(["s1_name"] if "s1_name" in have else [])]
+        out = {}
+        for batch in pq.read_table(path, filesystem=fs, columns=cols).to_batches(1 << 16):
+            ids, splits, labs, *s1 = (batch.column(c).to_pylist() for c in cols)
+            for i, key in enumerate(ids):
+                extra = shared((("labels", tuple(map(shared, labs[i]))),))
+                out[key] = (shared(splits[i]), extra, (s1[0][i] if s1 else None) or "")
+        return out
 
     def scan(self) -> Inventory:
-        fs = self.root.fs
+        fs, shared = self.root.fs, Shared()
         s2 = self.root.child_path(S2_V2_DIR)
-        tree = {
-            patch: f"{s2}/{product}/{patch}"
-            for product in storage.list_dir(fs, s2, dirs_only=True)
-            for patch in storage.list_dir(fs, f"{s2}/{product}", dirs_only=True)
-        }
+        tree: dict[str, str] = {}  # patch -> its product folder (one string per product)
+        for product in storage.list_dir(fs, s2, dirs_only=True):
+            folder = f"{s2}/{product}"
+            tree.update(dict.fromkeys(storage.list_dir(fs, folder, dirs_only=True), folder))
         if not tree:
             raise DatasetError(f"no patch folders found under {s2}/<product>/")
-        table = self._table()
+        table = self._table(shared)
         lists = (
             find_split_files(self.splits, [self.splits.path], ["{split}.csv"])
             if (self.splits)
@@ -342,12 +382,11 @@ class BigEarthNetV2(_BigEarthNet):
                 if row is None:
                     excluded.append({"key": key, "reason": "not in metadata.parquet"})
                     continue
-                split = V2_SPLIT_NAMES.get(row["split"])
+                split = V2_SPLIT_NAMES.get(row[0])
                 if split is None:
-                    raise DatasetError(f"metadata.parquet: unknown split {row['split']!r} ({key})")
+                    raise DatasetError(f"metadata.parquet: unknown split {row[0]!r} ({key})")
                 by_split[split].append(key)
-        in_table = [V2_SPLIT_NAMES.get(r["split"]) for r in table.values()]
-        counts = {s: in_table.count(s) for s in SPLITS}
+        counts = Counter(V2_SPLIT_NAMES.get(row[0]) for row in table.values())
         info = {
             "split_source": lists or "metadata.parquet",
             "found_of_metadata": {s: [len(by_split[s]), counts[s]] for s in SPLITS},
@@ -358,12 +397,13 @@ class BigEarthNetV2(_BigEarthNet):
                 row = table.get(key)
                 if row is None:
                     raise DatasetError(f"patch {key} is listed but not in metadata.parquet")
-                s1_dir = ""
+                _, extra, s1_name = row
                 if self.s1:
-                    s1_name = row.get("s1_name") or ""
-                    s1_dir = f"{self.s1.path}/{'_'.join(s1_name.split('_')[:-3])}/{s1_name}"
-                extra = (("labels", tuple(row["labels"])),)
-                items[split].append(Item(key, split, (tree[key], s1_dir), extra))
+                    s1_parent = shared(f"{self.s1.path}/{'_'.join(s1_name.split('_')[:-3])}")
+                    ref = (tree[key], s1_parent, s1_name)
+                else:
+                    ref = shared((tree[key], "", ""))
+                items[split].append(Item(key, split, ref, extra))
         return Inventory(items, excluded, rejected, info)
 
     def read(self, item: Item) -> dict[str, Any]:

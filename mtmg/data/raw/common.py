@@ -42,9 +42,13 @@ class DatasetError(MtmgError):
     """The dataset as a whole cannot be read (missing root, no samples, bad split file...)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
-    """One source sample: its key (the source id), split and layout-specific references."""
+    """One source sample: its key (the source id), split and layout-specific references.
+
+    The driver holds one per patch (590k for BigEarthNet v1), so it has no `__dict__`, and
+    layouts point `ref` and `extra` at shared values (`Shared`) where they can.
+    """
 
     key: str
     split: str
@@ -53,6 +57,14 @@ class Item:
 
     def get(self, name: str, default: Any = None) -> Any:
         return dict(self.extra).get(name, default)
+
+
+class Shared(dict):
+    """One object per distinct value: `shared(v)` gives the first object equal to `v`, so the
+    items of a large archive share their folders, label tuples and refs instead of a copy each."""
+
+    def __call__(self, value: Any) -> Any:
+        return self.setdefault(value, value)
 
 
 @dataclass
@@ -93,13 +105,18 @@ class Layout:
         """The files `read(item)` reads: what a finished shard's resume state fingerprints."""
         raise NotImplementedError
 
+    def ref_id(self, item: Item) -> Any:
+        """The item's references as its shard's resume state fingerprints them: `ref`, unless
+        the layout stores it in a compact form."""
+        return item.ref
+
 
 def input_fingerprint(layout: Layout, items: Sequence[Item]) -> str:
     """A digest of what a shard is made of: each item, and (path, size, mtime_ns) of every file
     it is read from. Cheap: one directory listing per folder, no file is opened."""
     h, listings = hashlib.sha256(), {}
     for item in items:
-        h.update(repr((item.key, item.split, item.ref, item.extra)).encode())
+        h.update(repr((item.key, item.split, layout.ref_id(item), item.extra)).encode())
         for loc, path in layout.sources(item):
             folder, name = path.rsplit("/", 1)
             if (loc.uri, folder) not in listings:
@@ -240,15 +257,17 @@ def assign_from_lists(
     two split files, is bad input: an error naming it and the split file(s), or a rejection with
     `skip_bad` (a name in two files is then left out of both).
     """
-    listed: dict[str, list[str]] = {}
+    listed: dict[str, str] = {}  # name -> its split; a list per name would cost ~90 bytes
+    twice: dict[str, list[str]] = {}  # names in more than one split file -> those splits
     for split, path in lists.items():
         for name in map(key_fn, read_split_list(loc, path)):
-            splits = listed.setdefault(name, [])
-            if split not in splits:
-                splits.append(split)
+            first = listed.setdefault(name, split)
+            if first != split and split not in twice.setdefault(name, [first]):
+                twice[name].append(split)
     out: dict[str, list[str]] = {s: [] for s in SPLITS}
     rejected = []
-    for name, splits in listed.items():
+    for name, split in listed.items():
+        splits = twice.get(name, [split])
         if len(splits) > 1:
             files = " and ".join(lists[s] for s in splits)
             err = SampleError(

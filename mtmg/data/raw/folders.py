@@ -22,6 +22,7 @@ from mtmg.data.raw.common import (
     Item,
     Layout,
     SampleError,
+    Shared,
     as_uint16,
     assign_from_lists,
     find_split_files,
@@ -123,8 +124,9 @@ class ClassFolders(Layout):
                 "split_source": f"hash of the file id, fractions {list(self.fractions)}, "
                 f"seed {self.seed}"
             }
+        shared = Shared()  # one `extra` per class, not one a sample
         items = {
-            s: [Item(k, s, (tree[k][0],), (("class", tree[k][1]),)) for k in keys]
+            s: [Item(k, s, (tree[k][0],), shared((("class", tree[k][1]),))) for k in keys]
             for s, keys in by_split.items()
         }
         return Inventory(items, excluded, rejected, info)
