@@ -15,10 +15,11 @@
                                   precision, format 2 its native grids (upsampled on the GPU)
                samples/s count this process's CPU time (decoding is CPU-bound once the shards
                are in the page cache); bytes read per sample are what a node would pull from
-               shared storage for that view (`rchar` of /proc/self/io)
+               shared storage for that view (`rchar` of /proc/self/io); with --cold the
+               goal cases again in wall time with the page cache emptied before each pass
 Prints one JSON object; `ratio_*` = format 2 / format 1.
 
-    python bench/shard_format.py [--patches 600] [--repeat 5]
+    python bench/shard_format.py [--patches 600] [--repeat 5] [--cold]
 """
 
 from __future__ import annotations
@@ -89,10 +90,26 @@ def _rchar() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
 
 
-def loader_rate(out: Path, view: str, defer: bool, augment: bool) -> tuple[float, float]:
-    """Samples/s (CPU time of this process) of one pass over the train split through a loader
-    worker's stages (shards read and checked, decoded, batched by 64), and the bytes it read
-    per sample: what a node pulls from shared storage."""
+def drop_page_cache() -> None:
+    """Empty the kernel's page cache, so the next pass reads the shards from the disk."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1")
+    except OSError as e:
+        raise SystemExit(f"--cold needs root to write /proc/sys/vm/drop_caches ({e})") from e
+
+
+def loader_rate(
+    out: Path, view: str, defer: bool, augment: bool, cold: bool = False
+) -> tuple[float, float]:
+    """Samples/s of one pass over the train split through a loader worker's stages (shards
+    read and checked, decoded, batched by 64), and the bytes it read per sample: what a node
+    pulls from shared storage. Warm: CPU time of this process, the shards page-cached; cold:
+    wall time, the page cache emptied first (what an epoch larger than memory sees)."""
+    if cold:
+        drop_page_cache()
+    clock = time.perf_counter if cold else time.process_time
     ds = ShardSet.open(str(out))
     aug = transforms.Augment() if augment else None
     dec = Decoder.of(ds, view, Targets.of(ds), 224 if augment else 120, 120, augment=aug)
@@ -104,10 +121,10 @@ def loader_rate(out: Path, view: str, defer: bool, augment: bool) -> tuple[float
         wds.map(dec),
         wds.batched(64, collation_fn=collate, partial=True),
     )
-    t0, r0, n = time.process_time(), _rchar(), 0
+    t0, r0, n = clock(), _rchar(), 0
     for batch in pipe:
         n += len(batch["__key__"])
-    return n / (time.process_time() - t0), (_rchar() - r0) / n
+    return n / (clock() - t0), (_rchar() - r0) / n
 
 
 CASES = {  # name: view, deferred to the device, augmented
@@ -119,10 +136,36 @@ CASES = {  # name: view, deferred to the device, augmented
 }
 
 
+def compare(work: Path, cases: dict, repeat: int, cold: bool = False) -> dict[str, dict]:
+    """Both formats through every case, alternated `repeat` times; the best pass of each."""
+    loader = {}
+    for name, case in cases.items():
+        rates, read = {v: 0.0 for v in (1, 2)}, {}
+        for _ in range(repeat):  # alternating, so both formats see the same machine load
+            for v in (1, 2):
+                rate, read[v] = loader_rate(work / f"gen-v{v}", *case, cold=cold)
+                rates[v] = max(rates[v], rate)
+        loader[name] = {
+            "format1_samples_per_s": round(rates[1], 1),
+            "format2_samples_per_s": round(rates[2], 1),
+            "ratio_format2_vs_1": round(rates[2] / rates[1], 2),
+            "format1_bytes_read_per_sample": round(read[1]),
+            "format2_bytes_read_per_sample": round(read[2]),
+            "ratio_bytes_read_format2_vs_1": round(read[2] / read[1], 3),
+        }
+    return loader
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--patches", type=int, default=600)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="also time the RGB and MS goal cases from the disk (page cache emptied before "
+        "every pass; needs root)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)  # one core, as in a loader worker
     work = Path(tempfile.mkdtemp(prefix="mtmg-bench-format-"))
@@ -137,22 +180,10 @@ def main() -> None:
         root, n_patches=args.patches, s1=False, seed=1, fractions=(1.0, 0.0, 0.0)
     )
     result["bytes_generated"] = bytes_per_patch(root, work, "gen")
-    loader = {}
-    for name, case in CASES.items():
-        rates, read = {v: 0.0 for v in (1, 2)}, {}
-        for _ in range(args.repeat):  # alternating, so both formats see the same machine load
-            for v in (1, 2):
-                rate, read[v] = loader_rate(work / f"gen-v{v}", *case)
-                rates[v] = max(rates[v], rate)
-        loader[name] = {
-            "format1_samples_per_s": round(rates[1], 1),
-            "format2_samples_per_s": round(rates[2], 1),
-            "ratio_format2_vs_1": round(rates[2] / rates[1], 2),
-            "format1_bytes_read_per_sample": round(read[1]),
-            "format2_bytes_read_per_sample": round(read[2]),
-            "ratio_bytes_read_format2_vs_1": round(read[2] / read[1], 3),
-        }
-    result["loader_per_core"] = loader
+    result["loader_per_core"] = compare(work, CASES, args.repeat)
+    if args.cold:
+        cold = {k: CASES[k] for k in ("rgb_model_ready", "ms_native")}
+        result["loader_per_core_cold"] = compare(work, cold, args.repeat, cold=True)
     result["goals"] = {
         "format2_vs_tif": "<= 0.75",
         "rgb_model_ready ratio": ">= 1.5",
