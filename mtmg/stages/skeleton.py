@@ -5,7 +5,7 @@ loaders. Plain PyTorch; a stage supplies its model, its step and its evaluation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -71,12 +71,15 @@ class Run:
         log.info("resuming at epoch %d, step %d", state["epoch"], state["step"])
         return state, False
 
-    def step(self, loss: torch.Tensor, step: int) -> int:
-        """Backward and one optimiser step at global `step`; returns the next step."""
+    def step(self, loss: torch.Tensor, step: int, parts: Mapping[str, float] | None = None) -> int:
+        """Backward and one optimiser step at global `step`; returns the next step. The loss,
+        the learning rate and the loss's `parts` go to the run's trackers as train/..."""
         lr = self.opt.param_groups[0]["lr"]
         loop.optimizer_step(loss, self.opt, self.sched, self.params, self.cfg.grad_clip, step)
         if self.ctx.tracker is not None:
-            self.ctx.tracker.log_metrics(step + 1, {"train/loss": loss.item(), "train/lr": lr})
+            logged = {"train/loss": loss.item(), "train/lr": lr}
+            logged.update({f"train/loss_{k}": v for k, v in (parts or {}).items()})
+            self.ctx.tracker.log_metrics(step + 1, logged)
         self.hooks.at_step(step + 1)
         return step + 1
 

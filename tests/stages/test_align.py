@@ -187,8 +187,9 @@ def test_alignment_end_to_end_with_a_worker_failure(sets, tmp_path, monkeypatch)
     assert torch.allclose(x, batch["ms"][batch["__key__"].index(raw["__key__"])], atol=1e-6)
 
 
-def _plain_run(sets, tmp_path, **kw) -> dict:
-    """The worker loop in this process (no Ray): what the tests of loss terms need."""
+def _plain_run(sets, tmp_path, tracking_to=None, **kw) -> dict:
+    """The worker loop in this process (no Ray): what the tests of loss terms need; tracked
+    where `tracking_to` (a `mtmg.tracking.Destination`) says."""
     kw = {"epochs": 1, "eval_init": False, "eval_every": 0, **kw}
     cfg = _cfg(sets, tmp_path / "plain", **kw)
     datasets = align.resolve_inputs(cfg)
@@ -206,6 +207,7 @@ def _plain_run(sets, tmp_path, **kw) -> dict:
         "student_init": net.state_dict(),
         "heads": hw,
         "sets": datasets,
+        "tracking": tracking_to,
     }
     return align.worker(conf)
 
@@ -228,8 +230,21 @@ def test_student_lands_in_clip_space(sets, tmp_path):
 
 @pytest.mark.parametrize("weights", [{"w_txt": 0.0}, {"w_img": 0.0}, {"w_kd": 0.5}])
 def test_a_zero_weight_removes_its_term(sets, tmp_path, weights):
-    losses = _plain_run(sets, tmp_path, **weights)["losses"]
+    """Each part of the loss, in the run's losses and in its tracked steps (TensorBoard)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mtmg import tracking
+
+    dest = tracking.Destination(("tensorboard",), str(tmp_path / "tracked"), "align")
+    losses = _plain_run(sets, tmp_path, tracking_to=dest, **weights)["losses"]
     w = {"img": 1.0, "txt": 0.05, "kd": 0.0, **{k[2:]: v for k, v in weights.items()}}
+    ea = EventAccumulator(str(dest.tensorboard_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    for part in ("img", "txt", "kd"):
+        tag = f"train/loss_{part}"
+        assert (tag in ea.Tags()["scalars"]) == bool(w[part]), tag
+        tracked = {e.step: e.value for e in ea.Scalars(tag)} if w[part] else {}
+        assert tracked == pytest.approx({r["step"]: r[part] for r in losses if w[part]}, rel=1e-6)
     for r in losses:
         for part in ("img", "txt", "kd"):
             assert (r[part] is None) == (w[part] == 0), (part, r)

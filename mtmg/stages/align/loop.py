@@ -130,8 +130,9 @@ def _epoch(cfg, ctx, m: Models, model, run: skeleton.Run, ds, decoder, state, ep
                 t_emb = m.teacher(batch["rgb"])
             s_emb = model(x)
         value, parts = loss.loss_parts(cfg, s_emb.float(), t_emb.float(), head, y, multi_label)
-        state["step"] = run.step(value, state["step"])
-        totals.add(value, len(y))
         terms = {k: parts[k].item() if k in parts else None for k in ("img", "txt", "kd")}
+        used = {k: v for k, v in terms.items() if v is not None}
+        state["step"] = run.step(value, state["step"], used)
+        totals.add(value, len(y))
         state["losses"].append({"step": state["step"], "loss": value.item(), **terms})
     return totals.stats(ctx, epoch, state["step"])
