@@ -261,7 +261,7 @@ def test_shards_are_read_through_uris_too(ben_shards):
 
 @pytest.mark.parametrize("partial", [True, False])
 def test_rebatching_keeps_the_order_and_passes_full_batches_through(partial):
-    from mtmg.data.loader import _Rebatch, collate
+    from mtmg.data.batching import Rebatch, collate
 
     keys = iter(range(100))
     sizes = [4, 3, 4, 1, 4, 2]
@@ -269,7 +269,7 @@ def test_rebatching_keeps_the_order_and_passes_full_batches_through(partial):
         collate([{"__key__": k, "x": torch.tensor([k])} for k in itertools.islice(keys, n)])
         for n in sizes
     ]
-    out = list(_Rebatch(4, partial)(iter(worker)))
+    out = list(Rebatch(4, partial)(iter(worker)))
     flat = [k for b in out for k in b["__key__"]]
     assert flat == list(range(18 if partial else 16))
     assert [len(b["__key__"]) for b in out] == [4, 4, 4, 4] + ([2] if partial else [])

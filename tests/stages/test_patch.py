@@ -1,4 +1,5 @@
-"""Stage 1 (PAINT patching) end to end on generated shards with a tiny CLIP, on CPU."""
+"""Stage 1 (PAINT patching) end to end on generated shards with a tiny CLIP, on CPU. One file
+for the one stage (495 lines): its tests share the module's generated shards and finished runs."""
 
 from __future__ import annotations
 
