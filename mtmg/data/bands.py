@@ -6,6 +6,10 @@ Sources: docs/datasets.md, 'Sentinel-2 band orders', and docs/method.md (RGB com
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from mtmg.errors import InputError
 
 # Sentinel-2 L1C order used by the student encoder and SSL4EO-S12 (13 bands, B8A after B08).
@@ -78,3 +82,13 @@ def reorder_indices(stored: tuple[str, ...], wanted: tuple[str, ...]) -> list[in
     if missing:
         raise InputError(f"bands {missing} are not among the stored bands {list(stored)}")
     return [stored.index(b) for b in wanted]
+
+
+def pick(a: np.ndarray, idx: Sequence[int]) -> np.ndarray:
+    """`a[idx]` along the first axis, as a view when `idx` is a run stepping by +1 or -1
+    (B04, B03, B02 out of B02, B03, B04, ...): no copy of the pixels."""
+    step = idx[1] - idx[0] if len(idx) > 1 else 1
+    stop = idx[-1] + step
+    if step in (1, -1) and list(idx) == list(range(idx[0], stop, step)):
+        return a[idx[0] : stop if stop >= 0 else None : step]
+    return a[list(idx)]

@@ -270,8 +270,7 @@ class Decoder:
             names = list(self.bands) if "ms" in wanted else list(bnd.RGB_BANDS)
             groups = groups or verify.read_groups(sample, names)
             if "rgb" in wanted:
-                rgb = grids.on_grid(groups, bnd.RGB_BANDS)  # 10 m bands: never resampled
-                views["rgb"] = transforms.rgb_composite(rgb, list(bnd.RGB_BANDS), self.modality)
+                views["rgb"] = self._rgb_from_groups(groups)
             if "ms" in wanted:
                 views["ms"] = self._ms_from_groups(groups)
         elif "ms" in wanted:
@@ -283,6 +282,14 @@ class Decoder:
                 raise ValueError(f"sample {key}: the S1 view needs s1.npy (shard with --s1)")
             views["s1"] = transforms.s1_input(verify.load_array(sample, "s1.npy", len(bnd.S1)))
         return views
+
+    def _rgb_from_groups(self, groups: list[grids.Group]) -> torch.Tensor:
+        """The composite straight from the 10 m member's pixels (B02-B04 are never resampled)."""
+        g = groups[0]
+        if g.factor == 1 and set(bnd.RGB_BANDS) <= set(g.names):
+            return transforms.rgb_composite(g.pixels, list(g.names), self.modality)
+        rgb = grids.on_grid(groups, bnd.RGB_BANDS)
+        return transforms.rgb_composite(rgb, list(bnd.RGB_BANDS), self.modality)
 
     def _ms_from_groups(self, groups: list[grids.Group]) -> torch.Tensor:
         if self.upsample == "nearest":

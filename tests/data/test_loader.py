@@ -73,6 +73,26 @@ def test_the_composite_is_the_references_uint8_for_every_stored_value(modality):
     assert torch.equal(transforms.rgb_from_ms(x, stored, modality), ref.float() / 255)
 
 
+@pytest.mark.parametrize(
+    "idx, view",
+    [([2, 1, 0], True), ([0, 1, 2], True), ([3, 2, 1], True), ([0], True), ([3], True)]
+    + [([2, 0, 1], False), ([0, 2], False), ([1, 1], False)],
+)
+def test_picking_bands_is_a_view_exactly_when_they_are_a_run(idx, view):
+    a = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+    got = bands.pick(a, idx)
+    assert np.array_equal(got, a[idx]) and np.shares_memory(got, a) == view
+
+
+@pytest.mark.parametrize("f", [1, 2, 3, 6])
+def test_repeating_columns_is_numpys_repeat(f):
+    x = np.random.default_rng(f).random((3, 4, 5), dtype=np.float32)
+    x[0, 0, :3] = [np.inf, -0.0, np.nan]  # the x2 path copies bits, whatever they mean
+    got = transforms._repeat_columns(x, f)
+    assert got.dtype == np.float32 and got.shape == (3, 4, 5 * f)
+    assert np.array_equal(got.view(np.uint32), x.repeat(f, axis=-1).view(np.uint32))
+
+
 def test_augmentation_crops_and_flips_both_views_alike(ben_shards):
     aug = transforms.Augment(scale=(0.5, 0.7), color=False)
     dec = _decoder(ben_shards, "both", size=120, augment=aug, seed=3)
