@@ -17,14 +17,24 @@
                are in the page cache); bytes read per sample are what a node would pull from
                shared storage for that view (`rchar` of /proc/self/io); with --cold the
                goal cases again in wall time with the page cache emptied before each pass
+  bandwidth    with --bandwidth MBPS the goal cases once more, cold and in wall time, with this
+               process's reads from the disk limited to MBPS megabytes/s (cgroup-v1 blkio
+               throttle; 78 = a 10 Gb/s link shared by 16 cores). This VM's disk gives a core
+               ~1.65 GB/s, so --cold hardly shows what shared storage shows: there the bytes a
+               view reads are what costs, and a loader gets about MBPS / bytes-per-sample
+               samples/s. `device_bytes_read_per_sample` is what the cgroup read from the disk
+               (readahead included), next to the bytes the reader asked for (`rchar`). The
+               throttle lets ~0.1 s of bytes through ahead of time: passes should last seconds
+               (--patches 3000 at 78 MB/s; at 300 format 2 reads ~30% above the limit)
 Prints one JSON object; `ratio_*` = format 2 / format 1.
 
-    python bench/shard_format.py [--patches 600] [--repeat 5] [--cold]
+    python bench/shard_format.py [--patches 600] [--repeat 5] [--cold] [--bandwidth 78]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +42,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -44,6 +55,7 @@ from mtmg.prep import ShardConfig, shard
 from mtmg.runtime.cluster import init_ray
 
 REAL_V1 = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real" / "bigearthnet_v1"
+BLKIO = Path("/sys/fs/cgroup/blkio")
 
 
 def tif_bytes(s2_dir: Path, keys: list[str]) -> int:
@@ -97,16 +109,75 @@ def drop_page_cache() -> None:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("1")
     except OSError as e:
-        raise SystemExit(f"--cold needs root to write /proc/sys/vm/drop_caches ({e})") from e
+        raise SystemExit(
+            f"--cold and --bandwidth need root to write /proc/sys/vm/drop_caches ({e})"
+        ) from e
+
+
+def throttle_disk(path: Path) -> str:
+    """MAJOR:MINOR of the whole disk holding `path` (a partition's parent disk), after checking
+    that this process may throttle it with the cgroup-v1 blkio controller."""
+    if os.geteuid() != 0 or not (BLKIO / "blkio.throttle.read_bps_device").exists():
+        raise SystemExit(
+            "--bandwidth needs root and the cgroup-v1 blkio controller (/sys/fs/cgroup/blkio)"
+        )
+    dev = os.stat(path).st_dev
+    node = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not node.exists():
+        raise SystemExit(f"--bandwidth needs {path} on a block device (not tmpfs or overlay)")
+    if (node / "partition").exists():
+        node = node.resolve().parent
+    return (node / "dev").read_text().strip()
+
+
+def _blkio_home() -> Path:
+    """The blkio cgroup this process is in now."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if "blkio" in ctrls.split(","):
+            return BLKIO / path.lstrip("/")
+    return BLKIO
+
+
+@contextlib.contextmanager
+def throttled(disk: str, mb_per_s: float) -> Iterator[Callable[[], int]]:
+    """This process in a fresh blkio cgroup whose reads from `disk` are limited to `mb_per_s`
+    megabytes/s; yields a function giving the bytes the cgroup has read from the disk so far
+    (readahead included). Moved back and the cgroup removed on the way out, on error too.
+    Only reads that reach the disk are throttled: empty the page cache before each pass."""
+    home, cg = _blkio_home(), BLKIO / f"mtmg-bench-{os.getpid()}"
+    cg.mkdir()
+    try:
+        (cg / "blkio.throttle.read_bps_device").write_text(f"{disk} {round(mb_per_s * 1e6)}\n")
+        (cg / "cgroup.procs").write_text(str(os.getpid()))
+        yield lambda: _device_read(cg, disk)
+    finally:
+        try:
+            (home / "cgroup.procs").write_text(str(os.getpid()))
+        finally:
+            cg.rmdir()
+
+
+def _device_read(cg: Path, disk: str) -> int:
+    for line in (cg / "blkio.throttle.io_service_bytes").read_text().splitlines():
+        if line.startswith(f"{disk} Read "):
+            return int(line.split()[2])
+    return 0
 
 
 def loader_rate(
-    out: Path, view: str, defer: bool, augment: bool, cold: bool = False
-) -> tuple[float, float]:
+    out: Path,
+    view: str,
+    defer: bool,
+    augment: bool,
+    cold: bool = False,
+    device: Callable[[], int] | None = None,
+) -> tuple[float, float, float | None]:
     """Samples/s of one pass over the train split through a loader worker's stages (shards
     read and checked, decoded, batched by 64), and the bytes it read per sample: what a node
     pulls from shared storage. Warm: CPU time of this process, the shards page-cached; cold:
-    wall time, the page cache emptied first (what an epoch larger than memory sees)."""
+    wall time, the page cache emptied first (what an epoch larger than memory sees). With
+    `device` (a counter of bytes read from the disk, see `throttled`) also those per sample."""
     if cold:
         drop_page_cache()
     clock = time.perf_counter if cold else time.process_time
@@ -121,10 +192,12 @@ def loader_rate(
         wds.map(dec),
         wds.batched(64, collation_fn=collate, partial=True),
     )
+    d0 = device() if device else 0
     t0, r0, n = clock(), _rchar(), 0
     for batch in pipe:
         n += len(batch["__key__"])
-    return n / (clock() - t0), (_rchar() - r0) / n
+    rate, read = n / (clock() - t0), (_rchar() - r0) / n
+    return rate, read, (device() - d0) / n if device else None
 
 
 CASES = {  # name: view, deferred to the device, augmented
@@ -136,14 +209,20 @@ CASES = {  # name: view, deferred to the device, augmented
 }
 
 
-def compare(work: Path, cases: dict, repeat: int, cold: bool = False) -> dict[str, dict]:
+def compare(
+    work: Path,
+    cases: dict,
+    repeat: int,
+    cold: bool = False,
+    device: Callable[[], int] | None = None,
+) -> dict[str, dict]:
     """Both formats through every case, alternated `repeat` times; the best pass of each."""
     loader = {}
     for name, case in cases.items():
-        rates, read = {v: 0.0 for v in (1, 2)}, {}
+        rates, read, disk = {v: 0.0 for v in (1, 2)}, {}, {}
         for _ in range(repeat):  # alternating, so both formats see the same machine load
             for v in (1, 2):
-                rate, read[v] = loader_rate(work / f"gen-v{v}", *case, cold=cold)
+                rate, read[v], disk[v] = loader_rate(work / f"gen-v{v}", *case, cold, device)
                 rates[v] = max(rates[v], rate)
         loader[name] = {
             "format1_samples_per_s": round(rates[1], 1),
@@ -153,6 +232,9 @@ def compare(work: Path, cases: dict, repeat: int, cold: bool = False) -> dict[st
             "format2_bytes_read_per_sample": round(read[2]),
             "ratio_bytes_read_format2_vs_1": round(read[2] / read[1], 3),
         }
+        if device:
+            for v in (1, 2):
+                loader[name][f"format{v}_device_bytes_read_per_sample"] = round(disk[v])
     return loader
 
 
@@ -166,7 +248,16 @@ def main() -> None:
         help="also time the RGB and MS goal cases from the disk (page cache emptied before "
         "every pass; needs root)",
     )
+    ap.add_argument(
+        "--bandwidth",
+        type=float,
+        metavar="MBPS",
+        help="also time the RGB and MS goal cases cold with this process's disk reads limited "
+        "to MBPS megabytes/s per core\n(78 = 10 Gb/s shared by 16 cores; cgroup-v1 blkio "
+        "throttle, needs root)",
+    )
     args = ap.parse_args()
+    disk = throttle_disk(Path(tempfile.gettempdir())) if args.bandwidth else None
     torch.set_num_threads(1)  # one core, as in a loader worker
     work = Path(tempfile.mkdtemp(prefix="mtmg-bench-format-"))
     init_ray(num_cpus=1)
@@ -181,9 +272,13 @@ def main() -> None:
     )
     result["bytes_generated"] = bytes_per_patch(root, work, "gen")
     result["loader_per_core"] = compare(work, CASES, args.repeat)
+    goal = {k: CASES[k] for k in ("rgb_model_ready", "ms_native")}
     if args.cold:
-        cold = {k: CASES[k] for k in ("rgb_model_ready", "ms_native")}
-        result["loader_per_core_cold"] = compare(work, cold, args.repeat, cold=True)
+        result["loader_per_core_cold"] = compare(work, goal, args.repeat, cold=True)
+    if disk:
+        with throttled(disk, args.bandwidth) as device:
+            limited = compare(work, goal, args.repeat, cold=True, device=device)
+        result["loader_per_core_bandwidth"] = {"bandwidth_mb_per_s": args.bandwidth, **limited}
     result["goals"] = {
         "format2_vs_tif": "<= 0.75",
         "rgb_model_ready ratio": ">= 1.5",
