@@ -78,7 +78,7 @@ def ms_input_from_groups(groups: Sequence[grids.Group]) -> torch.Tensor:
 
 def _repeat_columns(x: np.ndarray, f: int) -> np.ndarray:
     """float32 C x h x w -> C x h x (w * f), every column `f` times (x2: one integer multiply
-    that writes each 32-bit value twice, several times faster than `repeat`)."""
+    that writes each 32-bit value twice, where `repeat` copies element by element)."""
     if f == 1:
         return x
     if f == 2:
