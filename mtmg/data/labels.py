@@ -209,7 +209,7 @@ def ben_nomenclatures() -> dict[str, dict]:
 @dataclass(frozen=True)
 class TargetMap:
     """Targets decoded in a set's stored nomenclature -> the targets of another of its
-    nomenclatures, equal to decoding in that one (`mtmg.data.loader.Targets` maps label names
+    nomenclatures, equal to decoding in that one (`mtmg.data.shardset.Targets` maps label names
     the same way), so one decoding pass serves every nomenclature of a set."""
 
     mapping: tuple[int, ...] | None  # stored index -> target index (-1: dropped); None: the same
