@@ -209,11 +209,11 @@ def free_decoding() -> Iterator[None]:
     2's floor on this machine, everything but decompressing and unshuffling."""
     real, seen = grids.decode_group, {}
 
-    def lookup(data: bytes) -> grids.Group:
-        head = data[: grids.HEADER.size + grids.NAME_BYTES * data[5]]
-        if head not in seen:
-            seen[head] = real(data)
-        return seen[head]
+    def lookup(data: bytes, head: grids.Head | None = None) -> grids.Group:
+        key = data[: grids.HEADER.size + grids.NAME_BYTES * data[5]]
+        if key not in seen:
+            seen[key] = real(data, head)
+        return seen[key]
 
     grids.decode_group = lookup
     try:

@@ -31,6 +31,7 @@ UPSAMPLING = ("nearest", "bilinear", "bicubic")
 
 
 _THREAD = threading.local()
+Head = tuple[tuple[str, ...], int, tuple[int, int, int]]  # band names, factor, C x h x w
 
 
 class GroupError(MtmgError, ValueError):
@@ -61,7 +62,7 @@ def encode_group(pixels: np.ndarray, names: Sequence[str], factor: int) -> bytes
     return HEADER.pack(MAGIC, factor, c, h, w) + "".join(names).encode("ascii") + frame
 
 
-def peek(data: bytes) -> tuple[tuple[str, ...], int, tuple[int, int, int]]:
+def peek(data: bytes) -> Head:
     """Band names, factor and shape of a member, checked, without decompressing it."""
     if len(data) < HEADER.size or data[:4] != MAGIC:
         raise GroupError("not a format 2 band group (no MTG2 header)")
@@ -76,10 +77,10 @@ def peek(data: bytes) -> tuple[tuple[str, ...], int, tuple[int, int, int]]:
     return names, factor, (c, h, w)
 
 
-def decode_group(data: bytes) -> Group:
+def decode_group(data: bytes, head: Head | None = None) -> Group:
     """A member's bands; its frame must declare exactly the size its header promises, so a
-    forged member cannot make the reader allocate more."""
-    names, factor, shape = peek(data)
+    forged member cannot make the reader allocate more. `head`: what `peek` gave for `data`."""
+    names, factor, shape = head or peek(data)
     frame = data[HEADER.size + NAME_BYTES * len(names) :]
     size = 2 * shape[0] * shape[1] * shape[2]
     try:
@@ -127,13 +128,14 @@ def read_groups(sample: dict[str, Any], names: Sequence[str]) -> list[Group]:
     only those members. A band no member holds, or a member that does not decode, raises
     GroupError naming the member."""
     where: dict[str, str] = {}
+    heads: dict[str, Head] = {}
     for member in MEMBERS:  # headers read in grid order until every band is found
         if member in sample and not set(names) <= set(where):
             try:
-                group_names = peek(sample[member])[0]
+                heads[member] = peek(sample[member])
             except GroupError as e:
                 raise GroupError(f"{member}: {e}") from None
-            where.update({b: member for b in group_names})
+            where.update({b: member for b in heads[member][0]})
     missing = [b for b in names if b not in where]
     if missing:
         raise GroupError(f"no member holds band(s) {missing} (members: {sorted(where)})")
@@ -141,7 +143,7 @@ def read_groups(sample: dict[str, Any], names: Sequence[str]) -> list[Group]:
     for member in MEMBERS:
         if member in {where[b] for b in names}:
             try:
-                groups.append(decode_group(sample[member]))
+                groups.append(decode_group(sample[member], heads[member]))
             except GroupError as e:
                 raise GroupError(f"{member}: {e}") from None
     grid = {(g.pixels.shape[1] * g.factor, g.pixels.shape[2] * g.factor) for g in groups}
