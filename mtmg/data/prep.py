@@ -15,14 +15,8 @@ from mtmg import config
 from mtmg.data import storage
 from mtmg.data.raw import DATASETS, DatasetError, Inventory, Layout, SampleError, make_layout
 from mtmg.data.raw.common import SPLITS, majority, majority_size
-from mtmg.data.shards import (
-    FORMAT_VERSION,
-    STATE_DIR,
-    ShardResult,
-    ShardTask,
-    plan_tasks,
-    write_shard,
-)
+from mtmg.data.shard_writer import STATE_DIR, ShardResult, ShardTask, plan_tasks, write_shard
+from mtmg.data.shards import FORMAT_VERSION
 from mtmg.data.storage import Location, StorageError
 
 log = logging.getLogger(__name__)

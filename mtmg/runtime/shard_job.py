@@ -31,7 +31,8 @@ from mtmg.data.prep import (
     run_shard,
 )
 from mtmg.data.raw import DATASETS, DatasetError, Layout, SampleError
-from mtmg.data.shards import ShardResult, ShardTask, build_manifest, summary_table, write_index
+from mtmg.data.shard_writer import ShardResult, ShardTask, build_manifest, write_index
+from mtmg.data.shards import summary_table
 from mtmg.data.storage import Location, StorageError
 
 log = logging.getLogger(__name__)

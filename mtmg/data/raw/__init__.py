@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mtmg.data import labels
-from mtmg.data.raw.bigearthnet import BigEarthNetV1, BigEarthNetV2
+from mtmg.data.raw.bigearthnet import BigEarthNetV1
+from mtmg.data.raw.bigearthnet_v2 import BigEarthNetV2
 from mtmg.data.raw.common import DatasetError, Inventory, Item, Layout, SampleError
 from mtmg.data.raw.folders import ClassFolders, EuroSATMS, ImageNet
 from mtmg.data.raw.sen12ms import SEN12MS

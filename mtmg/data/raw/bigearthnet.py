@@ -1,23 +1,25 @@
-"""BigEarthNet v1.0 (per-patch folders + JSON) and v2.0 / reBEN (product folders + parquet).
+"""BigEarthNet: what v1.0 and v2.0 share, and the v1.0 layout (per-patch folders + JSON).
 
-Both store S2 L2A as 12 uint16 band files at 10/20/60 m; mtmg stores them as one 12 x H x W
-uint16 array on the 10 m grid, in the canonical order B01..B08, B8A, B09, B11, B12 (never a glob
-sort, which puts B8A last).
+Both store S2 L2A as 12 uint16 band files at 10/20/60 m; mtmg reads them in the canonical order
+B01..B08, B8A, B09, B11, B12 (never a glob sort, which puts B8A last), as one 12 x H x W array on
+the 10 m grid (shard format 1) or on their native grids (format 2). v2.0 / reBEN:
+`mtmg.data.raw.bigearthnet_v2`; v1's official lists: `mtmg.data.raw.bigearthnet_official`.
 """
 
 from __future__ import annotations
 
-import bz2
-import importlib.metadata
-import importlib.resources
-from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from mtmg.data import bands, labels, storage
+from mtmg.data.raw.bigearthnet_official import (
+    OFFICIAL_COUNTS,
+    official_exclusions,
+    official_s2_to_s1,
+    official_splits,
+    official_version,
+)
 from mtmg.data.raw.common import (
     SPLITS,
     DatasetError,
@@ -25,7 +27,6 @@ from mtmg.data.raw.common import (
     Item,
     Layout,
     SampleError,
-    Shared,
     assign_from_lists,
     find_split_files,
     open_raster,
@@ -35,62 +36,10 @@ from mtmg.data.storage import Location
 
 S2_V1_DIR = "BigEarthNet-v1.0"
 S1_V1_DIR = "BigEarthNet-S1-v1.0"
-S2_V2_DIR = "BigEarthNet-S2"
-S1_V2_DIR = "BigEarthNet-S1"
-OFFICIAL_COUNTS = {"train": 269_695, "val": 123_723, "test": 125_866}
-V2_SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
-
-
-# ----------------------------------------------------------------- official lists (offline)
-
-
-# Not cached: the lists name every patch of the archive (~60 MB as sets, ~120 MB for the S1
-# pairs), which a driver would otherwise hold for the whole run after one scan.
-
-
-def _resource_lines(name: str) -> Iterator[str]:
-    """The non-empty lines of a shipped list, decompressed as they are read (CRLF-safe)."""
-    with (
-        importlib.resources.files("bigearthnet_common").joinpath(name).open("rb") as raw,
-        bz2.open(raw, "rt") as text,
-    ):
-        for line in text:
-            if line := line.strip():
-                yield line
-
-
-def official_splits() -> dict[str, frozenset[str]]:
-    """The official v1 19-class splits, shipped in the `bigearthnet-common` package."""
-    return {s: frozenset(_resource_lines(f"{s}.csv.bz2")) for s in SPLITS}
-
-
-def official_exclusions() -> dict[str, frozenset[str]]:
-    """Official v1 exclusion lists (the shipped files have CRLF line ends)."""
-    return {
-        "seasonal snow": frozenset(_resource_lines("patches_with_seasonal_snow.csv.bz2")),
-        "cloud or shadow": frozenset(_resource_lines("patches_with_cloud_and_shadow.csv.bz2")),
-    }
-
-
-def official_s2_to_s1(s2_names: Collection[str]) -> dict[str, str]:
-    """Official S1 patch names of `s2_names` (`s1_s2_name_country_season.csv`), the other
-    rows of the archive's 590k skipped as read."""
-    rows = _resource_lines("s1_s2_name_country_season.csv.bz2")
-    header = next(rows).split(",")
-    i1, i2 = header.index("s1_name"), header.index("s2_name")
-    out = {}
-    for row in rows:
-        fields = row.split(",")
-        if fields[i2] in s2_names:
-            out[fields[i2]] = fields[i1]
-    return out
-
-
-def _official_version() -> str:
-    return f"bigearthnet-common {importlib.metadata.version('bigearthnet-common')}"
 
 
 def check_labels(names: list[str], classes: tuple[str, ...], key: str, path: str) -> list[str]:
+    """`names` as a list, each a class of `classes`; an unknown one is a bad sample."""
     unknown = [n for n in names if n not in classes]
     if unknown:
         raise SampleError(key, f"unknown label name(s) {unknown}", path)
@@ -109,7 +58,8 @@ def normalise_s1_json(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _s2_header(nomenclature: str, nomenclatures: dict, has_s1: bool) -> dict[str, Any]:
+def s2_header(nomenclature: str, nomenclatures: dict, has_s1: bool) -> dict[str, Any]:
+    """The manifest fields of a BigEarthNet S2 set (and its S1 pairs), either version."""
     head = {
         "task": "multi-label",
         "metric": "macro mAP",
@@ -131,7 +81,7 @@ def _s2_header(nomenclature: str, nomenclatures: dict, has_s1: bool) -> dict[str
 
 
 @dataclass(frozen=True)
-class _BigEarthNet(Layout):
+class BigEarthNetBase(Layout):
     """What v1 and v2 share: an item's ref is (folder of its S2 patch folder, folder of its S1
     patch folder or "", S1 patch name or ""); the S2 patch folder is named by the key. Items
     in one folder share its string, so an archive's items hold only their keys and S1 names.
@@ -204,7 +154,7 @@ def s1_patch(item: Item) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class BigEarthNetV1(_BigEarthNet):
+class BigEarthNetV1(BigEarthNetBase):
     """`BigEarthNet-v1.0/<patch>/<patch>_<band>.tif` + `<patch>_labels_metadata.json`."""
 
     name: str = "bigearthnet"
@@ -233,7 +183,7 @@ class BigEarthNetV1(_BigEarthNet):
         else:
             by_split, excluded, rejected = self._official(tree)
             info = {
-                "split_source": f"official 19-class splits ({_official_version()})",
+                "split_source": f"official 19-class splits ({official_version()})",
                 "found_of_official": {s: [len(by_split[s]), OFFICIAL_COUNTS[s]] for s in SPLITS},
             }
         s1_dir, s1_names = self._pair_s1(tree) if self.s1 else ("", {})
@@ -323,98 +273,4 @@ class BigEarthNetV1(_BigEarthNet):
         return out
 
     def header(self) -> dict[str, Any]:
-        return _s2_header("ben43", labels.ben_nomenclatures(), self.s1 is not None)
-
-
-# ---------------------------------------------------------------------------------- v2.0
-
-
-@dataclass(frozen=True)
-class BigEarthNetV2(_BigEarthNet):
-    """reBEN: `metadata.parquet` + `BigEarthNet-S2/<product>/<patch>/<patch>_<band>.tif`."""
-
-    name: str = "bigearthnet-v2"
-
-    def _table(self, shared: Shared) -> dict[str, tuple[str, tuple, str]]:
-        """metadata.parquet as patch_id -> (split as written there, the item's `extra`, S1 name
-        or ""), read in batches with repeated values shared: as one dict a row the table
-        would cost ~1 KB a patch."""
-        fs, path = self.root.fs, self.root.child_path("metadata.parquet")
-        if not storage.exists(fs, path):
-            raise DatasetError(f"{path} not found: a BigEarthNet v2 root holds metadata.parquet")
-        have = pq.read_schema(path, filesystem=fs).names
-        missing = [c for c in ("patch_id", "labels", "split") if c not in have]
-        if missing:
-            raise DatasetError(f"{path} lacks the column(s) {missing}")
-        cols = ["patch_id", "split", "labels", *(["s1_name"] if "s1_name" in have else [])]
-        out = {}
-        for batch in pq.read_table(path, filesystem=fs, columns=cols).to_batches(1 << 16):
-            ids, splits, labs, *s1 = (batch.column(c).to_pylist() for c in cols)
-            for i, key in enumerate(ids):
-                extra = shared((("labels", tuple(map(shared, labs[i]))),))
-                out[key] = (shared(splits[i]), extra, (s1[0][i] if s1 else None) or "")
-        return out
-
-    def scan(self) -> Inventory:
-        fs, shared = self.root.fs, Shared()
-        s2 = self.root.child_path(S2_V2_DIR)
-        tree: dict[str, str] = {}  # patch -> its product folder (one string per product)
-        for product in storage.list_dir(fs, s2, dirs_only=True):
-            folder = f"{s2}/{product}"
-            tree.update(dict.fromkeys(storage.list_dir(fs, folder, dirs_only=True), folder))
-        if not tree:
-            raise DatasetError(f"no patch folders found under {s2}/<product>/")
-        table = self._table(shared)
-        lists = (
-            find_split_files(self.splits, [self.splits.path], ["{split}.csv"])
-            if (self.splits)
-            else None
-        )
-        if lists:
-            by_split, excluded, rejected = assign_from_lists(
-                tree, lists, self.splits, self.skip_bad
-            )
-        else:
-            by_split = {s: [] for s in SPLITS}
-            excluded, rejected = [], []
-            for key in sorted(tree):
-                row = table.get(key)
-                if row is None:
-                    excluded.append({"key": key, "reason": "not in metadata.parquet"})
-                    continue
-                split = V2_SPLIT_NAMES.get(row[0])
-                if split is None:
-                    raise DatasetError(f"metadata.parquet: unknown split {row[0]!r} ({key})")
-                by_split[split].append(key)
-        counts = Counter(V2_SPLIT_NAMES.get(row[0]) for row in table.values())
-        info = {
-            "split_source": lists or "metadata.parquet",
-            "found_of_metadata": {s: [len(by_split[s]), counts[s]] for s in SPLITS},
-        }
-        items: dict[str, list[Item]] = {s: [] for s in SPLITS}
-        for split, keys in by_split.items():
-            for key in keys:
-                row = table.get(key)
-                if row is None:
-                    raise DatasetError(f"patch {key} is listed but not in metadata.parquet")
-                _, extra, s1_name = row
-                if self.s1:
-                    s1_parent = shared(f"{self.s1.path}/{'_'.join(s1_name.split('_')[:-3])}")
-                    ref = (tree[key], s1_parent, s1_name)
-                else:
-                    ref = shared((tree[key], "", ""))
-                items[split].append(Item(key, split, ref, extra))
-        return Inventory(items, excluded, rejected, info)
-
-    def read(self, item: Item) -> dict[str, Any]:
-        names = check_labels(list(item.get("labels")), labels.BEN19, item.key, "metadata.parquet")
-        sample, geo = self._read_patch(item, with_georef=True)
-        sample["json"] = {"labels": names, **geo}
-        return sample
-
-    def header(self) -> dict[str, Any]:
-        nomen = {
-            "ben19": {"classes": list(labels.BEN19)},
-            "ben5": {"classes": list(labels.BEN5), "from": "ben19", "map": list(labels.BEN19_TO_5)},
-        }
-        return _s2_header("ben19", nomen, self.s1 is not None)
+        return s2_header("ben43", labels.ben_nomenclatures(), self.s1 is not None)
