@@ -39,7 +39,8 @@ def make_shards(work: Path, n: int, size: int) -> loader.ShardSet:
     the formats)."""
     import dataclasses
 
-    from mtmg.data.shard_writer import build_manifest, plan_tasks, write_index, write_shard
+    from mtmg.data.catalog import build_manifest, write_index
+    from mtmg.data.shard_writer import plan_tasks, write_shard
 
     raw, out = work / "raw", work / "shards"
     synth.make_bigearthnet(raw, n_patches=n, s1=False, seed=1, size=size)

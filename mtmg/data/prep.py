@@ -169,7 +169,7 @@ def run_shard(
     retry helps) returned as the shard's error; other OSErrors are raised, and retried.
 
     The result comes back without its keys and labels (the shard's resume state holds them, and
-    `write_index` reads them from there), so the driver holds no per-sample lists.
+    `catalog.write_index` reads them from there), so the driver holds no per-sample lists.
     """
     try:
         res = write_shard(layout, task, out, skip_bad=skip_bad, version=version)

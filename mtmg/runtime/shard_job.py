@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from mtmg import config, errors, logs
 from mtmg.data import storage
+from mtmg.data.catalog import build_manifest, write_index
 from mtmg.data.prep import (
     EPILOG,
     ShardConfig,
@@ -31,7 +32,7 @@ from mtmg.data.prep import (
     run_shard,
 )
 from mtmg.data.raw import DATASETS, DatasetError, Layout, SampleError
-from mtmg.data.shard_writer import ShardResult, ShardTask, build_manifest, write_index
+from mtmg.data.shard_writer import ShardResult, ShardTask
 from mtmg.data.shards import summary_table
 from mtmg.data.storage import Location, StorageError
 

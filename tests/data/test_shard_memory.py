@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtmg import prep, synth
+from mtmg.data import catalog, shard_writer, shards, storage
 from mtmg.data import prep as data_prep
-from mtmg.data import shard_writer, shards, storage
+from mtmg.data.catalog import write_index
 from mtmg.data.raw import Item, make_layout
 from mtmg.data.raw.common import SPLITS
-from mtmg.data.shard_writer import ShardResult, plan_tasks, write_index
+from mtmg.data.shard_writer import ShardResult, plan_tasks
 from mtmg.synth.bigearthnet import ben_patches
 from mtmg.synth.common import assign_splits, write_lines
 
@@ -39,7 +40,7 @@ def _results(out, n_shards=3, per_shard=4):
         keys = [f"{split}_{i}_{j}" for j in range(per_shard)]
         labels = [["Vineyards", "Rice fields"][: 1 + j % 2] for j in range(per_shard)]
         r = ShardResult(f"{split}/{split}-{i:06d}.tar", per_shard, f"{i:064x}", 1, keys, labels)
-        storage.write_json_atomic(out.fs, shard_writer._state_path(out, r.name), asdict(r))
+        storage.write_json_atomic(out.fs, shard_writer.state_path(out, r.name), asdict(r))
         results.append(r)
     results.append(ShardResult("val/val-000009.tar", rejected=[{"key": "bad", "reason": "x"}]))
     return results
@@ -55,7 +56,7 @@ def _old_index(results) -> bytes:
             rows["shard"].append(r.name)
             rows["labels"].append(labs)
     buf = io.BytesIO()
-    pq.write_table(pa.table(rows, schema=shard_writer.INDEX_SCHEMA), buf, compression="zstd")
+    pq.write_table(pa.table(rows, schema=catalog.INDEX_SCHEMA), buf, compression="zstd")
     return buf.getvalue()
 
 
@@ -72,10 +73,10 @@ def test_the_index_streamed_from_resume_states_is_the_index_of_full_results(tmp_
 def test_a_large_index_is_written_in_row_groups_with_the_same_rows(tmp_path, monkeypatch):
     out = storage.location(tmp_path)
     full = _results(out, n_shards=7)
-    monkeypatch.setattr(shard_writer, "INDEX_ROW_GROUP", 8)
+    monkeypatch.setattr(catalog, "INDEX_ROW_GROUP", 8)
     write_index(out, [ShardResult(r.name, r.count, r.sha256) for r in full])
     got = pq.ParquetFile(tmp_path / "index.parquet")
-    assert got.metadata.num_row_groups == 4 and got.schema_arrow == shard_writer.INDEX_SCHEMA
+    assert got.metadata.num_row_groups == 4 and got.schema_arrow == catalog.INDEX_SCHEMA
     assert got.read() == pq.read_table(io.BytesIO(_old_index(full)))
 
 
@@ -83,7 +84,7 @@ def test_a_resume_state_rewritten_under_the_driver_is_refused(tmp_path):
     out = storage.location(tmp_path)
     r = _results(out, n_shards=1)[0]
     storage.write_json_atomic(
-        out.fs, shard_writer._state_path(out, r.name), {**asdict(r), "keys": []}
+        out.fs, shard_writer.state_path(out, r.name), {**asdict(r), "keys": []}
     )
     with pytest.raises(shards.ShardError, match="no longer the state of train/train-000000"):
         write_index(out, [ShardResult(r.name, r.count, r.sha256)])
@@ -98,7 +99,7 @@ def test_a_shard_task_returns_no_per_sample_lists(tmp_path):
     out = storage.location(cfg.out)
     res = data_prep.run_shard(layout, tasks[0], out, False)
     assert res.count == len(tasks[0].items) and res.keys == res.labels == []
-    keys, labels = shard_writer.shard_rows(out, res)
+    keys, labels = catalog.shard_rows(out, res)
     assert keys == [i.key for i in tasks[0].items] and len(labels) == res.count
 
 
