@@ -97,6 +97,18 @@ def partition(
     ]
 
 
+def full_batches(parts: list[Part], batch_size: int, where: str) -> int:
+    """Full batches every rank runs in a training epoch (the smallest part decides);
+    ValueError naming `where` when a rank has less than one batch."""
+    fewest = min(p.count for p in parts)
+    if fewest < batch_size:
+        raise ValueError(
+            f"{where}: {fewest} samples per rank is less than one batch of {batch_size}; "
+            "lower --batch-size"
+        )
+    return fewest // batch_size
+
+
 class EveryNth:
     """Keep the samples whose global index (url offset + position in its shard) is ours."""
 

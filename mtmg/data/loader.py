@@ -19,7 +19,7 @@ from typing import Any
 import webdataset as wds
 
 from mtmg.data import verify
-from mtmg.data.batching import EveryNth, Part, Rebatch, collate, cycle, partition
+from mtmg.data.batching import EveryNth, Part, Rebatch, collate, cycle, full_batches, partition
 from mtmg.data.decoder import STUDENT_INPUTS, VIEWS, Decoder, device_batch, view_inputs
 from mtmg.data.shardset import ShardSet, Targets
 
@@ -74,12 +74,7 @@ def make_loader(
     loader = wds.WebLoader(pipe, batch_size=None, num_workers=min(num_workers, len(local)))
     # re-batch in the main process: full batches whatever the per-worker leftovers
     loader = loader.compose(Rebatch(batch_size, partial=not train))
-    steps = min(p.count for p in parts) // batch_size if train else None
-    if train and steps == 0:
-        raise ValueError(
-            f"{ds.root} {split}: {min(p.count for p in parts)} samples per rank is less than "
-            f"one batch of {batch_size}; lower --batch-size"
-        )
+    steps = full_batches(parts, batch_size, f"{ds.root} {split}") if train else None
     return Loader(loader, steps, part.count, batch_size)
 
 
@@ -94,6 +89,7 @@ __all__ = [  # the loading API in one place; each name is defined in its own mod
     "collate",
     "cycle",
     "device_batch",
+    "full_batches",
     "make_loader",
     "partition",
     "view_inputs",

@@ -42,12 +42,13 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def train_steps(
     ds: data.ShardSet, batch_size: int, epochs: int, seed: int, world: int
 ) -> list[int]:
-    """Steps of every epoch (known up front, for the schedule): the same on every rank."""
+    """Steps of every epoch (known up front, for the schedule): the same on every rank;
+    ValueError when a rank's share of the train split is less than one batch."""
     bs = max(1, batch_size // world)
     out = []
     for e in range(epochs):
         parts = data.partition(ds.shards("train"), 0, world, shuffle=True, seed=seed, epoch=e)
-        out.append(min(p.count for p in parts) // bs)
+        out.append(data.full_batches(parts, bs, f"{ds.root} train"))
     return out
 
 

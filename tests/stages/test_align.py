@@ -348,6 +348,7 @@ def test_bad_input_fails_before_training(sets, tmp_path):
     fails("takes 3 bands", student_init=str(_rgb_checkpoint(tmp_path)))
     fails("all 0", w_img=0.0, w_txt=0.0)
     fails("unknown timm model", student="vit_nonexistent")
+    fails("less than one batch of 4096", batch_size=4096)
     assert not (tmp_path / "bad" / "ray").exists()
     r = subprocess.run(
         [

@@ -336,6 +336,8 @@ def test_bad_input_fails_before_training(sets, tmp_path, capsys):
     weights.save_checkpoint(clip.load_clip("mtmg-small-vit").model, other)
     assert command.main([*base[:-1], str(other)]) == 2
     assert str(other) in capsys.readouterr().err
+    assert command.main([*base, "--batch-size", "4096"]) == 2  # more than the train split
+    assert "less than one batch of 4096; lower --batch-size" in capsys.readouterr().err
     assert not (tmp_path / "o" / "ray").exists()
 
 

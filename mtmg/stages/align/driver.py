@@ -25,6 +25,7 @@ import yaml
 
 from mtmg import config
 from mtmg.data import evalsets, loader, transforms
+from mtmg.engine import loop
 from mtmg.models import clip, heads, student
 from mtmg.report import tables
 from mtmg.stages import job
@@ -86,6 +87,8 @@ def resolve_inputs(cfg: AlignConfig) -> Sets:
         ds.classes(nomen)
     if not (cfg.w_img or cfg.w_txt or cfg.w_kd):
         raise ValueError("w_img, w_txt and w_kd are all 0: nothing to train")
+    train = loader.ShardSet.open(sets[0][0])
+    loop.train_steps(train, cfg.batch_size, cfg.epochs, cfg.seed, cfg.workers)  # >= 1 batch
     return sets
 
 

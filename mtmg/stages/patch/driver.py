@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 
 from mtmg import config
 from mtmg.data import evalsets, loader
-from mtmg.engine import select
+from mtmg.engine import loop, select
 from mtmg.models import clip, heads, weights
 from mtmg.report import tables
 from mtmg.stages import job
@@ -78,6 +78,9 @@ def resolve_inputs(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
     bundle = clip.load_clip(cfg.model, cfg.pretrained, model_config=cfg.model_config)
     if cfg.selection not in select.RULES:
         raise ValueError(f"unknown selection rule {cfg.selection!r}")
+    per_set = max(1, cfg.batch_size // len(paths))  # the loop's batch per set, as it splits it
+    for path in paths:
+        loop.train_steps(loader.ShardSet.open(path), per_set, cfg.epochs, cfg.seed, cfg.workers)
     return bundle, sets
 
 
