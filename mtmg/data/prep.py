@@ -48,8 +48,9 @@ class ShardConfig:
     )
     resample: str = option(
         "nearest",
-        choices=["nearest", "bilinear"],
-        help="20/60 m bands onto the 10 m grid (format 2: the loader's default way to do it)",
+        choices=["nearest", "bilinear", "bicubic"],
+        help="20/60 m bands onto the 10 m grid (format 2: the loader's default way to do it; "
+        "format 1: done while sharding, by GDAL)",
     )
     native_size: int | None = option(
         None, help="expected patch size in pixels (default: the common size of the first patches)"

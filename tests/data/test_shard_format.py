@@ -131,21 +131,22 @@ def test_bilinear_and_bicubic_upsampling_keep_the_10m_bands(both):
         assert not torch.equal(got[j], near[j]) and abs(got[j].mean() - near[j].mean()) < 0.01
 
 
-def test_a_set_sharded_bilinear_is_decoded_bilinear(both, tmp_path):
-    """`shard.py --resample bilinear` on format 2 is what the stages' decoders then use."""
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+def test_a_set_sharded_bilinear_is_decoded_bilinear(both, tmp_path, method):
+    """`shard.py --resample bilinear|bicubic` on format 2 is what the stages' decoders use."""
     from mtmg import prep
 
     root, outs = both
-    out = tmp_path / "bilinear"
+    out = tmp_path / method
     cfg = prep.ShardConfig(
-        "bigearthnet", str(root), str(out), shard_size=4, resample="bilinear", progress=False
+        "bigearthnet", str(root), str(out), shard_size=4, resample=method, progress=False
     )
     prep.shard(cfg)
     near, bil = ShardSet.open(str(outs[2])), ShardSet.open(str(out))
-    assert (near.upsample, bil.upsample) == ("nearest", "bilinear")
+    assert (near.upsample, bil.upsample) == ("nearest", method)
     raw = next(iter(_samples(outs[2], decode=False).values()))
     got = Decoder.of(bil, "ms", Targets.of(bil), 60)(dict(raw))["ms"]
-    assert torch.equal(got, _decoder(near, "ms", upsample="bilinear")(dict(raw))["ms"])
+    assert torch.equal(got, _decoder(near, "ms", upsample=method)(dict(raw))["ms"])
     assert Decoder.of(bil, "ms", Targets.of(bil), 60, upsample="nearest").upsample == "nearest"
 
 

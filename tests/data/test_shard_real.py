@@ -54,9 +54,11 @@ def test_bigearthnet_v1_official_splits_and_s1_pairs(shard, tmp_path):
     assert row["shard"] == "train/train-000000.tar" and row["labels"] == s["json"]["labels"]
 
 
-def test_bigearthnet_v1_bilinear_option_keeps_10m_bands(shard, tmp_path):
-    m = shard("bigearthnet", BEN1, resample="bilinear")
-    assert m["resampling"]["method"] == "bilinear"
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+def test_bigearthnet_v1_resampling_options_keep_10m_bands(shard, tmp_path, method):
+    """Format 1 resamples while sharding, with GDAL; the 10 m bands stay as they are."""
+    m = shard("bigearthnet", BEN1, resample=method, format=1)
+    assert m["resampling"]["method"] == method
     s = next(shards.iter_samples(tmp_path / "out-bigearthnet", "test"))
     key = s["__key__"]
     with rasterio.open(S2 / key / f"{key}_B04.tif") as ds:
@@ -65,6 +67,7 @@ def test_bigearthnet_v1_bilinear_option_keeps_10m_bands(shard, tmp_path):
         b05 = ds.read(1).astype(float)
     up = s["ms.npy"][4].astype(float)
     assert abs(up.mean() - b05.mean()) < 0.02 * b05.mean()  # same field, smoothly resampled
+    assert not np.array_equal(up, b05.repeat(2, 0).repeat(2, 1))  # not nearest
 
 
 def test_bigearthnet_v2_real_patch(shard, tmp_path):

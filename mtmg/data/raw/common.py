@@ -186,14 +186,15 @@ def upsample(
     """Bring a coarser band onto the 10 m grid.
 
     nearest: each pixel repeated factor x factor (the source band is `out[::f, ::f]`, exactly);
-    bilinear: GDAL's bilinear resampling (what torchgeo does), read from `ds`.
+    bilinear, bicubic: GDAL's bilinear (what torchgeo does) or cubic resampling, read from `ds`.
     """
     if factor == 1:
         return arr
     if method == "nearest":
         return arr.repeat(factor, axis=0).repeat(factor, axis=1)
     h, w = arr.shape
-    return ds.read(1, out_shape=(h * factor, w * factor), resampling=Resampling.bilinear)
+    how = {"bilinear": Resampling.bilinear, "bicubic": Resampling.cubic}[method]
+    return ds.read(1, out_shape=(h * factor, w * factor), resampling=how)
 
 
 def georef(ds: rasterio.io.DatasetReader) -> dict[str, Any]:
