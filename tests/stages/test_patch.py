@@ -302,6 +302,12 @@ def test_a_set_in_three_nomenclatures_is_decoded_and_run_once(sets, tmp_path, mo
             assert row["value"] == m[row["metric"]]
             assert row["per_class"] == evaluate.class_values(ds.classes(nomen), m)
     assert decoded == [("bigearthnet", "test"), ("imagefolder", "test")]
+    assert list(patch.tracked_test(rows)) == [
+        "test/patching/bigearthnet/mAP",
+        "test/supported/imagefolder/top1",
+        "test/eval/bigearthnet:ben5/mAP",
+        "test/eval/bigearthnet:ben43/mAP",
+    ]
 
 
 def test_two_ddp_workers_evaluate_like_one(sets, tmp_path):

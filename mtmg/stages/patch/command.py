@@ -41,7 +41,7 @@ def _show(cfg: PatchConfig, summary: dict[str, Any]) -> None:
     for r in summary["test"]:
         mark = "*" if r["selected"] else " "
         print(
-            f"{mark} {r['role']:<9} {r['dataset']:<15} {r['split']:<5} alpha={r['alpha']:<4g} "
-            f"{r['metric']}={r['value']:.2f}"
+            f"{mark} {r['role']:<9} {r['dataset']:<15} {r['nomenclature']:<8} {r['split']:<5} "
+            f"alpha={r['alpha']:<4g} {r['metric']}={r['value']:.2f}"
         )
     print(f"outputs in {Path(cfg.out).resolve()}")

@@ -30,6 +30,7 @@ mtmg's choice:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import shutil
 import time
@@ -146,14 +147,22 @@ def track_results(dest, summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
         (round(100 * a), {f"alpha_curve/{role}": by[a] for role, by in curves.items() if a in by})
         for a in alphas
     ]
-    test = {
-        f"test/{r['role']}/{r['dataset']}/{r['metric']}": r["value"]
-        for r in summary["test"]
-        if r["selected"]
-    }
+    test = tracked_test([r for r in summary["test"] if r["selected"]])
     results = {"alpha": summary["alpha"], **test}
     tables_ = {"test": summary["test"], "metrics": rows}
     job.finish_tracking(dest, summary["steps"], results, tables_, curve)
+
+
+def tracked_test(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Test rows as tracked metrics, `test/<role>/<dataset>/<metric>`; `<dataset>:<nomenclature>`
+    where one dataset is scored in several nomenclatures in the same role."""
+    many = collections.Counter((r["role"], r["dataset"]) for r in rows)
+    return {
+        f"test/{r['role']}/{r['dataset']}"
+        + (f":{r['nomenclature']}" if many[(r["role"], r["dataset"])] > 1 else "")
+        + f"/{r['metric']}": r["value"]
+        for r in rows
+    }
 
 
 def write_outputs(cfg, out: Path, bundle, theta_zs, theta_ft, state, seconds) -> dict[str, Any]:
