@@ -45,10 +45,12 @@ def _scalars(logdir: Path) -> EventAccumulator:
     return ea
 
 
-def test_a_patching_run_reaches_every_backend(shards, tmp_path):
+def test_a_patching_run_reaches_every_backend(shards, tmp_path, capfd):
     out = tmp_path / "run"
     argv = _patch_argv(shards, out, "--report-to", "tensorboard,mlflow", "--report-to", "wandb")
     assert command.main(argv) == 0
+    said = "".join(capfd.readouterr())
+    assert "chosen alpha" in said and "Checkpoint successfully" not in said  # -q: no Ray Train
     summary = json.loads((out / "summary.json").read_text())
     steps = summary["steps"]
     assert steps > 1

@@ -243,6 +243,9 @@ def fit(
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(
+                log_level="WARNING" if logs.verbosity() < 0 else "INFO"  # -q: Ray Train's too
+            ),
         ),
     )
     env = {POLL_INTERVAL_ENV: str(POLL_INTERVAL_S), **(LEAN_ENV if lean else {})}
