@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mtmg import logs
+from mtmg.errors import InputError
 
 T = TypeVar("T")
 VERBOSITY = "verbosity"  # the parsed -v / -q, not a config field
@@ -95,20 +96,36 @@ def build_parser(cls: type, description: str, epilog: str = "") -> argparse.Argu
     return parser
 
 
-def load_yaml(cls: type[T], path: str | Path) -> dict[str, Any]:
-    """Field values from a YAML file; unknown keys are an error that names the file and key."""
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+def load_yaml(cls: type[T], path: str | Path, flag: str | None = None) -> dict[str, Any]:
+    """Field values from a YAML file (given as option `flag`, if any); a file that cannot be
+    read, is not YAML or has unknown keys is an InputError that names the file and key."""
+    where = f"{flag} {path}" if flag else str(path)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise InputError(f"{where}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: cannot read it (not a text file)") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of option names to values")
+        raise InputError(f"{where}: expected a mapping of option names to values")
     names = {f.name for f in dataclasses.fields(cls)}
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            raise ValueError(f"{path}: unknown option {key!r}; known: {sorted(names)}")
+            raise InputError(f"{where}: unknown option {key!r}; known: {sorted(names)}")
         out[name] = value
     return out
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where in the file, and what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return f"line {mark.line + 1}: {problem}" if mark else problem
 
 
 def from_args(cls: type[T], ns: argparse.Namespace) -> T:
@@ -116,7 +133,7 @@ def from_args(cls: type[T], ns: argparse.Namespace) -> T:
     command line also sets how much the command prints (`-v`, `-q`: `mtmg.logs`)."""
     values: dict[str, Any] = {}
     if getattr(ns, "config", None):
-        values.update(load_yaml(cls, ns.config))
+        values.update(load_yaml(cls, ns.config, "--config"))
     if hasattr(ns, VERBOSITY):
         logs.setup(getattr(ns, VERBOSITY) or 0)
     given = {k: v for k, v in vars(ns).items() if k not in ("config", VERBOSITY)}

@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     except rundir.RunDirError as e:
         print(f"error: {e} (for the demo: --fresh)", file=sys.stderr)
         return 2
+    except errors.MtmgError as e:
+        return errors.failed(e)
     except KeyboardInterrupt:
         return errors.interrupted("run the demo again: finished steps are skipped")
     print("\n" + "\n".join(summary["table"]))

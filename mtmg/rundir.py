@@ -5,7 +5,8 @@ rerun continues only the same run and never returns another run's results.
 ones in `OPERATIONAL`) and its inputs by content (a shard set by its manifest's sha256, a run
 directory by its own fingerprint, a file by its sha256, or by size and mtime when large). A
 rerun with the same fingerprint resumes; another is refused unless `overwrite`, which deletes
-the old outputs first.
+the old outputs first. A run that fails before it leaves any result behind (only its
+records: run.json, config.yaml, spec.yaml) takes them away, so that it holds up no rerun.
 
 `OUT/.lock` is an exclusive `flock` held while the run lives: a second run into the same OUT
 fails at once. `flock` is reliable on local disks and on NFSv4 (Linux maps it to a byte-range
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mtmg.errors import MtmgError
+from mtmg.errors import InputError, MtmgError
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -56,6 +57,9 @@ OPERATIONAL = frozenset(
 )
 # what an earlier mtmg run leaves in OUT: with these and no run.json, its inputs are unknown
 _RUN_MARKERS = ("config.yaml", "summary.json", "spec.yaml")
+# what a run writes about itself before any result: a run that fails leaving only these made
+# nothing, and is taken away
+_RECORDS = frozenset({LOCK_FILE, RUN_FILE, "config.yaml", "spec.yaml"})
 _HASHED_BYTES = 64 * 2**20  # larger input files (weights) are known by size and mtime
 
 
@@ -154,27 +158,55 @@ def _lock(out: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def make_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create folder `path` (given as `flag`) if need be; returns it resolved. A path that is
+    a file, or cannot be created, is an InputError naming `flag`."""
+    root = Path(path).expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in (root, *root.parents) if p.exists()), None)
+        if blocker == root and not root.is_dir():
+            raise InputError(f"{flag} {root} is a file, not a folder") from None
+        if blocker is not None and not blocker.is_dir():
+            raise InputError(f"{flag} {root}: {blocker} is a file, not a folder") from None
+        raise InputError(
+            f"{flag} {root}: cannot write there ({e.strerror or e}); choose another {flag} or "
+            "make it writable"
+        ) from None
+    return root
+
+
 @contextlib.contextmanager
 def claim(
     kind: str, cfg: Any, out: str | os.PathLike, *, overwrite: bool = False
 ) -> Iterator[bool]:
     """Own OUT for the duration of a run of `cfg`; yields True when OUT holds the same run
     (resume it), False when the run starts afresh. Refuses OUT when it is locked by a live run,
-    or holds a run of other options or inputs (unless `overwrite`: its outputs are deleted)."""
+    or holds a run of other options or inputs (unless `overwrite`: its outputs are deleted).
+    A run that fails leaving only its records (`_RECORDS`) takes them away: it made nothing
+    to resume or to be taken for its results, and a corrected rerun finds OUT free."""
     root = Path(out).expanduser().resolve()
     ident = identity(kind, cfg, root)
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        with _lock(root):
+    make_dir(root)
+    with _lock(root):
+        claimed = False
+        try:
             resume = _check(root, ident, overwrite)
             record = {"fingerprint": fingerprint(ident), **ident}
             (root / RUN_FILE).write_text(json.dumps(record, indent=1, default=str))
+            claimed = True
             yield resume
-    except BaseException:
-        if created and {p.name for p in root.iterdir()} <= {LOCK_FILE, RUN_FILE}:
-            shutil.rmtree(root, ignore_errors=True)  # nothing was made: leave no trace
-        raise
+        except BaseException:
+            # a refused claim leaves what OUT held; a run that made nothing takes its records
+            left = {p.name for p in root.iterdir()}
+            if left <= _RECORDS and created:
+                shutil.rmtree(root, ignore_errors=True)  # leave no trace
+            elif left <= _RECORDS and claimed:
+                for name in left - {LOCK_FILE}:
+                    (root / name).unlink()
+            raise
 
 
 def _check(root: Path, ident: dict[str, Any], overwrite: bool) -> bool:

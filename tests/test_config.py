@@ -49,3 +49,32 @@ def test_bad_input_names_the_option_or_key(tmp_path, capsys):
     with pytest.raises(SystemExit):
         config.parse(Demo, ["--out", "o", "--lr", "fast"], "d")
     assert "--lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (None, "cannot read it (No such file or directory)"),
+        ("lr: [0.1,\nsets: a\n", "not valid YAML (line 3: expected ',' or ']'"),
+        ("lr: 0.1\n  sets: a\n", "not valid YAML (line 2: mapping values are not allowed"),
+        (b"\xff\xfe\x00", "cannot read it (not a text file)"),
+    ],
+)
+def test_a_config_that_cannot_be_read_is_an_error_naming_it(tmp_path, capsys, text, says):
+    from mtmg.prep import main as shard_main
+
+    yml = tmp_path / "c.yaml"
+    if isinstance(text, str):
+        yml.write_text(text)
+    elif text is not None:
+        yml.write_bytes(text)
+    with pytest.raises(SystemExit) as e:
+        config.parse(Demo, ["--out", "o", "--config", str(yml)], "d")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: --config {yml}: {says}" in err and "Traceback" not in err
+    # a command's main says the same (data_prep/shard.py, here)
+    with pytest.raises(SystemExit) as e:
+        shard_main(["bigearthnet", "--config", str(yml), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and f"--config {yml}: {says}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

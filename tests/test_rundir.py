@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mtmg import rundir
+from mtmg.errors import InputError
 from mtmg.sweeps.alpha import driver as alpha_sweep
 from mtmg.sweeps.alpha.config import RUN_FILES
 
@@ -70,6 +71,7 @@ def test_outputs_of_an_older_mtmg_are_not_taken_for_this_run(shards, tmp_path):
     (out / "config.yaml").write_text("lr: 1.0e-05\n")  # no run.json: its inputs are unknown
     with pytest.raises(rundir.RunDirError, match="not recorded"):
         _claim(Cfg(str(shards), str(out)))
+    assert (out / "config.yaml").is_file()  # a refused run takes nothing away
 
 
 def test_a_refused_new_directory_leaves_nothing(shards, tmp_path):
@@ -78,6 +80,43 @@ def test_a_refused_new_directory_leaves_nothing(shards, tmp_path):
         with rundir.claim("patch", Cfg(str(shards), str(out)), out):
             raise RuntimeError("bad input found after the claim")
     assert not out.exists()
+
+
+def test_a_run_that_fails_before_any_result_holds_up_no_rerun(shards, tmp_path):
+    """A run that fails leaving only its records (run.json, config.yaml) takes them away, in a
+    new OUT and in one that was there (empty) before; one that leaves a result keeps it all."""
+    cfg = Cfg(str(shards), str(tmp_path / "new"))
+    given = tmp_path / "given"
+    given.mkdir()
+    for out in (Path(cfg.out), given):
+        with pytest.raises(RuntimeError):
+            with rundir.claim("patch", replace(cfg, out=str(out), lr=1.0), out):
+                (out / "config.yaml").write_text("lr: 1.0\n")
+                raise RuntimeError("a model that does not load")
+        assert {p.name for p in out.glob("*")} <= {rundir.LOCK_FILE}
+        assert _claim(replace(cfg, out=str(out))) is False  # the corrected run: not refused
+    with pytest.raises(RuntimeError):
+        with rundir.claim("patch", replace(cfg, lr=1.0), cfg.out, overwrite=True):
+            Path(cfg.out, "metrics.parquet").write_text("a result")
+            raise RuntimeError("failed after a result")
+    with pytest.raises(rundir.RunDirError, match="--lr 1.0 -> 1e-05"):
+        _claim(cfg)
+
+
+def test_an_out_that_is_a_file_is_an_error_naming_it(shards, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(InputError, match=rf"^--out {afile} is a file, not a folder$"):
+        _claim(Cfg(str(shards), str(afile)))
+    with pytest.raises(InputError, match=rf"^--out {afile}/run: {afile} is a file, not a folder"):
+        _claim(Cfg(str(shards), str(afile / "run")))
+    assert afile.read_text() == ""
+    # a command says it in one line: a sweep's, and the report's
+    (tmp_path / "patch-run").mkdir()
+    for name in RUN_FILES:
+        (tmp_path / "patch-run" / name).write_text("")
+    assert alpha_sweep.main(["--run", str(tmp_path / "patch-run"), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == f"error: --out {afile} is a file, not a folder\n"
 
 
 def test_a_live_run_locks_its_directory(shards, tmp_path):

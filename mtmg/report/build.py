@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from mtmg import errors, rundir
 from mtmg.report import tables
 
 RETRIEVAL = ("R@1", "R@10")
@@ -210,7 +210,6 @@ def build(
 ) -> dict[str, Any]:
     """Write the report of `run_dirs` into `out`, `notes` as its first bullet points; returns
     what summary.json holds."""
-    out = Path(out)
     rows: list[dict[str, Any]] = []
     plots, sweeps = [], []
     for d in map(Path, run_dirs):
@@ -228,7 +227,7 @@ def build(
         for name in ("alpha_curve.png", "loss_curves.png", "loss_sweep.png"):
             if (d / name).is_file():
                 plots.append((d, name))
-    out.mkdir(parents=True, exist_ok=True)
+    out = rundir.make_dir(out)
     label_datasets(rows)
     models, columns, cells = table(rows)
     md = markdown(models, columns, cells)
@@ -278,9 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         summary = build(args.runs, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.USER_ERRORS as e:
+        return errors.failed(e)
     print("\n".join(summary["table"]))
     for g in summary["gains"]:
         print(f"- {g}")

@@ -10,6 +10,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmg import prep, synth
@@ -150,6 +151,24 @@ def test_a_bad_spec_is_an_error_naming_it(inputs, tmp_path, capsys, spec, says):
         code = e.code
     assert code == 2 and says in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_model_that_fails_to_load_leaves_out_to_the_corrected_run(inputs, tmp_path, capsys):
+    state = torch.load(inputs["remote"])
+    wrong = tmp_path / "wrong.safetensors"  # the text tower left out
+    save_file({k: v for k, v in state.items() if not k.startswith("transformer.")}, str(wrong))
+    out = tmp_path / "zs"
+    argv = ["--data", inputs["ems"], "--out", str(out), "--cache-dir", inputs["cache"]]
+    argv += ["--loader-workers", "1"]
+    assert command.main([*argv, "--models", f"ZS={TINY}:{wrong}"]) == 2
+    assert "missing keys" in capsys.readouterr().err and not out.exists()
+    assert command.main([*argv, "--models", f"ZS={TINY}:{inputs['remote']}"]) == 0
+    assert (out / "zeroshot.md").is_file()
+    # the report of it, into an --out that is a file: one line
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert report.main([str(out), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == f"error: --out {afile} is a file, not a folder\n"
 
 
 def test_names_given_twice_and_nothing_to_score_are_refused(inputs):

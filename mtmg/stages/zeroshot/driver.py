@@ -76,10 +76,11 @@ def run(cfg: ZeroShotConfig) -> dict[str, Any]:
         reads = [p for _, p, _ in sets]
         return remote.on_cluster(run, local, reads=reads, writes=cfg.out, gpu=cfg.gpu)
     t0 = time.perf_counter()
+    ctx = WorkerContext(device=_device(cfg.gpu))
+    # a model that fails to load fails the run before any result: `claim` then frees OUT
     with rundir.claim("zeroshot", cfg, cfg.out, overwrite=cfg.overwrite):
         out = Path(cfg.out).resolve()
         tables.save_config(config.to_dict(cfg), out / "config.yaml")
-        ctx = WorkerContext(device=_device(cfg.gpu))
         rows, per_class = [], []
         for spec in specs:
             got, classes = score(cfg, ctx, spec, sets)
