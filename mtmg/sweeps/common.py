@@ -25,6 +25,7 @@ from mtmg.data import loader
 from mtmg.runtime import tuner
 from mtmg.sweeps import options, outputs
 from mtmg.sweeps.command import SweepCommand
+from mtmg.sweeps.outputs import absolute as absolute  # the drivers' `common.absolute`
 
 log = logging.getLogger(__name__)
 # the metric a trial's last report carries: with it the trial finished, `done` flag or not
@@ -136,11 +137,6 @@ def search(
 # ----------------------------------------------------------------------------- data sets
 
 
-def absolute(path: str) -> str:
-    """A local path made absolute (trial actors change their cwd); a URI unchanged."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
 def unique_paths(paths: Sequence[str]) -> list[str]:
     """The absolute paths, each once, in order."""
     return list(dict.fromkeys(absolute(p) for p in paths))
@@ -150,6 +146,14 @@ def dataset_labels(paths: Sequence[str]) -> list[str]:
     """Table names of shard sets: the dataset name, the directory name where names repeat."""
     names = [loader.ShardSet.open(p).name for p in paths]
     return [n if names.count(n) == 1 else Path(p).name for n, p in zip(names, paths, strict=True)]
+
+
+def entry_labels(entries: Sequence[tuple[str, str | None]]) -> list[str]:
+    """Table names of (path, nomenclature) entries: `dataset_labels` of the paths, with
+    `:NOMENCLATURE` where an entry names one (`bigearthnet:ben5`)."""
+    paths = list(dict.fromkeys(p for p, _ in entries))
+    label = dict(zip(paths, dataset_labels(paths), strict=True))
+    return [label[p] + (f":{n}" if n else "") for p, n in entries]
 
 
 def check_patchable(path: str) -> None:

@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 SEARCHES = ("grid", "optuna")
 OBJECTIVES = ("zeroshot", "retrieval", "sum")  # of an alignment trial (`trials.objective`)
+EMPTY_DEFAULT = " (default: )"  # what `config.build_parser` adds to an option defaulting to ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class StageSweepConfig(SweepConfig):
 def parse(cls: type[T], argv: Sequence[str] | None, description: str, epilog: str = "") -> T:
     """A sweep config from the command line: defaults < --spec < --config < flags."""
     parser = config.build_parser(cls, description, epilog)
+    for action in parser._actions:  # "" means "the stage's": each such help says it itself
+        if action.help and action.help.endswith(EMPTY_DEFAULT):
+            action.help = action.help.removesuffix(EMPTY_DEFAULT)
     ns = parser.parse_args(argv)
     try:
         values: dict[str, Any] = {}

@@ -4,7 +4,7 @@
   status, error), one schema for all.
 - `write_outputs`: `<table>.parquet/.csv`, `summary.md`, `summary.json`, `spec.yaml` (loadable
   with `--spec`), `best_config.yaml` (a config file of the stage) and the resolved stage configs
-  the trials started from.
+  the trials started from, their paths absolute (`absolute_paths`).
 - `pareto_front`, `markdown_table`, `heatmap`: what the summaries show.
 """
 
@@ -29,6 +29,36 @@ _AUTO_KEYS = {
     "experiment_id",
 }
 # fmt: on
+# the stage options (`PatchConfig`, `AlignConfig`) that name local files or directories
+PATH_KEYS = ("data", "out", "teacher", "student_init", "cache_dir", "model_config", "templates")
+PATH_LIST_KEYS = ("joint_data", "supported")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")  # `pretrained`: a file, not a tag
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (trial actors change their cwd); a URI unchanged."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """A stage config with every local path absolute (relative ones read from this process's
+    cwd), so that its file runs from any directory: `eval_data` entries keep their
+    `:NOMENCLATURE`, `pretrained` only when it names a file; URIs unchanged."""
+    from mtmg.data import evalsets  # torch: not imported with this module
+
+    out = dict(values)
+    for k in PATH_KEYS:
+        if out.get(k):
+            out[k] = absolute(str(out[k]))
+    for k in PATH_LIST_KEYS:
+        if out.get(k):
+            out[k] = [absolute(str(p)) for p in out[k]]
+    if out.get("eval_data"):
+        out["eval_data"] = [evalsets.absolute(str(e)) for e in out["eval_data"]]
+    pre = out.get("pretrained")
+    if pre and ("/" in pre or Path(pre).suffix.lower() in CHECKPOINT_SUFFIXES):
+        out["pretrained"] = absolute(pre)
+    return out
 
 
 def error_text(err: BaseException | None) -> str | None:
@@ -140,7 +170,8 @@ def write_outputs(
     table: str = "sweep",
 ) -> None:
     """`<table>.parquet/.csv`, `summary.md`, `summary.json`, `spec.yaml`, `best_config.yaml`
-    and `<name>.yaml` of each of `stage_configs` (atomic writes through `mtmg.data.storage`)."""
+    and `<name>.yaml` of each of `stage_configs` (atomic writes through `mtmg.data.storage`);
+    the stage configs with their paths absolute (`absolute_paths`)."""
     from mtmg.report import tables  # matplotlib: not imported where trials run
 
     loc = storage.location(out)
@@ -152,9 +183,9 @@ def write_outputs(
     storage.write_bytes_atomic(fs, loc.child_path("summary.json"), data.encode())
     tables.save_config(spec, f"{loc.uri}/spec.yaml")
     if best_config is not None:
-        tables.save_config(best_config, f"{loc.uri}/best_config.yaml")
+        tables.save_config(absolute_paths(best_config), f"{loc.uri}/best_config.yaml")
     for name, values in (stage_configs or {}).items():
-        tables.save_config(values, f"{loc.uri}/{name}.yaml")
+        tables.save_config(absolute_paths(values), f"{loc.uri}/{name}.yaml")
 
 
 def heatmap(

@@ -3,13 +3,15 @@
 
 - `TrialResources`: threads, device and the test hooks (`mtmg.faults`) of every trial.
 - `load_teacher`: an alignment teacher and its heads, loaded once by the driver.
-- `align_and_report`: an alignment run reporting validation metrics every epoch, then test.
+- `align_and_report`: an alignment run reporting validation metrics every epoch, then test
+  (`final_metrics`) on every set it evaluates.
 - `run_patch`, `eval_values`, `val_values`: a patching run, its metrics at the chosen alpha.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,11 +107,13 @@ def align_and_report(
     sets: list[tuple[str, str | None]],
     kind: str,
     device: torch.device,
+    labels: Sequence[str] = (),
     **extra: Any,
 ) -> None:
     """`align.worker` in this trial from `student` (spec JSON, initial weights): validation
     metrics and the objective (`kind`) reported every epoch, then the test metrics of `sets[0]`
-    with `extra` and `done_training`."""
+    (`test_*`) and of each other set under its name in `labels` (`<label>/test_*`), with `extra`
+    and `done_training`."""
     from ray import tune
 
     last: dict[str, Any] = {}
@@ -131,11 +135,22 @@ def align_and_report(
         "sets": sets,
     }
     rows = align.worker(conf, WorkerContext(device=device, reporter=report))["rows"]
-    ds = loader.ShardSet.open(sets[0][0])
-    test_rows = [r for r in rows if r["split"] != "val"]
-    nomen = ds.nomenclature(sets[0][1])
-    test = align.headline(test_rows, ds.name, cfg.student_input, "test", nomen)
+    test = final_metrics(cfg, rows, sets[0])
+    for label, entry in zip(labels, sets[1:], strict=True):
+        test.update({f"{label}/{k}": v for k, v in final_metrics(cfg, rows, entry).items()})
     tune.report({**last, **test, **extra, "done_training": True})
+
+
+def final_metrics(
+    cfg: align.AlignConfig, rows: list[dict[str, Any]], entry: tuple[str, str | None]
+) -> dict[str, Any]:
+    """`align.headline` test metrics of one set (path, nomenclature) from an alignment run's
+    rows: its final scores on the test split, or on val where it has none (as scored)."""
+    path, nomen = entry
+    ds = loader.ShardSet.open(path)
+    final = [r for r in rows if r["path"] == path and r["epoch"] == cfg.epochs]
+    test = [r for r in final if r["split"] == "test"] or final
+    return align.headline(test, ds.name, cfg.student_input, "test", ds.nomenclature(nomen))
 
 
 def run_patch(

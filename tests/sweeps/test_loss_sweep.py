@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from mtmg import config, prep, synth
 from mtmg.stages.align import driver as align
-from mtmg.sweeps import options
+from mtmg.sweeps import options, outputs
 from mtmg.sweeps.loss import driver as loss_sweep
 
 from conftest import REPO, assert_not_rerun, kill_midway
@@ -25,11 +27,11 @@ STUDENT = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}'
 def shards(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("losssweep")
     synth.make_bigearthnet(root / "ben", n_patches=60, s1=False, seed=41)
-    prep.shard(
-        prep.ShardConfig(
-            "bigearthnet", str(root / "ben"), str(root / "shards"), shard_size=20, progress=False
+    synth.make_eurosat_ms(root / "ems", n_per_class=2, size=32, seed=42)
+    for kind, raw, out in (("bigearthnet", "ben", "shards"), ("eurosat-ms", "ems", "ems-shards")):
+        prep.shard(
+            prep.ShardConfig(kind, str(root / raw), str(root / out), shard_size=20, progress=False)
         )
-    )
     return root
 
 
@@ -60,11 +62,16 @@ def _table(out: Path) -> list[dict]:
     return pq.read_table(out / "sweep.parquet").to_pylist()
 
 
-def test_grid_with_a_failing_trial(shards, tmp_path):
+def test_grid_with_a_failing_trial(shards, tmp_path, monkeypatch):
     out = tmp_path / "grid"
+    # paths relative to the cwd, as users type them: the eval sets from --align-config
+    monkeypatch.chdir(shards)
+    conf = tmp_path / "align.yaml"
+    conf.write_text("eval_data: [ems-shards, 'shards:ben5']\n")
+    relative = ("--align-config", str(conf), "--cache-dir", "cache")
     # w_img = w_txt = 0 leaves nothing to train: that trial fails, the sweep goes on
     code = loss_sweep.main(
-        _argv(shards, out, "--epochs", "2", "--w-img", "0", "1", "--w-txt", "0", "0.05")
+        _argv(shards, out, "--epochs", "2", "--w-img", "0", "1", "--w-txt", "0", "0.05", *relative)
     )
     assert code == 0
     rows = _table(out)
@@ -78,15 +85,34 @@ def test_grid_with_a_failing_trial(shards, tmp_path):
         assert r["done_training"] and r["epoch"] == 2
         assert 0 <= r["val_zeroshot"] <= 100 and 0 <= r["test_r1"] <= 100
         assert r["objective"] == r["val_zeroshot"]
+    # every --eval-data set's test metrics, named by dataset and nomenclature
+    evals = ("eval/eurosat-ms", "eval/bigearthnet:ben5")
+    for r in ok:
+        for name in evals:
+            values = [r[f"{name}/{k}"] for k in loss_sweep.TEST_KEYS]
+            assert all(isinstance(v, float) and math.isfinite(v) for v in values), (name, r)
+            assert 0 <= r[f"{name}/test_zeroshot"] <= 100
+        # the same images as --data: the same retrieval, scored in another label set
+        assert r["eval/bigearthnet:ben5/test_r1"] == r["test_r1"]
     summary = json.loads((out / "summary.json").read_text())
     best = max(ok, key=lambda r: r["objective"])
     assert summary["best_objective"] == best["objective"]
+    for name in evals:
+        assert summary["best_test"][f"{name}/test_zeroshot"] == best[f"{name}/test_zeroshot"]
+    assert summary["test_sets"]["eval/bigearthnet:ben5"] == f"{shards / 'shards'}:ben5"
+    assert "eval/eurosat-ms/test_zeroshot" in (out / "summary.md").read_text()
     assert summary["failed"][0]["error"] == bad["error"]
     # the best configuration is an mtmg.align config file
     values = config.load_yaml(align.AlignConfig, out / "best_config.yaml")
     cfg = align.AlignConfig(**values)
     assert (cfg.w_img, cfg.w_txt) == (best["config/w_img"], best["config/w_txt"])
     assert cfg.student_args == STUDENT and cfg.epochs == 2
+    # every path absolute: the file runs from any directory
+    raw = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert raw["eval_data"] == [str(shards / "ems-shards"), f"{shards / 'shards'}:ben5"]
+    assert raw["out"] == str(out / "best")
+    for path in (raw["data"], raw["cache_dir"], *(e.split(":")[0] for e in raw["eval_data"])):
+        assert Path(path).is_absolute() and Path(path).is_dir(), path
     for name in ("sweep.csv", "summary.md", "spec.yaml", "loss_sweep.png"):
         assert (out / name).exists(), name
     # what every trial started from: the --align overrides and the sweep's own settings
@@ -236,6 +262,34 @@ def test_align_overrides_read_as_mtmg_align_reads_its_flags():
         options.overrides(align.AlignConfig, ["lr"], "--align")
 
 
+def test_written_stage_configs_name_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    values = {
+        "data": "shards/ben",
+        "eval_data": ["shards/ems", "shards/ben:ben5", "s3://bucket/ben:ben43"],
+        "supported": ["shards/img"],
+        "cache_dir": "cache",
+        "teacher": None,
+        "model_config": "arch.json",
+        "pretrained": "openai",
+        "lr": 1e-4,
+    }
+    got = outputs.absolute_paths(values)
+    assert got["data"] == str(tmp_path / "shards/ben")
+    assert got["eval_data"] == [
+        str(tmp_path / "shards/ems"),
+        f"{tmp_path / 'shards/ben'}:ben5",
+        "s3://bucket/ben:ben43",
+    ]
+    assert got["supported"] == [str(tmp_path / "shards/img")]
+    assert got["cache_dir"] == str(tmp_path / "cache")
+    assert got["model_config"] == str(tmp_path / "arch.json")
+    assert (got["teacher"], got["pretrained"], got["lr"]) == (None, "openai", 1e-4)
+    assert outputs.absolute_paths({"pretrained": "w/clip.pt"})["pretrained"] == str(
+        tmp_path / "w/clip.pt"
+    )
+
+
 def test_help(cli):
     r = cli["loss_sweep --help"]
     assert r.returncode == 0
@@ -254,3 +308,5 @@ def test_help(cli):
     ):
         assert opt in r.stdout, opt
     assert "--trial-delay" not in r.stdout
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    assert "(default: )" not in text and "(default: the stage's, openai)" in text

@@ -43,7 +43,7 @@ class BackboneSweepConfig(options.StageSweepConfig):
     teachers: tuple[str, ...] = option(
         (),
         help="patch: CLIP backbones NAME[:PRETRAINED], PRETRAINED an open_clip tag, a "
-        "local weight file or 'none' (default: --pretrained)",
+        "local weight file or 'none' (without one: --pretrained)",
     )
     supported: tuple[str, ...] = option((), help="patch: supported-task shard sets (alpha rule)")
     patch: tuple[str, ...] = option(

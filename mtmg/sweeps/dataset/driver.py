@@ -138,9 +138,7 @@ def prepare(cfg: DatasetSweepConfig) -> common.Prepared:
     for e in parsed:
         common.check_evaluable(e.path)
     common.check_supported(supported)
-    sets = list(dict.fromkeys(e.path for e in parsed))
-    label = dict(zip(sets, common.dataset_labels(sets), strict=True))
-    labels = [label[e.path] + (f":{e.nomenclature}" if e.nomenclature else "") for e in parsed]
+    labels = common.entry_labels([(e.path, e.nomenclature) for e in parsed])
     names = {MIX.join(labels[keys.index(p)] for p in m): m for m in mixes}
     if len(names) != len(mixes):
         raise ValueError(f"--patching: entries with the same label ({', '.join(names)})")

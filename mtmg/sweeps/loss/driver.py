@@ -28,6 +28,8 @@ from mtmg.sweeps import command, common, options, outputs, trials
 from mtmg.sweeps.loss.config import COMMAND, FIXED, SPACE, LossSweepConfig
 from mtmg.sweeps.loss.config import NAME as NAME  # the Tune experiment's name, for callers
 
+TEST_KEYS = ("test_zeroshot", "test_r1", "test_cosine")  # a set's `align.headline` test metrics
+
 
 def check_options(cfg: LossSweepConfig) -> None:
     """Errors in the options, before anything is loaded."""
@@ -85,6 +87,12 @@ def optuna_space(cfg: LossSweepConfig) -> dict[str, Any]:
     return out
 
 
+def eval_labels(sets: list[tuple[str, str | None]]) -> list[str]:
+    """The names of the --eval-data sets (`sets[1:]`) in the table: `eval/<dataset>`, with
+    `:<nomenclature>` where the entry names one (`common.entry_labels`)."""
+    return [f"eval/{label}" for label in common.entry_labels(sets)[1:]]
+
+
 @dataclass(frozen=True)
 class LossTrialInputs:
     """What every trial needs, put in the object store once."""
@@ -93,6 +101,7 @@ class LossTrialInputs:
     teacher: trials.TeacherInputs
     student: tuple[str, dict[str, torch.Tensor]]  # spec JSON, initial weights
     sets: list[tuple[str, str | None]]
+    labels: list[str]  # of sets[1:] (--eval-data): their test columns are <label>/test_*
     objective: str
     resources: trials.TrialResources
 
@@ -102,7 +111,7 @@ def trial(params: dict[str, Any], inputs: LossTrialInputs) -> None:
     device = inputs.resources.start()
     cfg = align.AlignConfig(**{**inputs.base, **{k: params[k] for k in SPACE}})
     trials.align_and_report(
-        cfg, inputs.teacher, inputs.student, inputs.sets, inputs.objective, device
+        cfg, inputs.teacher, inputs.student, inputs.sets, inputs.objective, device, inputs.labels
     )
 
 
@@ -117,6 +126,7 @@ def prepare(cfg: LossSweepConfig) -> common.Prepared:
         teacher,
         (student.spec.to_json(), student.state_dict()),
         sets,
+        eval_labels(sets),
         cfg.objective,
         trials.TrialResources.of(cfg),
     )
@@ -128,7 +138,7 @@ def prepare(cfg: LossSweepConfig) -> common.Prepared:
             cfg, grid, optuna_space(cfg), asha_max_t=base.epochs + 1 if cfg.asha else None
         )
     out = Path(cfg.out).resolve()
-    return common.Prepared(trial, inputs, search, lambda rows: write(cfg, base, out, rows))
+    return common.Prepared(trial, inputs, search, lambda rows: write(cfg, base, inputs, out, rows))
 
 
 def plot(rows: list[dict[str, Any]], path: Path, objective_name: str) -> None:
@@ -155,7 +165,11 @@ def plot(rows: list[dict[str, Any]], path: Path, objective_name: str) -> None:
 
 
 def write(
-    cfg: LossSweepConfig, base: align.AlignConfig, out: Path, rows: list[dict[str, Any]]
+    cfg: LossSweepConfig,
+    base: align.AlignConfig,
+    inputs: LossTrialInputs,
+    out: Path,
+    rows: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Table, summary, best config (an mtmg.align config file) and the plot."""
     finished = [r for r in rows if r.get("objective") is not None and r["status"] != "ERROR"]
@@ -164,6 +178,8 @@ def write(
     if best is not None:
         best_config = {**config.to_dict(base), **{k: best[f"config/{k}"] for k in SPACE}}
         best_config.update(out=str(out / "best"), eval_every=1, eval_init=True)
+    test_keys = [*TEST_KEYS, *(f"{lab}/{k}" for lab in inputs.labels for k in TEST_KEYS)]
+    shown = [k for k in test_keys if not k.endswith("test_cosine")]
     cols = [
         "trial_id",
         "status",
@@ -171,15 +187,22 @@ def write(
         "objective",
         "val_zeroshot",
         "val_r1",
-        "test_zeroshot",
-        "test_r1",
+        *shown,
         "time_s",
         "error",
     ]
+    sets = {
+        label: str(evalsets.EvalEntry(*entry))
+        for label, entry in zip(["data", *inputs.labels], inputs.sets, strict=True)
+    }
+    where = [f"`test_*` of --data {sets['data']}"]
+    where += [f"`{lab}/test_*` of {sets[lab]}" for lab in inputs.labels]
     md = [
         "# Alignment loss sweep",
         "",
         f"objective: validation {cfg.objective}",
+        "",
+        "test metrics: " + "; ".join(where),
         "",
         outputs.markdown_table(common.ranked(rows), cols),
         "",
@@ -187,12 +210,12 @@ def write(
     if best is not None:
         md += common.best_md(best, SPACE, [], "mtmg.align")
     md += common.failed_md(rows, lambda r: r["trial_id"])
-    test_keys = ("test_zeroshot", "test_r1", "test_cosine")
     summary = {
         "objective": cfg.objective,
         "best": {k: best[f"config/{k}"] for k in SPACE} if best else None,
         "best_objective": best["objective"] if best else None,
         "best_test": {k: best.get(k) for k in test_keys} if best else None,
+        "test_sets": sets,
         "trials": len(rows),
         "failed": common.failed_summary(rows, []),
     }
