@@ -93,10 +93,10 @@ def parse(cls: type[T], argv: Sequence[str] | None, description: str, epilog: st
     try:
         values: dict[str, Any] = {}
         if getattr(ns, "spec", None):
-            values.update(config.load_yaml(cls, ns.spec))
+            values.update(config.load_yaml(cls, ns.spec, "--spec"))
             values["spec"] = ns.spec
         if ns.config:
-            values.update(config.load_yaml(cls, ns.config))
+            values.update(config.load_yaml(cls, ns.config, "--config"))
         values.update({k: v for k, v in vars(ns).items() if k != "config"})
         return config.from_args(cls, argparse.Namespace(config=None, **values))
     except (TypeError, ValueError, OSError) as e:
@@ -183,11 +183,14 @@ def stage_config(
     cls: type[T], yaml_path: str | None, items: Sequence[str], flag: str, values: dict[str, Any]
 ) -> T:
     """A stage config for every trial: defaults < `yaml_path` < `items` (`KEY=VALUE`, from
-    `flag`) < `values` (the sweep's named flags that were given, what the sweep decides)."""
+    `flag`) < `values` (the sweep's named flags that were given, what the sweep decides);
+    local paths made absolute here, since trials run in folders of their own."""
+    from mtmg.sweeps import outputs  # pyarrow: not imported for --help
+
     resolved = config.load_yaml(cls, yaml_path) if yaml_path else {}
     resolved.update(overrides(cls, items, flag))
     resolved.update(values)
-    return cls(**resolved)
+    return cls(**outputs.absolute_paths(resolved))
 
 
 def given(**values: Any) -> dict[str, Any]:

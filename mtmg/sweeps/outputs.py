@@ -50,11 +50,13 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     for k in PATH_KEYS:
         if out.get(k):
             out[k] = absolute(str(out[k]))
-    for k in PATH_LIST_KEYS:
+    for k in PATH_LIST_KEYS:  # a tuple stays a tuple (a config's field), a list a list
         if out.get(k):
-            out[k] = [absolute(str(p)) for p in out[k]]
+            out[k] = type(out[k])(absolute(str(p)) for p in out[k])
     if out.get("eval_data"):
-        out["eval_data"] = [evalsets.absolute(str(e)) for e in out["eval_data"]]
+        out["eval_data"] = type(out["eval_data"])(
+            evalsets.absolute(str(e)) for e in out["eval_data"]
+        )
     pre = out.get("pretrained")
     if pre and ("/" in pre or Path(pre).suffix.lower() in CHECKPOINT_SUFFIXES):
         out["pretrained"] = absolute(pre)

@@ -359,6 +359,7 @@ def test_trials_decode_a_set_once_for_all_its_nomenclatures(sets, tmp_path):
         out=str(tmp_path / "run"),
         model=MODEL,
         pretrained=None,
+        batch_size=16,
         eval_batch_size=64,
         loader_workers=0,
         cache_dir=str(root / "cache"),
