@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from mtmg import errors, rundir
+from mtmg import errors, logs, rundir
 from mtmg.report import tables
 
 RETRIEVAL = ("R@1", "R@10")
@@ -274,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("runs", nargs="+", help="output directories of finished runs")
     ap.add_argument("--out", required=True, help="report directory")
+    logs.add_flags(ap)
     args = ap.parse_args(argv)
+    logs.setup(args.verbosity or 0)
     try:
         summary = build(args.runs, args.out)
     except errors.USER_ERRORS as e:

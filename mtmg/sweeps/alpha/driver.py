@@ -221,7 +221,7 @@ def _print(summary: dict[str, Any], cfg: AlphaSweepConfig) -> None:
     for r in summary["test"]:
         mark = "*" if r["selected"] else " "
         print(
-            f"{mark} {r['dataset']:<24} {r['split']:<5} alpha={r['alpha']:<6g} "
-            f"{r['metric']}={r['value']:.2f}"
+            f"{mark} {r['dataset']:<24} {r.get('nomenclature') or '':<8} {r['split']:<5} "
+            f"alpha={r['alpha']:<6g} {r['metric']}={r['value']:.2f}"
         )
     print(f"outputs in {Path(cfg.out).resolve()}")

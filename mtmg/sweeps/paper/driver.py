@@ -39,7 +39,9 @@ class PaperConfig:
     redo: tuple[str, ...] = option(
         (), help=f"stages to run again although they finished, and every later one {steps.NAMES}"
     )
-    dry_run: bool = option(False, help="write and print each stage's options, run nothing")
+    dry_run: bool = option(
+        False, help="write each stage's config file, print the command that runs it; run nothing"
+    )
 
 
 @dataclass(frozen=True)

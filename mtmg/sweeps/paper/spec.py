@@ -53,7 +53,7 @@ def check(path: str | Path, step: steps.Step, section: Any) -> dict[str, Any]:
         if key in SET_BY_PIPELINE or key in step.wiring(Path("OUT"), {}):
             raise InputError(f"{where}: {key!r} is set by the paper pipeline, not the spec")
         if key not in names:
-            raise InputError(f"{where}: {key!r} is not an option of {step.face}")
+            raise InputError(f"{where}: {key!r} is not an option of python {step.face}")
     try:
         config.from_args(cls, argparse.Namespace(**options, **step.wiring(Path("OUT"), {})))
     except (TypeError, ValueError) as e:
