@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmg import prep, synth
+from mtmg.errors import InputError
 from mtmg.models import clip
 from mtmg.report import build as report
 from mtmg.stages.align import driver as align
@@ -177,6 +178,19 @@ def test_names_given_twice_and_nothing_to_score_are_refused(inputs):
         zeroshot.ZeroShotConfig(data=(inputs["ems"],), out="x", models=(spec, spec))
     with pytest.raises(ValueError, match="nothing to score"):
         zeroshot.ZeroShotConfig(data=(inputs["ems"],), out="x")
+
+
+def test_a_set_scored_in_another_nomenclature(inputs, tmp_path):
+    """`--data PATH:NOMENCLATURE`, as everywhere else: BigEarthNet in ben19 and ben5."""
+    ben, model = inputs["ben"], (f"RemoteCLIP={TINY}:{inputs['remote']}",)
+    cfg = _zeroshot(inputs, tmp_path / "zs", data=(ben, f"{ben}:ben5"), models=model)
+    rows = zeroshot.run(cfg)["rows"]
+    assert [(r["nomenclature"], r["path"]) for r in rows] == [("ben19", ben), ("ben5", ben)]
+    assert rows[0]["n"] == rows[1]["n"] and rows[0]["value"] != rows[1]["value"]
+    per_class = pq.read_table(tmp_path / "zs" / "per_class.parquet").to_pylist()
+    assert sum(c["nomenclature"] == "ben5" for c in per_class) == 5
+    with pytest.raises(InputError, match="the same set and nomenclature given twice"):
+        zeroshot.run(_zeroshot(inputs, tmp_path / "x", data=(ben, f"{ben}:ben19"), models=model))
 
 
 def test_a_skyclip_checkpoint_teaches_the_alignment(inputs, tmp_path):

@@ -36,7 +36,8 @@ class ZeroShotConfig:
     """CLIP checkpoints scored zero-shot on shard sets, as the patching stage scores alpha 0."""
 
     data: tuple[str, ...] = option(
-        help="shard sets to score (their test split; val where a set has no test split)"
+        help="shard sets to score (their test split; val where a set has no test split), "
+        "PATH or PATH:NOMENCLATURE (e.g. BEN:ben5)"
     )
     out: str = option(help="output directory")
     models: tuple[str, ...] = option(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mtmg import config, rundir, tracking
-from mtmg.data import loader
+from mtmg.data import evalsets, loader
 from mtmg.engine import evaluate, metrics
 from mtmg.engine.context import WorkerContext
 from mtmg.errors import InputError, ModelLoadError
@@ -53,14 +53,11 @@ def resolve_inputs(cfg: ZeroShotConfig) -> tuple[list[ModelSpec], Sets]:
         except ModelLoadError as e:
             raise ModelLoadError(f"--models {s.name}={s.model}:{s.pretrained}: {e}") from e
     sets: Sets = []
-    for p in cfg.data:
-        path = str(Path(p).expanduser().resolve()) if "://" not in p else p
-        if any(path == q for _, q, _ in sets):
-            raise InputError(f"--data {p}: given twice")
-        ds = loader.ShardSet.open(path)
+    for e in evalsets.check(cfg.data, "--data"):  # PATH or PATH:NOMENCLATURE
+        ds = loader.ShardSet.open(e.path)
         if not ds.count("test") and not ds.count("val"):
-            raise InputError(f"--data {p}: no test or val split to score")
-        sets.append(("eval", path, None))
+            raise InputError(f"--data {e}: no test or val split to score")
+        sets.append(("eval", e.path, e.nomenclature))
     return specs, sets
 
 
