@@ -495,6 +495,8 @@ def test_a_missing_cluster_is_an_error_not_a_traceback(sets, tmp_path):
         TINY["model"],
         "--pretrained",
         "none",
+        "--batch-size",
+        "16",
         "--cluster",
     ]
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}  # the discard port: nothing listens
