@@ -1,5 +1,6 @@
 """Stage 1 (PAINT patching) end to end on generated shards with a tiny CLIP, on CPU. One file
-for the one stage (495 lines): its tests share the module's generated shards and finished runs."""
+for the one stage: its tests share the module's generated shards and finished runs (the costly
+part; split up, each file would generate and fine-tune them again)."""
 
 from __future__ import annotations
 

@@ -71,8 +71,8 @@ def resolve_inputs(cfg: AlignConfig) -> Sets:
     """Check the shard sets before anything is built: splits and the student's input bands."""
     sets = [(str(Path(cfg.data).resolve()), cfg.nomenclature)]
     sets += [(e.path, e.nomenclature) for e in evalsets.check(cfg.eval_data)]
-    for n, (path, nomen) in enumerate(sets):
-        ds = loader.ShardSet.open(path)
+    opened = [loader.ShardSet.open(path) for path, _ in sets]
+    for n, ((path, nomen), ds) in enumerate(zip(sets, opened, strict=True)):
         if n == 0 and not ds.count("train"):
             raise ValueError(f"{path}: no 'train' split to align on")
         if not ds.count("test") and not ds.count("val"):
@@ -87,8 +87,7 @@ def resolve_inputs(cfg: AlignConfig) -> Sets:
         ds.classes(nomen)
     if not (cfg.w_img or cfg.w_txt or cfg.w_kd):
         raise ValueError("w_img, w_txt and w_kd are all 0: nothing to train")
-    train = loader.ShardSet.open(sets[0][0])
-    loop.train_steps(train, cfg.batch_size, cfg.epochs, cfg.seed, cfg.workers)  # >= 1 batch
+    loop.train_steps(opened[0], cfg.batch_size, cfg.epochs, cfg.seed, cfg.workers)  # >= 1 batch
     return sets
 
 

@@ -65,8 +65,10 @@ def resolve_inputs(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
     sets = [("patching", p, n) for p, n in zip(paths, nomens, strict=True)]
     sets += [("supported", job.absolute(p), None) for p in cfg.supported]
     sets += [("eval", e.path, e.nomenclature) for e in evalsets.check(cfg.eval_data)]
+    patching: list[loader.ShardSet] = []
     for role, path, nomen in sets:
         ds = loader.ShardSet.open(path)
+        patching += [ds] if role == "patching" else []
         need = ("train", "val") if role == "patching" else ()
         need += ("val",) if role == "supported" else ()
         for split in need:
@@ -80,8 +82,8 @@ def resolve_inputs(cfg: PatchConfig) -> tuple[clip.ClipBundle, Sets]:
     if cfg.selection not in select.RULES:
         raise ValueError(f"unknown selection rule {cfg.selection!r}")
     per_set = max(1, cfg.batch_size // len(paths))  # the loop's batch per set, as it splits it
-    for path in paths:
-        loop.train_steps(loader.ShardSet.open(path), per_set, cfg.epochs, cfg.seed, cfg.workers)
+    for ds in patching:
+        loop.train_steps(ds, per_set, cfg.epochs, cfg.seed, cfg.workers)
     return bundle, sets
 
 
